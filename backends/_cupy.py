@@ -1,0 +1,105 @@
+"""CuPy backend (NVIDIA GPUs). Usable when CuPy imports and a CUDA device is present."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import _common
+
+name = "cupy"
+
+
+@functools.cache
+def _probe():
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a CUDA library failing to load
+        return None, f"CuPy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"no usable CUDA device ({type(exc).__name__}: {exc})"
+    if n < 1:
+        return None, "no CUDA device"
+    return cupy, ""
+
+
+def available() -> bool:
+    return _probe()[0] is not None
+
+
+def unavailable_reason() -> str:
+    return _probe()[1]
+
+
+def _cupy():
+    cp, why = _probe()
+    if cp is None:
+        raise RuntimeError(f"the CuPy backend is not available: {why}")
+    return cp
+
+
+def namespace():
+    import array_api_compat.cupy as xp
+
+    return xp
+
+
+def is_array(x) -> bool:
+    # Look at the type without importing CuPy (which is slow and may fail).
+    return type(x).__module__.startswith("cupy") and type(x).__name__ == "ndarray"
+
+
+def from_numpy(a, *, device=None):
+    cp = _cupy()
+    if device is None:
+        return cp.asarray(a)
+    with cp.cuda.Device(getattr(device, "id", device)):
+        return cp.asarray(a)
+
+
+def to_numpy(x) -> np.ndarray:
+    return _cupy().asnumpy(x)
+
+
+def random_normal(shape, seed, *, dtype=None, device=None):
+    return from_numpy(_common.host_normal(shape, seed, dtype), device=device)
+
+
+def random_uniform(shape, seed, *, low=0.0, high=1.0, dtype=None, device=None):
+    return from_numpy(_common.host_uniform(shape, seed, dtype, low, high), device=device)
+
+
+def synchronize() -> None:
+    _cupy().cuda.get_current_stream().synchronize()
+
+
+_peak = [0]
+
+
+def peak_memory() -> int | None:
+    """Bytes held by CuPy's default memory pool (CuPy keeps no true peak figure)."""
+    pool = _cupy().get_default_memory_pool()
+    _peak[0] = max(_peak[0], pool.total_bytes())
+    return _peak[0]
+
+
+def reset_peak_memory() -> None:
+    _peak[0] = _cupy().get_default_memory_pool().total_bytes()
+
+
+def scipy_module():
+    import cupyx.scipy
+
+    return cupyx.scipy
+
+
+def devices() -> list[str]:
+    cp = _cupy()
+    out = []
+    for i in range(cp.cuda.runtime.getDeviceCount()):
+        props = cp.cuda.runtime.getDeviceProperties(i)
+        out.append(f"cuda:{i} ({props['name'].decode()})")
+    return out

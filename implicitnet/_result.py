@@ -1,0 +1,136 @@
+"""The result of every solve, nonlinear or linear, and how failure is reported."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ConvergenceError", "ConvergenceWarning", "Result", "Status"]
+
+
+class Status(str, enum.Enum):
+    """Why a solve stopped. Compares equal to its value: ``res.status == "maxiter"``."""
+
+    SUCCESS = "success"
+    MAXITER = "maxiter"
+    DIVERGED = "diverged"
+    STAGNATED = "stagnated"
+    BREAKDOWN = "breakdown"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_MESSAGES = {
+    Status.SUCCESS: "The solve converged to the requested tolerance.",
+    Status.MAXITER: (
+        "The maximum number of iterations was reached. The map may not be contractive "
+        "here, or `maxiter` may be too small; try a stronger method (anderson, broyden, "
+        "newton_krylov) or a larger `maxiter`."
+    ),
+    Status.DIVERGED: (
+        "The residual grew without bound or became non-finite; the best iterate seen is "
+        "returned. Try damping, a smaller step, or a better starting point `x0`."
+    ),
+    Status.STAGNATED: (
+        "The residual stopped decreasing before reaching the tolerance. The tolerance may "
+        "be below what this dtype can resolve, or the method may need more memory."
+    ),
+    Status.BREAKDOWN: (
+        "The method broke down (a division by a vanishing quantity) before converging. "
+        "Try another method, e.g. GMRES."
+    ),
+}
+
+
+def status_message(status: Status) -> str:
+    """The user-facing message for `status`."""
+    return _MESSAGES[Status(status)]
+
+
+class ConvergenceWarning(UserWarning):
+    """Warned when a solve the user did not check (e.g. a backward solve) fails."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised by :meth:`Result.raise_for_status`; carries the result as ``.result``."""
+
+    def __init__(self, result: Result):
+        self.result = result
+        super().__init__(f"{result.status}: {result.message}")
+
+
+@dataclass
+class Result:
+    """The outcome of a solve, with SciPy's names.
+
+    Attributes
+    ----------
+    x : array
+        The solution, or the best iterate (lowest residual) when the solve failed.
+        Same shape, dtype and device as the starting point.
+    success : bool
+        Whether every system converged.
+    status : Status
+        Why the solve stopped (``"success"``, ``"maxiter"``, ``"diverged"``, ...).
+    message : str
+        A sentence saying what happened and what to try.
+    nit : int or array
+        Iterations taken; one per system (an integer array) when batched.
+    nfev : int or array
+        Evaluations of the function (or of the linear operator: see `nmatvec`); one per
+        system when batched.
+    residual : float or array
+        Final residual norm; one per system when batched.
+    history : array
+        Residual norm per iteration, entry 0 the initial one: shape ``(nit + 1,)``, or
+        ``(iterations, batch)`` when batched.
+    converged : bool or array
+        Per-system convergence flags when batched; equal to `success` otherwise.
+    stats : dict
+        Method-specific extras (restarts, line-search steps, ...).
+    """
+
+    x: Any
+    success: bool
+    status: Status
+    message: str
+    nit: Any
+    nfev: Any
+    residual: Any
+    history: Any = None
+    converged: Any = None
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.status = Status(self.status)
+        if self.converged is None:
+            self.converged = self.success
+
+    @property
+    def nmatvec(self):
+        """Products with the linear operator (linear solvers); same as `nfev`."""
+        return self.nfev
+
+    def raise_for_status(self) -> Result:
+        """Raise :class:`ConvergenceError` unless the solve succeeded; return self."""
+        if not self.success:
+            raise ConvergenceError(self)
+        return self
+
+    def __repr__(self) -> str:
+        def short(v):
+            s = repr(v)
+            return s if len(s) < 60 else s[:57] + "..."
+
+        lines = [
+            f"  success: {self.success}",
+            f"   status: {self.status.value}",
+            f"  message: {self.message}",
+            f"      nit: {short(self.nit)}",
+            f"     nfev: {short(self.nfev)}",
+            f" residual: {short(self.residual)}",
+            f"        x: {short(self.x)}",
+        ]
+        return "Result(\n" + "\n".join(lines) + "\n)"

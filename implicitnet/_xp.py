@@ -1,0 +1,138 @@
+"""Array-API helpers: namespace resolution and the few functions the standard lacks.
+
+Everything here works on any array-API namespace, including implicitnet's
+differentiable one, so code written with these helpers is differentiable for free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+__all__ = [
+    "as_float_array",
+    "default_float",
+    "device",
+    "is_tensor",
+    "namespace",
+    "small_solve",
+    "vdot",
+    "vector_norm",
+]
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether `x` is an implicitnet autodiff ``Tensor`` (without importing autodiff)."""
+    return getattr(type(x), "_implicitnet_tensor", False)
+
+
+def namespace(*arrays: Any, xp: Any = None):
+    """Return the array-API namespace of `arrays`, resolving autodiff tensors.
+
+    Like :func:`array_api_compat.array_namespace`, but a mix of implicitnet ``Tensor``
+    objects and raw arrays of the same library resolves to the differentiable namespace
+    of the tensors, where array-api-compat alone would refuse the mix. Python scalars and
+    ``None`` are ignored.
+
+    Parameters
+    ----------
+    *arrays : array, Tensor, scalar or None
+        The objects whose namespace is wanted.
+    xp : namespace, optional
+        If given, returned as it is (the usual ``xp=None`` convention).
+
+    Returns
+    -------
+    namespace
+        The array-API namespace.
+
+    Raises
+    ------
+    TypeError
+        If no array is given, or the arrays come from different libraries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> inet.namespace(np.ones(3)).__name__
+    'array_api_compat.numpy'
+    """
+    if xp is not None:
+        return xp
+    tensors = []
+    raw = []
+    for a in arrays:
+        if a is None or isinstance(a, bool | int | float | complex):
+            continue
+        if is_tensor(a):
+            tensors.append(a)
+        else:
+            raw.append(a)
+    if tensors:
+        ns = tensors[0].__array_namespace__()
+        for t in tensors[1:]:
+            if t.__array_namespace__() is not ns:
+                msg = "tensors from different array libraries cannot be mixed"
+                raise TypeError(msg)
+        if raw:
+            inner = array_api_compat.array_namespace(*raw)
+            if inner is not ns.backend_namespace:
+                msg = (
+                    f"cannot mix tensors of {ns.backend_namespace.__name__} with arrays "
+                    f"of {inner.__name__}"
+                )
+                raise TypeError(msg)
+        return ns
+    if not raw:
+        msg = "namespace() needs at least one array"
+        raise TypeError(msg)
+    return array_api_compat.array_namespace(*raw)
+
+
+def device(x: Any):
+    """The device of `x` (works for tensors and raw arrays)."""
+    if is_tensor(x):
+        return x.device
+    return array_api_compat.device(x)
+
+
+def default_float(xp):
+    """The default floating dtype of `xp` (float64 on every supported library)."""
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is not None:
+        try:
+            return info().default_dtypes()["real floating"]
+        except Exception:  # pragma: no cover - namespaces without full info support
+            pass
+    return xp.float64
+
+
+def as_float_array(x: Any, *, xp, dtype=None):
+    """`x` as an array of a real floating dtype; integers become the default float."""
+    if not (hasattr(x, "__array_namespace__") or is_tensor(x)):
+        x = xp.asarray(x)
+    if dtype is not None:
+        return x if x.dtype == dtype else xp.astype(x, dtype)
+    if xp.isdtype(x.dtype, "real floating"):
+        return x
+    if xp.isdtype(x.dtype, "complex floating"):
+        msg = f"complex arrays are not supported, got dtype {x.dtype}"
+        raise TypeError(msg)
+    return xp.astype(x, default_float(xp))
+
+
+def vector_norm(x: Any, /, *, axis=None, keepdims: bool = False, xp):
+    """Euclidean norm of `x` over `axis` (all axes by default)."""
+    return xp.linalg.vector_norm(x, axis=axis, keepdims=keepdims)
+
+
+def vdot(a: Any, b: Any, /, *, axis=-1, xp):
+    """Real inner product of `a` and `b` along `axis` (batched over the other axes)."""
+    return xp.sum(a * b, axis=axis)
+
+
+def small_solve(A: Any, b: Any, /, *, xp):
+    """Solve the (batched) small dense systems ``A x = b`` with ``b[..., n]``."""
+    return xp.linalg.solve(A, b[..., None])[..., 0]
