@@ -18,9 +18,7 @@ def generator(seed) -> np.random.Generator:
             msg = f"`seed` must be non-negative, got {seed}"
             raise ValueError(msg)
         return np.random.default_rng(int(seed))
-    msg = (
-        f"`seed` must be an int or a numpy.random.Generator, got {type(seed).__name__}"
-    )
+    msg = f"`seed` must be an int or a numpy.random.Generator, got {type(seed).__name__}"
     raise TypeError(msg)
 
 

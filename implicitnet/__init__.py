@@ -5,8 +5,7 @@ differentiation, written once against the array API so that one piece of code ru
 NumPy, CuPy and any other array-API library.
 """
 
-from ._version import __version__ as __version__
-from ._xp import namespace as namespace
+from . import backends as backends
 from ._result import ConvergenceError as ConvergenceError
 from ._result import ConvergenceWarning as ConvergenceWarning
 from ._result import Result as Result
@@ -15,7 +14,8 @@ from ._tree import tree_flatten as tree_flatten
 from ._tree import tree_leaves as tree_leaves
 from ._tree import tree_map as tree_map
 from ._tree import tree_unflatten as tree_unflatten
-from . import backends as backends
+from ._version import __version__ as __version__
+from ._xp import namespace as namespace
 
 # --- autodiff (issue: reverse-mode autodiff) ---
 # --- solvers (issue: fixed-point and root solvers) ---

@@ -87,9 +87,7 @@ def _flatten(x, leaves: list, is_leaf) -> TreeDef:
         return TreeDef("namedtuple", t, tuple(_flatten(c, leaves, is_leaf) for c in x))
     if isinstance(x, dict):
         keys = tuple(sorted(x, key=str))
-        return TreeDef(
-            "dict", (t, keys), tuple(_flatten(x[k], leaves, is_leaf) for k in keys)
-        )
+        return TreeDef("dict", (t, keys), tuple(_flatten(x[k], leaves, is_leaf) for k in keys))
     if _is_node_dataclass(x):
         dyn, static = [], []
         for f in dataclasses.fields(x):

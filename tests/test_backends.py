@@ -48,7 +48,7 @@ def test_random_rejects_bad_seed(backend):
 
 
 def test_unknown_backend_name():
-    with pytest.raises(ValueError, match="unknown backend 'jax'.*numpy"):
+    with pytest.raises(ValueError, match=r"unknown backend 'jax'.*numpy"):
         backends.get_backend("jax")
 
 
@@ -111,7 +111,8 @@ def test_every_package_is_listed_in_pyproject():
         pytest.skip("not a source checkout (pyproject.toml absent)")
     listed = set(tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["packages"])
     found = {
-        "implicitnet." + ".".join(p.parent.relative_to(ROOT).parts) if p.parent != ROOT
+        "implicitnet." + ".".join(p.parent.relative_to(ROOT).parts)
+        if p.parent != ROOT
         else "implicitnet"
         for p in ROOT.rglob("__init__.py")
     }

@@ -5,12 +5,20 @@ from __future__ import annotations
 import array_api_compat
 
 from .. import backends
-from ..backends._check import allclose_report
 from .._xp import is_tensor
+from ..backends._check import allclose_report
 
 
-def assert_close(actual, desired, *, rtol: float = 1e-7, atol: float = 0.0, xp=None,
-                 check_dtype: bool = True, err_msg: str = "") -> None:
+def assert_close(
+    actual,
+    desired,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 0.0,
+    xp=None,
+    check_dtype: bool = True,
+    err_msg: str = "",
+) -> None:
     """Assert ``|actual - desired| <= atol + rtol * |desired|`` elementwise.
 
     Both arrays must come from the same array library (and from `xp` when given), with
