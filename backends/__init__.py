@@ -98,9 +98,8 @@ def backend_of(x: Any) -> ModuleType:
         If ``x`` is not an array of a supported library; the message names its type and
         lists the supported ones.
     """
-    data = getattr(x, "_implicitnet_data", None)
-    if data is not None:  # an autodiff Tensor: look at what it wraps
-        x = data
+    while getattr(type(x), "_implicitnet_tensor", False):  # autodiff Tensors, maybe nested
+        x = x._implicitnet_data
     for name in BACKEND_NAMES:
         mod = _load(name)
         if mod.is_array(x):

@@ -78,3 +78,10 @@ def scipy_module():
 
 def devices() -> list[str]:
     return [str(d) for d in _xp.__array_namespace_info__().devices()] if _xp else []
+
+
+# --- convolution kernels ---
+# No fast kernel: implicitnet.nn uses its portable array-API implementation instead.
+conv2d = None
+conv2d_input_grad = None
+conv2d_weight_grad = None

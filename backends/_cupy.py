@@ -103,3 +103,22 @@ def devices() -> list[str]:
         props = cp.cuda.runtime.getDeviceProperties(i)
         out.append(f"cuda:{i} ({props['name'].decode()})")
     return out
+
+
+# --- convolution kernels (im2col through strided views; see _conv.py) ---
+from . import _conv as _conv_impl  # noqa: E402
+
+
+def conv2d(x, w, stride=1, padding=0):
+    """2-D cross-correlation, NCHW (see :mod:`implicitnet.backends._conv`)."""
+    return _conv_impl.conv2d(_cupy(), x, w, stride, padding)
+
+
+def conv2d_input_grad(g, w, x_shape, stride=1, padding=0):
+    """VJP of :func:`conv2d` with respect to the input."""
+    return _conv_impl.conv2d_input_grad(_cupy(), g, w, tuple(x_shape), stride, padding)
+
+
+def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0):
+    """VJP of :func:`conv2d` with respect to the weight."""
+    return _conv_impl.conv2d_weight_grad(_cupy(), g, x, tuple(w_shape), stride, padding)

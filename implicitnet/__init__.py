@@ -18,7 +18,22 @@ from ._version import __version__ as __version__
 from ._xp import namespace as namespace
 
 # --- autodiff (issue: reverse-mode autodiff) ---
+from . import autodiff as autodiff
+from . import ops as ops
+from .autodiff import Tensor as Tensor
+from .autodiff import defvjp as defvjp
+from .autodiff import grad as grad
+from .autodiff import nondifferentiable as nondifferentiable
+from .autodiff import primitive as primitive
+from .autodiff import stop_gradient as stop_gradient
+from .autodiff import unbroadcast as unbroadcast
+from .autodiff import value_and_grad as value_and_grad
+from .autodiff import vjp as vjp
 # --- solvers (issue: fixed-point and root solvers) ---
 # --- linalg (issue: matrix-free linear solvers) ---
+from . import linalg as linalg
 # --- implicit differentiation (issue: differentiable solves) ---
 # --- nn, optim, data (issue: training) ---
+from . import nn as nn
+from . import optim as optim
+from . import data as data

@@ -17,6 +17,7 @@ class Status(str, enum.Enum):
     DIVERGED = "diverged"
     STAGNATED = "stagnated"
     BREAKDOWN = "breakdown"
+    STOPPED = "stopped"
 
     def __str__(self) -> str:
         return self.value
@@ -40,6 +41,10 @@ _MESSAGES = {
     Status.BREAKDOWN: (
         "The method broke down (a division by a vanishing quantity) before converging. "
         "Try another method, e.g. GMRES."
+    ),
+    Status.STOPPED: (
+        "The callback asked to stop before every system converged; the best iterate "
+        "seen is returned."
     ),
 }
 

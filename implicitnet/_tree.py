@@ -43,16 +43,23 @@ def register_dataclass(cls: type) -> type:
         msg = f"register_dataclass needs a class, got {cls!r}"
         raise TypeError(msg)
     _DATACLASSES.add(cls)
+    _NOT_NODES.clear()
     return cls
+
+
+_NOT_NODES: set[type] = set()
 
 
 def _is_node_dataclass(x) -> bool:
     t = type(x)
+    if t in _NOT_NODES:
+        return False
     if t in _DATACLASSES:
         return dataclasses.is_dataclass(x)
     if any(issubclass(t, c) for c in _DATACLASSES) and dataclasses.is_dataclass(x):
         _DATACLASSES.add(t)
         return True
+    _NOT_NODES.add(t)
     return False
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "is_tensor",
     "namespace",
     "small_solve",
+    "to_host",
     "vdot",
     "vector_norm",
 ]
@@ -64,7 +65,8 @@ def namespace(*arrays: Any, xp: Any = None):
     tensors = []
     raw = []
     for a in arrays:
-        if a is None or isinstance(a, bool | int | float | complex):
+        # exact types: NumPy scalars (np.float64 subclasses float) are arrays here
+        if a is None or type(a) in (bool, int, float, complex):
             continue
         if is_tensor(a):
             tensors.append(a)
@@ -136,3 +138,18 @@ def vdot(a: Any, b: Any, /, *, axis=-1, xp):
 def small_solve(A: Any, b: Any, /, *, xp):
     """Solve the (batched) small dense systems ``A x = b`` with ``b[..., n]``."""
     return xp.linalg.solve(A, b[..., None])[..., 0]
+
+
+def to_host(x: Any, /) -> list:
+    """The values of `x` as a (nested) Python list, in one device-to-host transfer.
+
+    Autodiff tensors are read through without recording anything. This forces a device
+    sync on GPU backends: solver drivers call it once per iteration, on a small array of
+    residual norms, and nowhere else in a hot loop.
+    """
+    from . import backends
+
+    data = getattr(x, "_implicitnet_data", None)
+    if data is not None:
+        x = data
+    return backends.backend_of(x).to_numpy(x).tolist()

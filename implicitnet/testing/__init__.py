@@ -5,3 +5,5 @@ needed only by code that uses it.
 """
 
 from ._assert import assert_close as assert_close
+from ._gradcheck import GradCheckResult as GradCheckResult
+from ._gradcheck import check_grads as check_grads

@@ -1,0 +1,144 @@
+"""Autodiff overhead: MLP 784-512-512-10, batch 256, float32, softmax cross-entropy.
+
+Prints, measured side by side in one run (median of repeated timings):
+
+* forward-only time of raw backend code (no tape),
+* implicitnet forward + backward (``value_and_grad``), and its ratio to the raw forward,
+* PyTorch forward + backward on the same model and data, and the ratio
+  implicitnet / PyTorch, when PyTorch is importable.
+
+Usage: ``python benchmarks/autodiff.py [--repeat 30] [--backend numpy]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import numpy as np
+
+import implicitnet as inet
+from implicitnet import backends
+
+WIDTHS = (784, 512, 512, 10)
+BATCH = 256
+
+
+def make_problem(backend, seed=0):
+    rng = np.random.default_rng(seed)
+    params = []
+    for n_in, n_out in itertools.pairwise(WIDTHS):
+        W = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
+        b = np.zeros(n_out, dtype=np.float32)
+        params.append((W, b))
+    x = rng.standard_normal((BATCH, WIDTHS[0])).astype(np.float32)
+    labels = rng.integers(0, WIDTHS[-1], size=BATCH)
+    onehot = np.eye(WIDTHS[-1], dtype=np.float32)[labels]
+    conv = backend.from_numpy
+    return [(conv(W), conv(b)) for W, b in params], conv(x), conv(onehot), (params, x, labels)
+
+
+def loss_fn(params, x, onehot):
+    """Softmax cross-entropy of a tanh MLP, written against the array API only."""
+    xp = inet.namespace(x, onehot, *inet.tree_leaves(params))
+    h = x
+    for i, (W, b) in enumerate(params):
+        h = h @ xp.matrix_transpose(W) + b
+        if i < len(params) - 1:
+            h = xp.tanh(h)
+    m = xp.max(h, axis=-1, keepdims=True)
+    z = h - m
+    logp = z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))
+    return -xp.sum(onehot * logp) / h.shape[0]
+
+
+def timeit_interleaved(fns, repeat, sync):
+    """Median time of each function; the functions take turns, so load drifts hit all."""
+    for fn in fns:  # warm-up
+        fn()
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--backend", default="numpy")
+    ns = ap.parse_args(argv)
+    backend = backends.get_backend(ns.backend)
+    params, x, onehot, (np_params, np_x, labels) = make_problem(backend)
+    sync = backend.synchronize
+    vg = inet.value_and_grad(loss_fn)
+
+    fns = [lambda: loss_fn(params, x, onehot), lambda: vg(params, x, onehot)]
+    torch_line = None
+    try:
+        import torch
+    except ImportError:
+        torch_line = "PyTorch not importable: comparison skipped (pip install torch)"
+    if torch_line is None and ns.backend == "numpy":
+        torch.set_grad_enabled(True)
+        tp = [
+            (
+                torch.from_numpy(W).requires_grad_(),
+                torch.from_numpy(b).requires_grad_(),
+            )
+            for W, b in np_params
+        ]
+        tx = torch.from_numpy(np_x)
+        tl = torch.from_numpy(labels)
+
+        def torch_step():
+            h = tx
+            for i, (W, b) in enumerate(tp):
+                h = h @ W.T + b
+                if i < len(tp) - 1:
+                    h = torch.tanh(h)
+            loss = torch.nn.functional.cross_entropy(h, tl)
+            return torch.autograd.grad(loss, [p for wb in tp for p in wb])
+
+        fns.append(torch_step)
+        torch_step_ref = torch_step
+    elif torch_line is None:
+        torch_line = f"PyTorch comparison runs on the numpy backend only (got {ns.backend})"
+    times = timeit_interleaved(fns, ns.repeat, sync)
+    t_fwd, t_inet = times[:2]
+    rows = [
+        ("raw forward (no tape)", t_fwd, "1.00x"),
+        ("implicitnet fwd+bwd", t_inet, f"{t_inet / t_fwd:.2f}x raw fwd"),
+    ]
+    if len(times) == 3:
+        t_torch = times[2]
+        rows.append(("PyTorch fwd+bwd", t_torch, f"implicitnet/PyTorch = {t_inet / t_torch:.2f}"))
+        # same loss value and gradients (float32 tolerance)
+        ref = torch_step_ref()
+        _, g = vg(params, x, onehot)
+        got = [backend.to_numpy(a) for wb in g for a in wb]
+        err = max(
+            float(np.max(np.abs(a - r.numpy())) / (np.max(np.abs(r.numpy())) + 1e-30))
+            for a, r in zip(got, ref)
+        )
+        torch_line = f"max relative gradient difference vs PyTorch: {err:.1e}"
+        torch_line += f"  (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+
+    print(
+        f"MLP {'-'.join(map(str, WIDTHS))}, batch {BATCH}, float32, backend {ns.backend}, "
+        f"median of {ns.repeat}"
+    )
+    print(f"{'':24s} {'time [ms]':>10s}  ratio")
+    for name, t, ratio in rows:
+        print(f"{name:24s} {t * 1e3:10.2f}  {ratio}")
+    print(torch_line)
+
+
+if __name__ == "__main__":
+    main()

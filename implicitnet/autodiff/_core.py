@@ -1,0 +1,391 @@
+"""The core of the reverse-mode autodiff: ``Tensor`` boxes and primitives.
+
+A ``Tensor`` wraps one value and belongs to one *trace*, identified by an integer
+level. Every transform (``vjp``, ``grad``, ...) opens a new trace with a level larger
+than all earlier ones, boxes its inputs at that level and runs the user's function.
+When a primitive meets boxed arguments it takes the highest level among them, unboxes
+the arguments of that level, evaluates itself on the unboxed values (recursively, so
+that lower-level boxes record on their own traces) and boxes the answer at that level,
+remembering its arguments. That record is the tape: each box points at its arguments,
+nothing points back, and the graph is freed with its last reference.
+
+Nested traces are therefore independent: the backward pass of level ``L`` only follows
+boxes of level ``L``, and a value of an outer trace met inside an inner one is simply a
+constant there (no perturbation confusion). Level 0 is reserved for *constant* tensors:
+raw arrays that a transform wrapped so that operators dispatch to ``Tensor`` (array-api-
+strict's operators refuse foreign operands instead of returning ``NotImplemented``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import array_api_compat
+
+__all__ = [
+    "Tensor",
+    "defvjp",
+    "nondifferentiable",
+    "primitive",
+    "stop_gradient",
+]
+
+_SCALAR_TYPES = (bool, int, float, complex)
+
+# Trace levels: strictly increasing, so a trace opened later is nested deeper.
+_levels = itertools.count(1)
+
+
+def _new_level() -> int:
+    return next(_levels)
+
+
+class Tensor:
+    """An array that records the operations applied to it, for reverse-mode autodiff.
+
+    A ``Tensor`` wraps one backend array (or, under nested transforms, a ``Tensor`` of an
+    outer trace). It behaves like an array-API array: it has ``shape``, ``dtype``,
+    ``device``, ``ndim``, ``size``, ``T`` and ``mT``, the arithmetic operators in both
+    operand orders, comparisons (which return plain boolean arrays) and indexing, and
+    ``__array_namespace__()`` returns implicitnet's differentiable namespace for its
+    backend. Tensors are immutable.
+
+    Tensors are created by the transforms (:func:`grad`, :func:`value_and_grad`,
+    :func:`vjp`); ``Tensor(x)`` builds a *constant* tensor, which records nothing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> inet.grad(lambda x: inet.ops.sum(x * x))(np.array([1.0, 2.0]))
+    array([2., 4.])
+    """
+
+    __slots__ = ("_args", "_implicitnet_data", "_kwargs", "_level", "_prim")
+
+    _implicitnet_tensor = True
+    __array_ufunc__ = None  # NumPy defers to our reflected operators
+    __array_priority__ = 1000
+
+    def __init__(self, data, level: int = 0, prim=None, args: tuple = (), kwargs=None):
+        self._implicitnet_data = data
+        self._level = level
+        self._prim = prim
+        self._args = args
+        self._kwargs = kwargs
+
+    # --- array attributes -------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return tuple(self._implicitnet_data.shape)
+
+    @property
+    def dtype(self):
+        return self._implicitnet_data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._implicitnet_data.ndim
+
+    @property
+    def size(self) -> int:
+        return self._implicitnet_data.size
+
+    @property
+    def device(self):
+        data = self._implicitnet_data
+        if type(data) is Tensor:
+            return data.device
+        return array_api_compat.device(data)
+
+    @property
+    def traced(self) -> bool:
+        """Whether this tensor belongs to a trace (``False`` for constants)."""
+        return self._level > 0
+
+    def __array_namespace__(self, api_version=None):
+        from ._namespace import differentiable_namespace
+
+        return differentiable_namespace(_raw_namespace((_raw(self),)))
+
+    # --- conversions to Python numbers ----------------------------------------------
+    def _scalar(self):
+        raw = _raw(self)
+        if raw.ndim != 0:
+            if raw.size != 1:
+                msg = (
+                    f"only size-1 tensors can be converted to Python scalars, got shape "
+                    f"{tuple(raw.shape)}"
+                )
+                raise TypeError(msg)
+            raw = _raw_namespace((raw,)).reshape(raw, ())
+        return raw
+
+    def __float__(self) -> float:
+        return float(self._scalar())
+
+    def __int__(self) -> int:
+        return int(self._scalar())
+
+    def __bool__(self) -> bool:
+        return bool(self._scalar())
+
+    def __complex__(self) -> complex:
+        return complex(self._scalar())
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            msg = "len() of a 0-d tensor"
+            raise TypeError(msg)
+        return self.shape[0]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i, ...]
+
+    # --- interop -------------------------------------------------------------------
+    def __dlpack__(self, *args, **kwargs):
+        return _raw(self).__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return _raw(self).__dlpack_device__()
+
+    def __array__(self, dtype=None, copy=None):
+        raw = _raw(self)
+        if not hasattr(raw, "__array__"):
+            msg = f"cannot convert a tensor of {type(raw).__module__} to a NumPy array"
+            raise TypeError(msg)
+        return raw.__array__() if dtype is None else raw.__array__(dtype)
+
+    def __setitem__(self, key, value):
+        msg = (
+            "implicitnet tensors are immutable: build a new array instead, e.g. "
+            "`xp.where(mask, value, x)` or `xp.concat(...)`"
+        )
+        raise TypeError(msg)
+
+    def __repr__(self) -> str:
+        kind = f"level={self._level}" if self._level else "constant"
+        return f"Tensor({_raw(self)!r}, {kind})"
+
+    __hash__ = None  # like arrays: == is elementwise
+
+
+def _raw(x):
+    """The backend array under any number of tensor boxes."""
+    while type(x) is Tensor:
+        x = x._implicitnet_data
+    return x
+
+
+def _unwrap_all(x):
+    """`x` with every tensor replaced by its backend array (recursing into lists/tuples)."""
+    if type(x) is Tensor:
+        return _raw(x)
+    if type(x) is tuple or type(x) is list:
+        return type(x)(_unwrap_all(a) for a in x)
+    return x
+
+
+_NS_BY_TYPE: dict[type, Any] = {}
+
+
+def _raw_namespace(args):
+    """The backend namespace of the first raw array in `args` (cached per type)."""
+    for a in args:
+        t = type(a)
+        ns = _NS_BY_TYPE.get(t)
+        if ns is not None:
+            return ns
+        if a is None or t in _SCALAR_TYPES:
+            continue
+        if t is Tensor:
+            return _raw_namespace((_raw(a),))
+        if t is tuple or t is list:
+            if a:
+                return _raw_namespace(a)
+            continue
+        ns = array_api_compat.array_namespace(a)
+        _NS_BY_TYPE[t] = ns
+        return ns
+    msg = "expected at least one array argument"
+    raise TypeError(msg)
+
+
+class _Primitive:
+    """Bookkeeping for one primitive: forward function, VJP rule, name."""
+
+    __slots__ = ("fun", "module", "name", "pass_xp", "vjp", "vjp_needs", "wrapper")
+
+    def __init__(self, fun, name):
+        self.fun = fun
+        self.name = name
+        self.module = getattr(fun, "__module__", None)
+        self.pass_xp = "xp" in inspect.signature(fun).parameters
+        self.vjp = None
+        self.vjp_needs = False
+        self.wrapper = None
+
+
+#: Every primitive defined so far, in definition order.
+_REGISTRY: list[_Primitive] = []
+
+
+def _apply(rec: _Primitive, args: tuple, kwargs: dict):
+    """Evaluate a primitive on arguments of which at least one is a ``Tensor``."""
+    top = 0
+    for a in args:
+        if type(a) is Tensor and a._level > top:
+            top = a._level
+    unboxed = [
+        (a._implicitnet_data if (a._level == top or a._level == 0) else a)
+        if type(a) is Tensor
+        else a
+        for a in args
+    ]
+    ans = rec.wrapper(*unboxed, **kwargs)
+    if top == 0:
+        return Tensor(ans)
+    if rec.vjp is None:
+        msg = f"`{rec.name}` has no VJP rule: it is not differentiable (yet)"
+        raise NotImplementedError(msg)
+    return Tensor(ans, top, rec, args, kwargs)
+
+
+def primitive(fun: Callable | None = None, *, name: str | None = None):
+    """Declare `fun`, a function on backend arrays, as a differentiable primitive.
+
+    The returned function accepts raw arrays (and then calls `fun` directly) or
+    ``Tensor`` objects (and then records the call on the tape). Positional arguments are
+    the inputs that may be differentiated; keyword arguments are static configuration
+    (``axis``, ``keepdims``, ``shape``, ...). If `fun` declares an ``xp`` parameter it
+    receives the backend namespace of its arguments. Give it a VJP rule with
+    :func:`defvjp`.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(*arrays, **static)`` computing on backend arrays.
+    name : str, optional
+        Name used in error messages and the primitive registry. Default:
+        ``fun.__name__``.
+
+    Returns
+    -------
+    callable
+        The primitive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> @inet.primitive
+    ... def cube(x, /):
+    ...     return x * x * x
+    >>> @inet.defvjp(cube)
+    ... def _cube_vjp(ct, ans, x, /, *, xp):
+    ...     return (3.0 * ct * x * x,)
+    >>> inet.grad(lambda x: inet.ops.sum(cube(x)))(np.array([1.0, 2.0]))
+    array([ 3., 12.])
+    """
+    if fun is None:
+        return lambda f: primitive(f, name=name)
+    rec = _Primitive(fun, name or fun.__name__)
+
+    if rec.pass_xp:
+
+        def wrapper(*args, **kwargs):
+            for a in args:
+                if type(a) is Tensor:
+                    return _apply(rec, args, kwargs)
+            return fun(*args, xp=_raw_namespace(args), **kwargs)
+
+    else:
+
+        def wrapper(*args, **kwargs):
+            for a in args:
+                if type(a) is Tensor:
+                    return _apply(rec, args, kwargs)
+            return fun(*args, **kwargs)
+
+    wrapper.__name__ = rec.name
+    wrapper.__qualname__ = rec.name
+    wrapper.__doc__ = fun.__doc__
+    wrapper.__module__ = rec.module
+    wrapper.__wrapped__ = fun
+    wrapper._implicitnet_primitive = rec
+    rec.wrapper = wrapper
+    _REGISTRY.append(rec)
+    return wrapper
+
+
+def defvjp(prim: Callable):
+    """Attach a VJP rule to the primitive `prim`; use as a decorator.
+
+    The rule is called as ``rule(ct, ans, *inputs, xp=xp, **static)`` with the output
+    cotangent `ct`, the forward answer `ans`, the positional inputs and the primitive's
+    keyword arguments, and returns one cotangent per positional input (``None`` where
+    there is none). ``xp`` is the differentiable namespace of the backend. If the rule
+    declares a ``needs_grad`` keyword it also receives a tuple of booleans saying which
+    inputs need a cotangent, so it can skip work. Write rules with
+    :mod:`implicitnet.ops` and tensor operators so they are differentiable themselves.
+
+    Examples
+    --------
+    See :func:`primitive`.
+    """
+    rec = getattr(prim, "_implicitnet_primitive", None)
+    if rec is None:
+        msg = f"`prim` must be a function made by `primitive`, got {prim!r}"
+        raise TypeError(msg)
+
+    def register(rule):
+        rec.vjp = rule
+        rec.vjp_needs = "needs_grad" in inspect.signature(rule).parameters
+        return rule
+
+    return register
+
+
+def nondifferentiable(fun: Callable, name: str | None = None):
+    """Wrap `fun` so that it accepts tensors and returns plain (untraced) arrays.
+
+    For functions with no useful derivative: ``argmax``, comparisons, ``isfinite``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> sign = inet.nondifferentiable(np.sign)
+    >>> sign(inet.autodiff.Tensor(np.array([-2.0, 3.0])))
+    array([-1.,  1.])
+    """
+
+    def wrapper(*args, **kwargs):
+        args = [_unwrap_all(a) for a in args]
+        if kwargs:
+            kwargs = {k: _unwrap_all(v) for k, v in kwargs.items()}
+        return fun(*args, **kwargs)
+
+    wrapper.__name__ = name or getattr(fun, "__name__", "nondifferentiable")
+    wrapper.__doc__ = getattr(fun, "__doc__", None)
+    wrapper.__wrapped__ = fun
+    return wrapper
+
+
+def stop_gradient(x):
+    """`x` as a constant: no gradient flows through it, at any nesting level.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> inet.grad(lambda x: inet.ops.sum(x * inet.stop_gradient(x)))(np.array([3.0]))
+    array([3.])
+    """
+    if type(x) is Tensor:
+        return Tensor(_raw(x))
+    return x

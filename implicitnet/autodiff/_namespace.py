@@ -1,0 +1,161 @@
+"""The differentiable array-API namespace: what ``Tensor.__array_namespace__`` returns.
+
+Differentiable functions come from :mod:`implicitnet.autodiff._ops`. Every other name
+of the backend namespace passes through: tensor arguments are unwrapped and the result
+is a plain array. Names with no useful derivative (comparisons, ``argmax``,
+``isfinite``, creation functions, ...) pass through silently; any other function whose
+derivative is not implemented raises ``NotImplementedError`` naming it when it meets a
+traced tensor (instead of silently dropping the gradient).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _ops
+from ._core import Tensor, _unwrap_all
+
+__all__ = ["DifferentiableNamespace", "differentiable_namespace"]
+
+# Differentiable functions of the main namespace.
+_DIFFERENTIABLE = {
+    name: getattr(_ops, name)
+    for name in (
+        "abs add astype broadcast_to clip concat cos divide exp expand_dims expm1 flip "
+        "log log1p logaddexp matmul matrix_transpose max maximum mean min minimum "
+        "multiply negative permute_dims pow prod reshape sin sqrt square squeeze stack "
+        "subtract sum take tanh tensordot vecdot where"
+    ).split()
+}
+
+_LINALG_DIFFERENTIABLE = {
+    "solve": _ops.solve,
+    "vector_norm": _ops.vector_norm,
+    "matmul": _ops.matmul,
+    "matrix_transpose": _ops.matrix_transpose,
+    "tensordot": _ops.tensordot,
+    "vecdot": _ops.vecdot,
+}
+
+# Functions whose derivative is zero or undefined: tensors are unwrapped, no error.
+_NONDIFFERENTIABLE = frozenset(
+    (
+        "all any argmax argmin argsort bitwise_and bitwise_invert bitwise_left_shift "
+        "bitwise_or bitwise_right_shift bitwise_xor can_cast ceil count_nonzero "
+        "empty_like equal finfo floor floor_divide full_like greater greater_equal iinfo "
+        "isdtype isfinite isinf isnan less less_equal logical_and logical_not logical_or "
+        "logical_xor nonzero not_equal ones_like result_type round searchsorted sign "
+        "signbit trunc unique_all unique_counts unique_inverse unique_values zeros_like "
+        "__array_namespace_info__ arange asarray empty eye from_dlpack full linspace "
+        "meshgrid ones zeros matrix_rank"
+    ).split()
+)
+
+
+def _is_traced(x) -> bool:
+    if type(x) is Tensor:
+        return x._level > 0
+    if type(x) is tuple or type(x) is list:
+        return any(_is_traced(a) for a in x)
+    return False
+
+
+def _passthrough(fun, name: str, differentiable_in_principle: bool):
+    if not differentiable_in_principle:
+
+        def wrapper(*args, **kwargs):
+            args = [_unwrap_all(a) for a in args]
+            if kwargs:
+                kwargs = {k: _unwrap_all(v) for k, v in kwargs.items()}
+            return fun(*args, **kwargs)
+
+    else:
+
+        def wrapper(*args, **kwargs):
+            if _is_traced(args) or _is_traced(list(kwargs.values())):
+                msg = (
+                    f"`{name}` is not differentiable in implicitnet (yet); use the "
+                    f"differentiable functions listed in implicitnet.ops, or wrap a raw "
+                    f"implementation with `primitive` and `defvjp`"
+                )
+                raise NotImplementedError(msg)
+            args = [_unwrap_all(a) for a in args]
+            if kwargs:
+                kwargs = {k: _unwrap_all(v) for k, v in kwargs.items()}
+            return fun(*args, **kwargs)
+
+    wrapper.__name__ = name.rsplit(".", 1)[-1]
+    wrapper.__qualname__ = name
+    wrapper.__doc__ = getattr(fun, "__doc__", None)
+    return wrapper
+
+
+class _PassThroughNamespace:
+    """Common part: attribute lookup falls back to the backend, wrapped once."""
+
+    def __init__(self, backend, prefix: str, differentiable: dict):
+        self.backend_namespace = backend
+        self._prefix = prefix
+        for name, fn in differentiable.items():
+            setattr(self, name, fn)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name != "__array_namespace_info__":
+            raise AttributeError(name)
+        attr = getattr(self.backend_namespace, name)
+        if callable(attr) and not isinstance(attr, type) and not _is_dtype(attr):
+            full = self._prefix + name
+            attr = _passthrough(attr, full, name not in _NONDIFFERENTIABLE)
+        setattr(self, name, attr)
+        return attr
+
+    def __repr__(self) -> str:
+        return f"<differentiable namespace {self.__name__}>"
+
+
+def _is_dtype(obj) -> bool:
+    return type(obj).__name__ in ("DType", "dtype")
+
+
+class _Linalg(_PassThroughNamespace):
+    def __init__(self, backend_linalg, name: str):
+        super().__init__(backend_linalg, "linalg.", _LINALG_DIFFERENTIABLE)
+        self.__name__ = name + ".linalg"
+
+
+class DifferentiableNamespace(_PassThroughNamespace):
+    """The differentiable array-API namespace of one backend.
+
+    Differentiable functions record on the autodiff tape when they receive traced
+    tensors and call the backend directly on raw arrays; every other name passes
+    through to the backend (``backend_namespace``).
+    """
+
+    def __init__(self, backend):
+        super().__init__(backend, "", _DIFFERENTIABLE)
+        self.__name__ = f"implicitnet.autodiff({backend.__name__})"
+        linalg = getattr(backend, "linalg", None)
+        if linalg is not None:
+            self.linalg = _Linalg(linalg, self.__name__)
+
+    def asarray(self, obj, /, *, dtype=None, device=None, copy=None):
+        """``asarray`` that keeps a tensor a tensor (casting it if `dtype` differs)."""
+        if type(obj) is Tensor:
+            if dtype is not None and obj.dtype != dtype:
+                return _ops.astype(obj, dtype)
+            return obj
+        return self.backend_namespace.asarray(
+            _unwrap_all(obj), dtype=dtype, device=device, copy=copy
+        )
+
+
+_CACHE: dict[int, DifferentiableNamespace] = {}
+
+
+def differentiable_namespace(backend) -> DifferentiableNamespace:
+    """The (cached) differentiable namespace of the backend namespace `backend`."""
+    ns = _CACHE.get(id(backend))
+    if ns is None or ns.backend_namespace is not backend:
+        ns = DifferentiableNamespace(backend)
+        _CACHE[id(backend)] = ns
+    return ns

@@ -1,0 +1,955 @@
+"""Differentiable primitives and their VJP rules, named after the array API.
+
+Each primitive computes on backend arrays (its ``xp`` is the backend namespace); each
+rule is written with these same functions, so rules are differentiable themselves
+(grad-of-grad). Static arguments (axis, shape, keepdims, ...) are keyword arguments of
+the primitive; thin public wrappers give the array-API signatures.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+
+from .._xp import device as _device
+from ._core import Tensor, _raw, _raw_namespace, _unwrap_all, defvjp, primitive
+
+__all__ = [
+    "abs",
+    "add",
+    "astype",
+    "broadcast_to",
+    "clip",
+    "concat",
+    "cos",
+    "divide",
+    "exp",
+    "expand_dims",
+    "expm1",
+    "flip",
+    "getitem",
+    "log",
+    "log1p",
+    "logaddexp",
+    "matmul",
+    "matrix_transpose",
+    "max",
+    "maximum",
+    "mean",
+    "min",
+    "minimum",
+    "multiply",
+    "negative",
+    "permute_dims",
+    "pow",
+    "prod",
+    "reshape",
+    "sin",
+    "solve",
+    "sqrt",
+    "square",
+    "squeeze",
+    "stack",
+    "subtract",
+    "sum",
+    "take",
+    "tanh",
+    "tensordot",
+    "unbroadcast",
+    "vecdot",
+    "vector_norm",
+    "where",
+]
+
+_SCALARS = (bool, int, float)
+
+
+def _is_scalar(x) -> bool:
+    # exact types: NumPy scalars (np.float64 subclasses float) are arrays here
+    return type(x) in _SCALARS
+
+
+def _norm_axes(axis, ndim: int) -> tuple[int, ...]:
+    """`axis` (None, int or tuple) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, int):
+        axis = (axis,)
+    return tuple(sorted(a % ndim if ndim else a for a in axis))
+
+
+# ----------------------------------------------------------------------------------
+# Helpers used by the rules
+# ----------------------------------------------------------------------------------
+
+
+def unbroadcast(ct, like, *, xp=None):
+    """Sum the cotangent `ct` back to the shape (and dtype) of the operand `like`.
+
+    Undoes broadcasting in a VJP rule: leading axes that broadcasting added are
+    summed away, and so are axes where `like` has size 1. Returns ``None`` when `like`
+    is a Python scalar (it has no cotangent).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> inet.unbroadcast(np.ones((3, 2)), like=np.ones((1, 2)))
+    array([[3., 3.]])
+    """
+    if like is None or _is_scalar(like):
+        return None
+    shape = tuple(like.shape)
+    ct_shape = tuple(ct.shape)
+    if ct_shape != shape:
+        lead = len(ct_shape) - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, s in enumerate(shape) if s == 1 and ct_shape[lead + i] != 1
+        )
+        if axes:
+            ct = sum(ct, axis=axes)
+        ct = reshape(ct, shape)
+    if ct.dtype != like.dtype:
+        ct = astype(ct, like.dtype)
+    return ct
+
+
+def _keepdims_shape(shape, axes):
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+def _expand_to(ct, x, axis, keepdims):
+    """Broadcast the cotangent of a reduction of `x` back to ``x.shape``."""
+    shape = tuple(x.shape)
+    axes = _norm_axes(axis, len(shape))
+    if not keepdims:
+        ct = reshape(ct, _keepdims_shape(shape, axes))
+    return broadcast_to(ct, shape)
+
+
+def _float_mask(mask, dtype):
+    """A boolean backend array as 0/1 of `dtype` (a constant)."""
+    return _raw_namespace((mask,)).astype(mask, dtype)
+
+
+# ----------------------------------------------------------------------------------
+# Elementwise arithmetic
+# ----------------------------------------------------------------------------------
+
+
+@primitive
+def add(x1, x2, /):
+    return x1 + x2
+
+
+@defvjp(add)
+def _add_vjp(ct, ans, x1, x2, /, *, xp):
+    return unbroadcast(ct, x1), unbroadcast(ct, x2)
+
+
+@primitive
+def subtract(x1, x2, /):
+    return x1 - x2
+
+
+@defvjp(subtract)
+def _subtract_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    return unbroadcast(ct, x1), (unbroadcast(-ct, x2) if needs_grad[1] else None)
+
+
+@primitive
+def multiply(x1, x2, /):
+    return x1 * x2
+
+
+@defvjp(multiply)
+def _multiply_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    g1 = unbroadcast(multiply(ct, x2), x1) if needs_grad[0] else None
+    g2 = unbroadcast(multiply(ct, x1), x2) if needs_grad[1] else None
+    return g1, g2
+
+
+@primitive
+def divide(x1, x2, /):
+    return x1 / x2
+
+
+@defvjp(divide)
+def _divide_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    g1 = unbroadcast(divide(ct, x2), x1) if needs_grad[0] else None
+    g2 = unbroadcast(divide(multiply(-ct, ans), x2), x2) if needs_grad[1] else None
+    return g1, g2
+
+
+@primitive
+def pow(x1, x2, /):
+    return x1**x2
+
+
+@defvjp(pow)
+def _pow_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    g1 = g2 = None
+    if needs_grad[0]:
+        # d/dx x**p = p x**(p-1); written as p * x**(p-1) (exact at x = 0 for p >= 1)
+        g1 = unbroadcast(multiply(multiply(ct, x2), pow(x1, x2 - 1)), x1)
+    if needs_grad[1] and _is_scalar(x1):
+        g2 = unbroadcast(multiply(ct, ans) * math.log(x1), x2) if x1 > 0 else None
+    elif needs_grad[1]:
+        # d/dp x**p = log(x) x**p, defined for x > 0 (0 elsewhere)
+        pos = _raw(x1 > 0)
+        safe = where(pos, x1, 1.0)
+        g2 = unbroadcast(where(pos, multiply(multiply(ct, ans), log(safe)), 0.0), x2)
+    return g1, g2
+
+
+@primitive
+def negative(x, /):
+    return -x
+
+
+@defvjp(negative)
+def _negative_vjp(ct, ans, x, /, *, xp):
+    return (-ct,)
+
+
+@primitive
+def maximum(x1, x2, /, *, xp):
+    return xp.maximum(x1, x2)
+
+
+@defvjp(maximum)
+def _maximum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    # ties split the cotangent evenly
+    dtype = ans.dtype
+    w1 = _float_mask(_raw(x1 > x2), dtype) + 0.5 * _float_mask(_raw(x1 == x2), dtype)
+    g1 = unbroadcast(multiply(ct, w1), x1) if needs_grad[0] else None
+    g2 = unbroadcast(multiply(ct, 1.0 - w1), x2) if needs_grad[1] else None
+    return g1, g2
+
+
+@primitive
+def minimum(x1, x2, /, *, xp):
+    return xp.minimum(x1, x2)
+
+
+@defvjp(minimum)
+def _minimum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    dtype = ans.dtype
+    w1 = _float_mask(_raw(x1 < x2), dtype) + 0.5 * _float_mask(_raw(x1 == x2), dtype)
+    g1 = unbroadcast(multiply(ct, w1), x1) if needs_grad[0] else None
+    g2 = unbroadcast(multiply(ct, 1.0 - w1), x2) if needs_grad[1] else None
+    return g1, g2
+
+
+@primitive
+def logaddexp(x1, x2, /, *, xp):
+    return xp.logaddexp(x1, x2)
+
+
+@defvjp(logaddexp)
+def _logaddexp_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    g1 = unbroadcast(multiply(ct, exp(subtract(x1, ans))), x1) if needs_grad[0] else None
+    g2 = unbroadcast(multiply(ct, exp(subtract(x2, ans))), x2) if needs_grad[1] else None
+    return g1, g2
+
+
+@primitive
+def where(condition, x1, x2, /, *, xp):
+    return xp.where(condition, x1, x2)
+
+
+@defvjp(where)
+def _where_vjp(ct, ans, condition, x1, x2, /, *, xp, needs_grad):
+    cond = _raw(condition)
+    g1 = unbroadcast(where(cond, ct, 0.0), x1) if needs_grad[1] else None
+    g2 = unbroadcast(where(cond, 0.0, ct), x2) if needs_grad[2] else None
+    return None, g1, g2
+
+
+@primitive(name="clip")
+def _clip(x, min, max, /, *, xp):
+    return xp.clip(x, min, max)
+
+
+@defvjp(_clip)
+def _clip_vjp(ct, ans, x, min, max, /, *, xp, needs_grad):
+    inside = None
+    g_min = g_max = None
+    if min is not None:
+        below = _raw(x < min)
+        inside = ~below
+        if needs_grad[1]:
+            g_min = unbroadcast(where(below, ct, 0.0), min)
+    if max is not None:
+        above = _raw(x > max)
+        inside = ~above if inside is None else inside & ~above
+        if needs_grad[2]:
+            g_max = unbroadcast(where(above, ct, 0.0), max)
+    g_x = ct if inside is None else where(inside, ct, 0.0)
+    return unbroadcast(g_x, x), g_min, g_max
+
+
+def clip(x, /, min=None, max=None):
+    """Differentiable ``clip(x, min, max)``; `min` and `max` may be arrays."""
+    return _clip(x, min, max)
+
+
+# ----------------------------------------------------------------------------------
+# Elementwise functions
+# ----------------------------------------------------------------------------------
+
+
+@primitive
+def exp(x, /, *, xp):
+    return xp.exp(x)
+
+
+@defvjp(exp)
+def _exp_vjp(ct, ans, x, /, *, xp):
+    return (multiply(ct, ans),)
+
+
+@primitive
+def log(x, /, *, xp):
+    return xp.log(x)
+
+
+@defvjp(log)
+def _log_vjp(ct, ans, x, /, *, xp):
+    return (divide(ct, x),)
+
+
+@primitive
+def log1p(x, /, *, xp):
+    return xp.log1p(x)
+
+
+@defvjp(log1p)
+def _log1p_vjp(ct, ans, x, /, *, xp):
+    return (divide(ct, 1.0 + x),)
+
+
+@primitive
+def expm1(x, /, *, xp):
+    return xp.expm1(x)
+
+
+@defvjp(expm1)
+def _expm1_vjp(ct, ans, x, /, *, xp):
+    return (multiply(ct, ans + 1.0),)
+
+
+@primitive
+def sqrt(x, /, *, xp):
+    return xp.sqrt(x)
+
+
+@defvjp(sqrt)
+def _sqrt_vjp(ct, ans, x, /, *, xp):
+    return (divide(ct * 0.5, ans),)
+
+
+@primitive
+def tanh(x, /, *, xp):
+    return xp.tanh(x)
+
+
+@defvjp(tanh)
+def _tanh_vjp(ct, ans, x, /, *, xp):
+    return (multiply(ct, 1.0 - ans * ans),)
+
+
+@primitive
+def sin(x, /, *, xp):
+    return xp.sin(x)
+
+
+@defvjp(sin)
+def _sin_vjp(ct, ans, x, /, *, xp):
+    return (multiply(ct, cos(x)),)
+
+
+@primitive
+def cos(x, /, *, xp):
+    return xp.cos(x)
+
+
+@defvjp(cos)
+def _cos_vjp(ct, ans, x, /, *, xp):
+    return (-multiply(ct, sin(x)),)
+
+
+@primitive
+def abs(x, /, *, xp):
+    return xp.abs(x)
+
+
+@defvjp(abs)
+def _abs_vjp(ct, ans, x, /, *, xp):
+    raw = _raw(x)
+    return (multiply(ct, _raw_namespace((raw,)).sign(raw)),)
+
+
+@primitive
+def square(x, /, *, xp):
+    return xp.square(x)
+
+
+@defvjp(square)
+def _square_vjp(ct, ans, x, /, *, xp):
+    return (multiply(2.0 * ct, x),)
+
+
+@primitive(name="astype")
+def _astype(x, /, *, dtype, xp):
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+@defvjp(_astype)
+def _astype_vjp(ct, ans, x, /, *, xp, dtype):
+    return (astype(ct, x.dtype),)
+
+
+def astype(x, dtype, /, *, copy=True, device=None):
+    """Differentiable ``astype`` between floating dtypes.
+
+    A cast to a non-floating dtype returns a plain (untraced) array: it has no useful
+    derivative.
+    """
+    if type(x) is not Tensor:
+        xp = _raw_namespace((x,))
+        return (
+            xp.astype(x, dtype, copy=copy)
+            if device is None
+            else xp.astype(x, dtype, copy=copy, device=device)
+        )
+    xp = _raw_namespace((x,))
+    if not xp.isdtype(dtype, "real floating"):
+        return xp.astype(_raw(x), dtype)
+    return _astype(x, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------
+# Reductions
+# ----------------------------------------------------------------------------------
+
+
+@primitive
+def sum(x, /, *, axis=None, dtype=None, keepdims=False, xp):
+    return xp.sum(x, axis=axis, dtype=dtype, keepdims=keepdims)
+
+
+@defvjp(sum)
+def _sum_vjp(ct, ans, x, /, *, xp, axis=None, dtype=None, keepdims=False):
+    g = _expand_to(ct, x, axis, keepdims)
+    return (g if g.dtype == x.dtype else astype(g, x.dtype),)
+
+
+@primitive
+def mean(x, /, *, axis=None, keepdims=False, xp):
+    return xp.mean(x, axis=axis, keepdims=keepdims)
+
+
+@defvjp(mean)
+def _mean_vjp(ct, ans, x, /, *, xp, axis=None, keepdims=False):
+    shape = tuple(x.shape)
+    n = math.prod(shape[a] for a in _norm_axes(axis, len(shape)))
+    return (_expand_to(ct, x, axis, keepdims) / float(n),)
+
+
+def _extremum_vjp(ct, ans, x, axis, keepdims):
+    # the cotangent goes to the entries equal to the extremum, split evenly among ties
+    shape = tuple(x.shape)
+    axes = _norm_axes(axis, len(shape))
+    ans_k = ans if keepdims else reshape(ans, _keepdims_shape(shape, axes))
+    mask = _float_mask(_raw(x == ans_k), x.dtype)
+    xp = _raw_namespace((mask,))
+    count = xp.sum(mask, axis=axes, keepdims=True)
+    return (multiply(_expand_to(ct, x, axis, keepdims), mask / count),)
+
+
+@primitive
+def max(x, /, *, axis=None, keepdims=False, xp):
+    return xp.max(x, axis=axis, keepdims=keepdims)
+
+
+@defvjp(max)
+def _max_vjp(ct, ans, x, /, *, xp, axis=None, keepdims=False):
+    return _extremum_vjp(ct, ans, x, axis, keepdims)
+
+
+@primitive
+def min(x, /, *, axis=None, keepdims=False, xp):
+    return xp.min(x, axis=axis, keepdims=keepdims)
+
+
+@defvjp(min)
+def _min_vjp(ct, ans, x, /, *, xp, axis=None, keepdims=False):
+    return _extremum_vjp(ct, ans, x, axis, keepdims)
+
+
+@primitive
+def prod(x, /, *, axis=None, dtype=None, keepdims=False, xp):
+    return xp.prod(x, axis=axis, dtype=dtype, keepdims=keepdims)
+
+
+@defvjp(prod)
+def _prod_vjp(ct, ans, x, /, *, xp, axis=None, dtype=None, keepdims=False):
+    # d prod / d x_i = prod_{j != i} x_j. With z = number of zeros along the axis and
+    # p = product of the non-zero entries: z == 0 -> p / x_i; z == 1 -> p at the zero
+    # and 0 elsewhere; z >= 2 -> 0.
+    axes = _norm_axes(axis, x.ndim)
+    zero = _raw(x == 0.0)
+    bx = _raw_namespace((zero,))
+    nzero = bx.sum(bx.astype(zero, bx.int32), axis=axes, keepdims=True)
+    safe = where(zero, 1.0, x)
+    p = prod(safe, axis=axes, keepdims=True)
+    g = where(zero, where(nzero == 1, p, 0.0), where(nzero == 0, p / safe, 0.0))
+    g = multiply(_expand_to(ct, x, axis, keepdims), g)
+    return (g if g.dtype == x.dtype else astype(g, x.dtype),)
+
+
+# ----------------------------------------------------------------------------------
+# Linear algebra
+# ----------------------------------------------------------------------------------
+
+
+@primitive
+def matmul(x1, x2, /):
+    return x1 @ x2
+
+
+@defvjp(matmul)
+def _matmul_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    # C = A B: dA = dC B^T, dB = A^T dC; 1-D operands are promoted to matrices first.
+    a = expand_dims(x1, axis=0) if x1.ndim == 1 else x1
+    b = expand_dims(x2, axis=-1) if x2.ndim == 1 else x2
+    g = ct
+    if x2.ndim == 1:
+        g = expand_dims(g, axis=-1)
+    if x1.ndim == 1:
+        g = expand_dims(g, axis=-2)
+    g1 = g2 = None
+    if needs_grad[0]:
+        g1 = unbroadcast(matmul(g, matrix_transpose(b)), a)
+        if x1.ndim == 1:
+            g1 = reshape(g1, tuple(x1.shape))
+    if needs_grad[1]:
+        g2 = unbroadcast(matmul(matrix_transpose(a), g), b)
+        if x2.ndim == 1:
+            g2 = reshape(g2, tuple(x2.shape))
+    return g1, g2
+
+
+@primitive
+def matrix_transpose(x, /, *, xp):
+    return xp.matrix_transpose(x)
+
+
+@defvjp(matrix_transpose)
+def _matrix_transpose_vjp(ct, ans, x, /, *, xp):
+    return (matrix_transpose(ct),)
+
+
+def _tensordot_axes(axes, n1, n2):
+    if isinstance(axes, int):
+        return list(range(n1 - axes, n1)), list(range(axes))
+    a1, a2 = axes
+    a1 = [a1] if isinstance(a1, int) else list(a1)
+    a2 = [a2] if isinstance(a2, int) else list(a2)
+    return [a % n1 for a in a1], [a % n2 for a in a2]
+
+
+def _inverse_perm(src):
+    perm = [0] * len(src)
+    for i, s in enumerate(src):
+        perm[s] = i
+    return tuple(perm)
+
+
+@primitive
+def tensordot(x1, x2, /, *, axes=2, xp):
+    return xp.tensordot(x1, x2, axes=axes)
+
+
+@defvjp(tensordot)
+def _tensordot_vjp(ct, ans, x1, x2, /, *, xp, needs_grad, axes=2):
+    n1, n2 = x1.ndim, x2.ndim
+    c1, c2 = _tensordot_axes(axes, n1, n2)
+    f1 = [i for i in range(n1) if i not in c1]
+    f2 = [i for i in range(n2) if i not in c2]
+    k1, k2 = len(f1), len(f2)
+    g1 = g2 = None
+    if needs_grad[0]:
+        # contract ct's x2-part with x2's free axes; the result's axes are x1's free
+        # axes followed by x2's contracted axes in increasing order.
+        r = tensordot(ct, x2, axes=(list(range(k1, k1 + k2)), f2))
+        src = f1 + [c1[c2.index(j)] for j in sorted(c2)]
+        g1 = permute_dims(r, _inverse_perm(src))
+    if needs_grad[1]:
+        r = tensordot(x1, ct, axes=(f1, list(range(k1))))
+        src = [c2[c1.index(i)] for i in sorted(c1)] + f2
+        g2 = permute_dims(r, _inverse_perm(src))
+    return g1, g2
+
+
+@primitive
+def vecdot(x1, x2, /, *, axis=-1, xp):
+    return xp.vecdot(x1, x2, axis=axis)
+
+
+@defvjp(vecdot)
+def _vecdot_vjp(ct, ans, x1, x2, /, *, xp, needs_grad, axis=-1):
+    ndim = builtins.max(x1.ndim, x2.ndim)
+    ax = axis - ndim if axis >= 0 else axis
+    g = expand_dims(ct, axis=ax)
+    g1 = unbroadcast(multiply(g, x2), x1) if needs_grad[0] else None
+    g2 = unbroadcast(multiply(g, x1), x2) if needs_grad[1] else None
+    return g1, g2
+
+
+@primitive(name="linalg.solve")
+def solve(x1, x2, /, *, xp):
+    return xp.linalg.solve(x1, x2)
+
+
+@defvjp(solve)
+def _solve_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    # X = A^{-1} B: dB = A^{-T} dX, dA = -dB X^T. A 1-D B is a single column.
+    vector = x2.ndim == 1
+    b = expand_dims(x2, axis=-1) if vector else x2
+    X = expand_dims(ans, axis=-1) if vector else ans
+    g = expand_dims(ct, axis=-1) if vector else ct
+    gb = solve(matrix_transpose(x1), g)
+    g1 = unbroadcast(-matmul(gb, matrix_transpose(X)), x1) if needs_grad[0] else None
+    g2 = None
+    if needs_grad[1]:
+        g2 = unbroadcast(gb, b)
+        if vector:
+            g2 = reshape(g2, tuple(x2.shape))
+    return g1, g2
+
+
+@primitive(name="linalg.vector_norm")
+def _vector_norm2(x, /, *, axis=None, keepdims=False, xp):
+    return xp.linalg.vector_norm(x, axis=axis, keepdims=keepdims)
+
+
+@defvjp(_vector_norm2)
+def _vector_norm2_vjp(ct, ans, x, /, *, xp, axis=None, keepdims=False):
+    # d||x|| / dx = x / ||x|| (taken as 0 at x = 0)
+    axes = _norm_axes(axis, x.ndim)
+    n = ans if keepdims else reshape(ans, _keepdims_shape(tuple(x.shape), axes))
+    zero = _raw(n == 0.0)
+    safe = where(zero, 1.0, n)
+    return (multiply(_expand_to(ct, x, axis, keepdims), where(zero, 0.0, divide(x, safe))),)
+
+
+def vector_norm(x, /, *, axis=None, keepdims=False, ord=2):
+    """Differentiable ``linalg.vector_norm``; ord 2 is a primitive, others composites."""
+    if ord == 2:
+        return _vector_norm2(x, axis=axis, keepdims=keepdims)
+    if type(x) is not Tensor:
+        xp = _raw_namespace((x,))
+        return xp.linalg.vector_norm(x, axis=axis, keepdims=keepdims, ord=ord)
+    if ord == 1:
+        return sum(abs(x), axis=axis, keepdims=keepdims)
+    if ord == math.inf:
+        return max(abs(x), axis=axis, keepdims=keepdims)
+    if ord == -math.inf:
+        return min(abs(x), axis=axis, keepdims=keepdims)
+    if isinstance(ord, int | float) and ord > 0:
+        return sum(abs(x) ** ord, axis=axis, keepdims=keepdims) ** (1.0 / ord)
+    msg = f"`linalg.vector_norm` with ord={ord!r} is not differentiable (yet)"
+    raise NotImplementedError(msg)
+
+
+# ----------------------------------------------------------------------------------
+# Shapes
+# ----------------------------------------------------------------------------------
+
+
+@primitive(name="reshape")
+def _reshape(x, /, *, shape, xp):
+    return xp.reshape(x, shape)
+
+
+@defvjp(_reshape)
+def _reshape_vjp(ct, ans, x, /, *, xp, shape):
+    return (reshape(ct, tuple(x.shape)),)
+
+
+def reshape(x, /, shape, *, copy=None):
+    """Differentiable ``reshape``."""
+    return _reshape(x, shape=tuple(shape))
+
+
+@primitive(name="permute_dims")
+def _permute_dims(x, /, *, axes, xp):
+    return xp.permute_dims(x, axes)
+
+
+@defvjp(_permute_dims)
+def _permute_dims_vjp(ct, ans, x, /, *, xp, axes):
+    return (permute_dims(ct, _inverse_perm([a % x.ndim for a in axes])),)
+
+
+def permute_dims(x, /, axes):
+    """Differentiable ``permute_dims``."""
+    return _permute_dims(x, axes=tuple(axes))
+
+
+@primitive
+def expand_dims(x, /, *, axis=0, xp):
+    return xp.expand_dims(x, axis=axis)
+
+
+@defvjp(expand_dims)
+def _expand_dims_vjp(ct, ans, x, /, *, xp, axis=0):
+    return (reshape(ct, tuple(x.shape)),)
+
+
+@primitive(name="squeeze")
+def _squeeze(x, /, *, axis, xp):
+    return xp.squeeze(x, axis=axis)
+
+
+@defvjp(_squeeze)
+def _squeeze_vjp(ct, ans, x, /, *, xp, axis):
+    return (reshape(ct, tuple(x.shape)),)
+
+
+def squeeze(x, /, axis):
+    """Differentiable ``squeeze``."""
+    return _squeeze(x, axis=axis)
+
+
+@primitive(name="broadcast_to")
+def _broadcast_to(x, /, *, shape, xp):
+    return xp.broadcast_to(x, shape)
+
+
+@defvjp(_broadcast_to)
+def _broadcast_to_vjp(ct, ans, x, /, *, xp, shape):
+    return (unbroadcast(ct, x),)
+
+
+def broadcast_to(x, /, shape):
+    """Differentiable ``broadcast_to``."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    return _broadcast_to(x, shape=tuple(shape))
+
+
+@primitive
+def flip(x, /, *, axis=None, xp):
+    return xp.flip(x, axis=axis)
+
+
+@defvjp(flip)
+def _flip_vjp(ct, ans, x, /, *, xp, axis=None):
+    return (flip(ct, axis=axis),)
+
+
+@primitive(name="concat")
+def _concat(*arrays, axis, xp):
+    return xp.concat(arrays, axis=axis)
+
+
+@defvjp(_concat)
+def _concat_vjp(ct, ans, *arrays, xp, axis, needs_grad):
+    ax = axis % ans.ndim
+    out = []
+    start = 0
+    for a, need in zip(arrays, needs_grad):
+        stop = start + a.shape[ax]
+        if need:
+            out.append(getitem(ct, key=(slice(None),) * ax + (slice(start, stop), Ellipsis)))
+        else:
+            out.append(None)
+        start = stop
+    return tuple(out)
+
+
+def concat(arrays, /, *, axis=0):
+    """Differentiable ``concat``; ``axis=None`` concatenates the flattened arrays."""
+    if axis is None:
+        arrays = [reshape(a, (-1,)) for a in arrays]
+        axis = 0
+    return _concat(*arrays, axis=axis)
+
+
+@primitive(name="stack")
+def _stack(*arrays, axis, xp):
+    return xp.stack(arrays, axis=axis)
+
+
+@defvjp(_stack)
+def _stack_vjp(ct, ans, *arrays, xp, axis, needs_grad):
+    ax = axis % ans.ndim
+    return tuple(
+        getitem(ct, key=(slice(None),) * ax + (i, Ellipsis)) if need else None
+        for i, need in enumerate(needs_grad)
+    )
+
+
+def stack(arrays, /, *, axis=0):
+    """Differentiable ``stack``."""
+    return _stack(*arrays, axis=axis)
+
+
+def _is_int_array(k) -> bool:
+    if k is None or isinstance(k, int | slice) or k is Ellipsis:
+        return False
+    xp = _raw_namespace((k,))
+    return not xp.isdtype(k.dtype, "bool")
+
+
+@primitive(name="getitem")
+def _getitem(x, /, *, key):
+    return x[key]
+
+
+@defvjp(_getitem)
+def _getitem_vjp(ct, ans, x, /, *, xp, key):
+    return (_scatter(ct, shape=tuple(x.shape), key=key),)
+
+
+@primitive(name="getitem_transpose")
+def _scatter(ct, /, *, shape, key, take_axis=None, xp):
+    """The transpose of ``x[key]``: zeros of `shape` with `ct` added at ``[key]``.
+
+    With `take_axis`, the transpose of ``take(x, key, axis=take_axis)`` instead.
+    """
+    items = key if isinstance(key, tuple) else (key,)
+    dev = _device(ct)
+    if take_axis is None and not any(_is_int_array(k) for k in items):
+        # no index repeats: assign into zeros (None is not a setitem index: drop it)
+        z = xp.zeros(shape, dtype=ct.dtype, device=dev)
+        if any(k is None for k in items):
+            key = tuple(k for k in items if k is not None)
+            ct = xp.reshape(ct, tuple(z[key].shape))
+        z[key] = ct
+        return z
+    # Integer-array indices may repeat, so entries must be summed. Index a grid of
+    # linear positions the same way to learn where every entry of ct goes, sort those
+    # positions, and read the per-position sums off a cumulative sum (in float64):
+    #   out[p] = C[hi(p)] - C[lo(p)],  C = cumsum(ct sorted by position, initial 0).
+    n = math.prod(shape)
+    grid = xp.reshape(xp.arange(n, device=dev), shape)
+    pos = grid[key] if take_axis is None else xp.take(grid, key, axis=take_axis)
+    pos = xp.reshape(pos, (-1,))
+    vals = xp.reshape(ct, (-1,))
+    order = xp.argsort(pos)
+    pos = xp.take(pos, order)
+    vals = xp.astype(xp.take(vals, order), xp.float64)
+    csum = xp.cumulative_sum(vals, include_initial=True)
+    grid = xp.arange(n, dtype=pos.dtype, device=dev)
+    lo = xp.searchsorted(pos, grid, side="left")
+    hi = xp.searchsorted(pos, grid, side="right")
+    out = xp.take(csum, hi) - xp.take(csum, lo)
+    return xp.reshape(xp.astype(out, ct.dtype), shape)
+
+
+@defvjp(_scatter)
+def _scatter_vjp(ct, ans, g, /, *, xp, shape, key, take_axis=None):
+    if take_axis is not None:
+        return (take(ct, key, axis=take_axis),)
+    return (getitem(ct, key=key),)
+
+
+def getitem(x, /, key):
+    """Differentiable ``x[key]`` (basic slicing and integer-array indexing)."""
+    return _getitem(x, key=_unwrap_all(key))
+
+
+@primitive
+def take(x, indices, /, *, axis=None, xp):
+    return xp.take(x, indices, axis=axis)
+
+
+@defvjp(take)
+def _take_vjp(ct, ans, x, indices, /, *, xp, axis=None):
+    ax = 0 if axis is None else axis % x.ndim
+    return _scatter(ct, shape=tuple(x.shape), key=_raw(indices), take_axis=ax), None
+
+
+# ----------------------------------------------------------------------------------
+# Tensor operators
+# ----------------------------------------------------------------------------------
+
+
+def _compare(op):
+    def method(self, other):
+        return op(_raw(self), _unwrap_all(other))
+
+    return method
+
+
+def _install_operators():
+    import operator
+
+    T = Tensor
+    T.__add__ = lambda self, other: add(self, other)
+    T.__radd__ = lambda self, other: add(other, self)
+    T.__sub__ = lambda self, other: subtract(self, other)
+    T.__rsub__ = lambda self, other: subtract(other, self)
+    T.__mul__ = lambda self, other: multiply(self, other)
+    T.__rmul__ = lambda self, other: multiply(other, self)
+    T.__truediv__ = lambda self, other: divide(self, other)
+    T.__rtruediv__ = lambda self, other: divide(other, self)
+    T.__pow__ = lambda self, other: pow(self, other)
+    T.__rpow__ = lambda self, other: pow(other, self)
+    T.__matmul__ = lambda self, other: matmul(self, other)
+    T.__rmatmul__ = lambda self, other: matmul(other, self)
+    T.__neg__ = lambda self: negative(self)
+    T.__pos__ = lambda self: self
+    T.__abs__ = lambda self: abs(self)
+    T.__getitem__ = lambda self, key: _getitem(self, key=_unwrap_all(key))
+    T.mT = property(lambda self: matrix_transpose(self), doc="Transpose of the last two axes.")
+
+    def _T(self):
+        if self.ndim != 2:
+            msg = f"`.T` needs a 2-D tensor, got {self.ndim}-D; use `.mT` or permute_dims"
+            raise ValueError(msg)
+        return matrix_transpose(self)
+
+    T.T = property(_T, doc="Transpose of a 2-D tensor.")
+
+    def astype_method(self, dtype, /, *, copy=True, device=None):
+        return astype(self, dtype)
+
+    T.astype = astype_method
+    for name, op in [
+        ("__eq__", operator.eq),
+        ("__ne__", operator.ne),
+        ("__lt__", operator.lt),
+        ("__le__", operator.le),
+        ("__gt__", operator.gt),
+        ("__ge__", operator.ge),
+        ("__and__", operator.and_),
+        ("__or__", operator.or_),
+        ("__xor__", operator.xor),
+        ("__rand__", lambda a, b: b & a),
+        ("__ror__", lambda a, b: b | a),
+        ("__rxor__", lambda a, b: b ^ a),
+    ]:
+        setattr(T, name, _compare(op))
+    T.__invert__ = lambda self: ~_raw(self)
+
+    def _not_differentiable(name, op):
+        def method(self, other):
+            if self._level > 0 or (type(other) is Tensor and other._level > 0):
+                msg = f"`{name}` is not differentiable (yet)"
+                raise NotImplementedError(msg)
+            return op(_raw(self), _unwrap_all(other))
+
+        return method
+
+    T.__floordiv__ = _not_differentiable("floor_divide", operator.floordiv)
+    T.__rfloordiv__ = _not_differentiable("floor_divide", lambda a, b: b // a)
+    T.__mod__ = _not_differentiable("remainder", operator.mod)
+    T.__rmod__ = _not_differentiable("remainder", lambda a, b: b % a)
+
+
+_install_operators()
