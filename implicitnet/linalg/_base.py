@@ -1,0 +1,344 @@
+"""What every matrix-free linear solver shares: the abstract class, input checks, the
+operator wrapper, the batch layout and the construction of the `Result`.
+
+Internally every solver works on a 2-D layout ``(B, n)``: ``B`` independent systems of
+``n`` unknowns each (``B == 1`` without `batch_axis`, the whole of `b` flattened into
+one system). :class:`_Problem` converts between the user's layout and this one, and
+wraps the operator ``A`` (and the preconditioner ``M``) so that they act on it.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .._result import Result, Status, status_message
+from .._xp import as_float_array, device, is_tensor, namespace, vector_norm
+
+__all__ = ["AbstractLinearSolver"]
+
+
+class AbstractLinearSolver(abc.ABC):
+    """A solver for ``A x = b`` that needs only products ``v -> A v``.
+
+    Concrete solvers are frozen, keyword-only dataclasses holding the configuration
+    (tolerances, iteration limits, ...); the problem is passed to :meth:`solve`. Any
+    object with a :meth:`solve` of this signature may be used where a linear solver is
+    expected (for instance as the backward solver of an implicit layer).
+    """
+
+    @abc.abstractmethod
+    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
+        """Solve ``A x = b``.
+
+        Parameters
+        ----------
+        A : callable, array or object with ``matvec``
+            The linear operator: a callable ``v -> A v`` on arrays shaped like `b`, a
+            2-D array (the matrix; or a 3-D array ``(batch, n, n)``, one matrix per
+            system, when `b` is ``(batch, n)`` with ``batch_axis=0``), or an object
+            with a ``matvec`` method.
+        b : array
+            Right-hand side.
+        x0 : array, optional
+            Initial guess, shaped like `b`. Default: zeros.
+        batch_axis : int, optional
+            Solve every slice of `b` along this axis as its own system.
+        xp : array namespace, optional
+            Namespace of `b`. Default: inferred.
+
+        Returns
+        -------
+        Result
+            The solution and how the solve went.
+        """
+
+
+def _check_tolerances(obj: Any) -> None:
+    """Validate the fields every linear solver has (`rtol`, `atol`, `maxiter`)."""
+    for name in ("rtol", "atol"):
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            msg = f"`{name}` must be a real number, got {value!r}"
+            raise TypeError(msg)
+        if not (value >= 0 and math.isfinite(value)):
+            msg = f"`{name}` must be finite and non-negative, got {value!r}"
+            raise ValueError(msg)
+    _check_int(obj.maxiter, "maxiter", minimum=0, optional=True)
+    cb = getattr(obj, "callback", None)
+    if cb is not None and not callable(cb):
+        msg = f"`callback` must be callable or None, got {type(cb).__name__}"
+        raise TypeError(msg)
+
+
+def _check_int(value: Any, name: str, *, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"`{name}` must be an integer, got {value!r}"
+        raise TypeError(msg)
+    if value < minimum:
+        msg = f"`{name}` must be at least {minimum}, got {value}"
+        raise ValueError(msg)
+
+
+class _Problem(NamedTuple):
+    """A linear system in the internal ``(B, n)`` layout."""
+
+    b: Any  # (B, n)
+    x0: Any  # (B, n) or None (zeros)
+    matvec: Any  # (B, n) -> (B, n)
+    precond: Any  # (B, n) -> (B, n), or None
+    shape: tuple  # shape of the user's b
+    perm: tuple | None  # permutation moving the batch axis to the front, or None
+    batched: bool
+    bnorm: Any  # (B,) Euclidean norms of the right-hand sides
+
+    def to_user(self, x, *, xp):
+        """Map an internal ``(B, n)`` array back to the layout of the user's `b`."""
+        if self.perm is None:
+            return xp.reshape(x, self.shape)
+        moved = tuple(self.shape[i] for i in self.perm)
+        inverse = tuple(self.perm.index(i) for i in range(len(self.perm)))
+        return xp.permute_dims(xp.reshape(x, moved), inverse)
+
+
+def _to_internal(x, *, shape, perm, B, xp):
+    if perm is not None:
+        x = xp.permute_dims(x, perm)
+    return xp.reshape(x, (B, -1))
+
+
+def _operator(A, name: str, *, b_shape, perm, batched: bool, B: int, n: int, dtype, xp):
+    """Wrap `A` (callable, matrix, batch of matrices, or ``.matvec``) as ``(B, n)`` map."""
+    if is_tensor(A) or hasattr(A, "__array_namespace__"):
+        M = as_float_array(A, xp=xp)
+        if M.dtype != dtype:
+            M = xp.astype(M, dtype)
+        if M.ndim == 2:
+            if tuple(M.shape) != (n, n):
+                msg = (
+                    f"`{name}` as a matrix must have shape {(n, n)} to act on systems of "
+                    f"{n} unknowns, got {tuple(M.shape)}"
+                )
+                raise ValueError(msg)
+
+            def matvec(v):
+                # (M @ v^T)^T: a product with M itself (faster in BLAS than v @ M^T).
+                return xp.matrix_transpose(M @ xp.matrix_transpose(v))
+
+            return matvec
+        if M.ndim == 3 and batched:
+            if tuple(M.shape) != (B, n, n):
+                msg = (
+                    f"`{name}` as a batch of matrices must have shape {(B, n, n)}, got "
+                    f"{tuple(M.shape)}"
+                )
+                raise ValueError(msg)
+
+            def matvec(v):
+                return (M @ v[..., None])[..., 0]
+
+            return matvec
+        msg = (
+            f"`{name}` as an array must be a 2-D matrix (or a 3-D batch of matrices with "
+            f"`batch_axis`), got {M.ndim} dimensions"
+        )
+        raise ValueError(msg)
+    if callable(A):
+        fun = A
+    elif callable(getattr(A, "matvec", None)):
+        fun = A.matvec
+    else:
+        msg = (
+            f"`{name}` must be a callable, a matrix or an object with a `matvec` method, "
+            f"got {type(A).__name__}"
+        )
+        raise TypeError(msg)
+    moved = b_shape if perm is None else tuple(b_shape[i] for i in perm)
+    inverse = None if perm is None else tuple(perm.index(i) for i in range(len(perm)))
+    checked = False
+
+    def matvec(v):
+        nonlocal checked
+        u = xp.reshape(v, moved)
+        if inverse is not None:
+            u = xp.permute_dims(u, inverse)
+        out = fun(u)
+        if not checked:
+            if tuple(getattr(out, "shape", ())) != tuple(b_shape):
+                msg = (
+                    f"`{name}` must return an array shaped like `b` {tuple(b_shape)}, got "
+                    f"{getattr(out, 'shape', type(out).__name__)}"
+                )
+                raise ValueError(msg)
+            checked = True
+        if out.dtype != dtype:
+            out = xp.astype(out, dtype)
+        if perm is not None:
+            out = xp.permute_dims(out, perm)
+        return xp.reshape(out, (B, n))
+
+    return matvec
+
+
+def _all_finite(x, *, xp) -> bool:
+    return bool(xp.all(xp.isfinite(x)))
+
+
+def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
+    """Validate the inputs of a linear solve and bring them to the ``(B, n)`` layout."""
+    b = as_float_array(b, xp=xp)
+    dtype = b.dtype
+    if b.ndim == 0:
+        msg = "`b` must have at least one dimension, got a 0-D array"
+        raise ValueError(msg)
+    if not _all_finite(b, xp=xp):
+        msg = "`b` contains non-finite values (nan or inf)"
+        raise ValueError(msg)
+    shape = tuple(b.shape)
+    if batch_axis is None:
+        batched, perm, B = False, None, 1
+    else:
+        if isinstance(batch_axis, bool) or not isinstance(batch_axis, int):
+            msg = f"`batch_axis` must be an integer or None, got {batch_axis!r}"
+            raise TypeError(msg)
+        if not -b.ndim <= batch_axis < b.ndim:
+            msg = f"`batch_axis` {batch_axis} is out of range for `b` with {b.ndim} dimensions"
+            raise ValueError(msg)
+        if b.ndim < 2:
+            msg = "`b` needs at least two dimensions (batch and unknowns) with `batch_axis`"
+            raise ValueError(msg)
+        axis = batch_axis % b.ndim
+        batched = True
+        perm = None if axis == 0 else (axis, *(i for i in range(b.ndim) if i != axis))
+        B = shape[axis]
+    size = math.prod(shape)
+    n = size // B if B else 0
+    if n == 0:
+        msg = f"`b` must have at least one unknown per system, got shape {shape}"
+        raise ValueError(msg)
+    b2 = _to_internal(b, shape=shape, perm=perm, B=B, xp=xp)
+    x2 = None
+    if x0 is not None:
+        x0 = as_float_array(x0, xp=xp, dtype=dtype)
+        if tuple(x0.shape) != shape:
+            msg = f"`x0` must have the shape of `b` {shape}, got {tuple(x0.shape)}"
+            raise ValueError(msg)
+        if not _all_finite(x0, xp=xp):
+            msg = "`x0` contains non-finite values (nan or inf)"
+            raise ValueError(msg)
+        x2 = _to_internal(x0, shape=shape, perm=perm, B=B, xp=xp)
+    for name, op in (("A", A), ("M", M)):
+        if is_tensor(op) or hasattr(op, "__array_namespace__"):
+            try:
+                namespace(b, op)
+            except TypeError:
+                msg = f"`{name}` is an array of another array library than `b`"
+                raise TypeError(msg) from None
+    kw = {"b_shape": shape, "perm": perm, "batched": batched, "B": B, "n": n, "dtype": dtype}
+    matvec = _operator(A, "A", xp=xp, **kw)
+    precond = None if M is None else _operator(M, "M", xp=xp, **kw)
+    bnorm = vector_norm(b2, axis=-1, xp=xp)
+    return _Problem(b2, x2, matvec, precond, shape, perm, batched, bnorm)
+
+
+def resolve_namespace(b, x0, xp):
+    """The namespace of a linear solve (from `b` and `x0`)."""
+    return namespace(b, x0) if xp is None else xp
+
+
+def tolerance(problem: _Problem, rtol: float, atol: float, *, xp):
+    """Per-system stopping threshold ``atol + rtol * norm(b)``, shape ``(B,)``."""
+    return atol + rtol * problem.bnorm
+
+
+@dataclass
+class _Outcome:
+    """Per-system bookkeeping a solver hands to :func:`make_result` (internal layout)."""
+
+    x: Any  # (B, n)
+    residual: Any  # (B,)
+    converged: Any  # (B,) bool
+    nit: Any  # (B,) int
+    nfev: Any  # (B,) int
+    history: list  # of (B,) arrays
+    code: Any = None  # (B,) int status codes (see _CODES) for unconverged systems
+    stats: dict | None = None
+
+
+#: Integer codes for per-system statuses, kept in arrays while iterating.
+CODE_OK, CODE_MAXITER, CODE_BREAKDOWN, CODE_STAGNATED, CODE_DIVERGED = 0, 1, 2, 3, 4
+_CODES = {
+    CODE_OK: Status.SUCCESS,
+    CODE_MAXITER: Status.MAXITER,
+    CODE_BREAKDOWN: Status.BREAKDOWN,
+    CODE_STAGNATED: Status.STAGNATED,
+    CODE_DIVERGED: Status.DIVERGED,
+}
+
+
+def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
+    """Build the :class:`Result` of a linear solve in the user's layout."""
+    converged = out.converged
+    code = out.code
+    if code is None:
+        code = xp.where(converged, CODE_OK, CODE_MAXITER)
+    else:
+        code = xp.where(converged, CODE_OK, xp.where(code == CODE_OK, CODE_MAXITER, code))
+    # The overall status is the worst one: diverged > stagnated > breakdown > maxiter.
+    worst = int(xp.max(code))
+    status = _CODES[worst]
+    success = worst == CODE_OK
+    history = xp.stack(out.history, axis=0)
+    x = problem.to_user(out.x, xp=xp)
+    stats = dict(out.stats or {})
+    if problem.batched:
+        stats["status"] = code
+        return Result(
+            x=x,
+            success=success,
+            status=status,
+            message=status_message(status),
+            nit=out.nit,
+            nfev=out.nfev,
+            residual=out.residual,
+            history=history,
+            converged=converged,
+            stats=stats,
+        )
+    return Result(
+        x=x,
+        success=success,
+        status=status,
+        message=status_message(status),
+        nit=int(out.nit[0]),
+        nfev=int(out.nfev[0]),
+        residual=float(out.residual[0]),
+        history=history[:, 0],
+        converged=success,
+        stats=stats,
+    )
+
+
+def int_zeros(B: int, *, like, xp):
+    """An integer counter per system, on the device of `like`."""
+    return xp.zeros((B,), dtype=xp.int64, device=device(like))
+
+
+def initial_residual(p: _Problem, *, xp):
+    """The starting point, its residual and the products with ``A`` this cost.
+
+    A zero right-hand side has the solution zero whatever the guess, so those systems
+    start (and stay) at zero.
+    """
+    b = p.b
+    nfev = int_zeros(b.shape[0], like=b, xp=xp)
+    zero_rhs = p.bnorm == 0
+    zeros = xp.zeros_like(b)
+    if p.x0 is None or bool(xp.all(zero_rhs)):
+        return zeros, b, nfev
+    x = xp.where(zero_rhs[:, None], zeros, p.x0)
+    return x, b - p.matvec(x), nfev + 1

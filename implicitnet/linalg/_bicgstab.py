@@ -1,0 +1,226 @@
+"""BiCGSTAB: short recurrences, constant memory, two products with ``A`` per iteration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .._result import Result
+from .._xp import vdot, vector_norm
+from ._base import (
+    CODE_BREAKDOWN,
+    AbstractLinearSolver,
+    _check_tolerances,
+    make_result,
+    prepare,
+    resolve_namespace,
+    tolerance,
+)
+from ._iterate import Step, iterate
+
+__all__ = ["BiCGSTAB", "bicgstab"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BiCGSTAB(AbstractLinearSolver):
+    """BiCGSTAB (van der Vorst), right-preconditioned, batched.
+
+    Parameters
+    ----------
+    rtol, atol : float
+        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
+    maxiter : int, optional
+        Maximum number of iterations; each costs two products with ``A`` (and with
+        `M`). Default: 100.
+    M : callable, array or object with ``matvec``, optional
+        Right preconditioner approximating ``A^{-1}``.
+    callback : callable, optional
+        Called after every iteration with the residual norm (one per system when
+        batched).
+
+    See Also
+    --------
+    bicgstab : The function form.
+    GMRES : Minimal residual, more robust, memory growing with `restart`.
+
+    Notes
+    -----
+    With the shadow residual ``rh = r0`` and ``rho = <rh, r>`` [1]_::
+
+        p <- r + (rho_k / rho_{k-1}) (alpha / omega) (p - omega v)
+        v = A p,  alpha = rho_k / <rh, v>,  s = r - alpha v
+        t = A s,  omega = <t, s> / <t, t>
+        x <- x + alpha p + omega s,  r <- s - omega t
+
+    A system whose half-step residual ``norm(s)`` already meets the tolerance takes
+    ``omega = 0``. When ``<rh, r>`` vanishes the shadow residual is reset to the current
+    residual; when ``<rh, v>`` vanishes the system stops with status ``"breakdown"``.
+    The residual is updated by recurrence; the reported `residual` is recomputed as
+    ``b - A x`` at the end (one more product).
+
+    References
+    ----------
+    .. [1] H. A. van der Vorst, "Bi-CGSTAB: A fast and smoothly converging variant of
+       Bi-CG for the solution of nonsymmetric linear systems", SIAM J. Sci. Stat.
+       Comput. 13 (1992).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> res = inet.linalg.BiCGSTAB(rtol=1e-10).solve(np.array([[3.0, 1.0], [1.0, 2.0]]),
+    ...                                               np.array([1.0, 0.0]))
+    >>> np.round(res.x, 6)
+    array([ 0.4, -0.2])
+    """
+
+    rtol: float = 1e-6
+    atol: float = 0.0
+    maxiter: int | None = None
+    M: Any = None
+    callback: Callable[[Any], None] | None = None
+
+    def __post_init__(self):
+        _check_tolerances(self)
+
+    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
+        """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
+        xp = resolve_namespace(b, x0, xp)
+        problem = prepare(A, b, x0, self.M, batch_axis, xp=xp)
+        maxiter = 100 if self.maxiter is None else self.maxiter
+        tol = tolerance(problem, self.rtol, self.atol, xp=xp)
+        eps = float(xp.finfo(problem.b.dtype).eps)
+        out = iterate(
+            problem,
+            init=_init,
+            step=lambda p, x, r, s, k, *, xp: _step(p, x, r, s, tol=tol, eps=eps, xp=xp),
+            matvecs_per_step=2,
+            tol=tol,
+            maxiter=maxiter,
+            callback=self.callback,
+            verify=True,
+            xp=xp,
+        )
+        return make_result(problem, out, xp=xp)
+
+
+def bicgstab(
+    A,
+    b,
+    /,
+    *,
+    x0=None,
+    rtol=1e-6,
+    atol=0.0,
+    maxiter=None,
+    M=None,
+    batch_axis=None,
+    callback=None,
+    xp=None,
+) -> Result:
+    """Solve ``A x = b`` by BiCGSTAB, given only ``v -> A v``.
+
+    Parameters
+    ----------
+    A : callable, array or object with ``matvec``
+        The operator, as for :func:`gmres`.
+    b : array
+        Right-hand side.
+    x0 : array, optional
+        Initial guess. Default: zeros.
+    rtol, atol : float
+        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
+    maxiter : int, optional
+        Maximum number of iterations (two products with ``A`` each). Default: 100.
+    M : callable, array or object with ``matvec``, optional
+        Right preconditioner approximating ``A^{-1}``.
+    batch_axis : int, optional
+        Solve every slice along this axis as its own system.
+    callback : callable, optional
+        Called after every iteration with the residual norm.
+    xp : array namespace, optional
+        Namespace of `b`. Default: inferred.
+
+    Returns
+    -------
+    Result
+        As for :func:`gmres`; ``nmatvec`` is ``2 * nit`` plus one for a nonzero `x0`
+        and one for the final residual check.
+
+    Raises
+    ------
+    ValueError
+        If `b` or `x0` is non-finite or misshapen, or `A` has the wrong shape.
+
+    See Also
+    --------
+    BiCGSTAB : The solver object, with the algorithm.
+    gmres : The more robust alternative.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
+    >>> res = inet.linalg.bicgstab(lambda v: A @ v, np.array([1.0, 0.0]), rtol=1e-10)
+    >>> bool(res.success), np.allclose(A @ res.x, [1.0, 0.0])
+    (True, True)
+    """
+    solver = BiCGSTAB(rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
+    return solver.solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
+
+
+class _State(NamedTuple):
+    r_hat: Any  # (B, n) shadow residual
+    p: Any  # (B, n) search direction (in the preconditioned variable)
+    v: Any  # (B, n) A M p
+    rho: Any  # (B,)
+    alpha: Any  # (B,)
+    omega: Any  # (B,)
+
+
+def _init(p, x, r, *, xp):
+    ones = xp.ones_like(r[:, 0])
+    zeros = xp.zeros_like(r)
+    return _State(r_hat=r, p=zeros, v=zeros, rho=ones, alpha=ones, omega=ones)
+
+
+def _step(prob, x, r, st: _State, *, tol, eps, xp) -> Step:
+    matvec, precond = prob.matvec, prob.precond
+    ones = xp.ones_like(st.rho)
+    zeros = xp.zeros_like(st.rho)
+    rnorm = vector_norm(r, axis=-1, xp=xp)
+    rho = vdot(st.r_hat, r, xp=xp)
+    # Lost bi-orthogonality (<rh, r> ~ 0): restart the shadow residual, rh = r, p = r.
+    lost = xp.abs(rho) <= eps * vector_norm(st.r_hat, axis=-1, xp=xp) * rnorm
+    r_hat = xp.where(lost[:, None], r, st.r_hat)
+    rho = xp.where(lost, rnorm * rnorm, rho)
+    # Frozen (converged) systems may hold zeros here: guard every division.
+    rho_old = xp.where(st.rho == 0, ones, st.rho)
+    omega_old = xp.where(st.omega == 0, ones, st.omega)
+    beta = xp.where(lost, zeros, (rho / rho_old) * (st.alpha / omega_old))
+    p = r + beta[:, None] * (st.p - st.omega[:, None] * st.v)
+    p_hat = p if precond is None else precond(p)
+    v = matvec(p_hat)
+    sigma = vdot(r_hat, v, xp=xp)
+    broken = xp.abs(sigma) <= eps * vector_norm(r_hat, axis=-1, xp=xp) * vector_norm(
+        v, axis=-1, xp=xp
+    )
+    alpha = xp.where(broken, zeros, rho / xp.where(broken, ones, sigma))
+    s = r - alpha[:, None] * v
+    half = vector_norm(s, axis=-1, xp=xp) <= tol
+    s_hat = s if precond is None else precond(s)
+    t = matvec(s_hat)
+    tt = vdot(t, t, xp=xp)
+    stop = half | (tt == 0)
+    omega = xp.where(stop, zeros, vdot(t, s, xp=xp) / xp.where(stop, ones, tt))
+    x_new = x + alpha[:, None] * p_hat + omega[:, None] * s_hat
+    r_new = s - omega[:, None] * t
+    # omega = 0 without convergence stalls the recurrence (the next beta divides by it).
+    stalled = ~half & (xp.abs(omega) <= eps)
+    fail = CODE_BREAKDOWN * xp.astype(broken | stalled, xp.int64)
+    x_new = xp.where(broken[:, None], x, x_new)
+    r_new = xp.where(broken[:, None], r, r_new)
+    state = _State(r_hat=r_hat, p=p, v=v, rho=rho, alpha=alpha, omega=xp.where(stop, ones, omega))
+    return Step(x=x_new, r=r_new, state=state, fail=fail)

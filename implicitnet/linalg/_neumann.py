@@ -1,0 +1,156 @@
+"""Truncated Neumann series: the cheapest approximate adjoint solve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._result import Result
+from ._base import (
+    AbstractLinearSolver,
+    _check_tolerances,
+    make_result,
+    prepare,
+    resolve_namespace,
+    tolerance,
+)
+from ._iterate import Step, iterate
+
+__all__ = ["Neumann", "neumann"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Neumann(AbstractLinearSolver):
+    """Truncated Neumann series ``x = sum_k (I - A)^k b``, i.e. Richardson iteration.
+
+    Parameters
+    ----------
+    rtol, atol : float
+        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
+    maxiter : int, optional
+        Maximum number of terms after the first (one product with ``A`` each).
+        Default: 50.
+    callback : callable, optional
+        Called after every term with the residual norm (one per system when batched).
+
+    See Also
+    --------
+    neumann : The function form.
+
+    Notes
+    -----
+    For the adjoint of an implicit layer, ``u = g + J^T u`` with ``J`` the Jacobian of
+    the layer at its fixed point, the operator is ``A = I - J^T`` (``A(u) = u -
+    vjp(u)``), the same operator GMRES is given. Richardson iteration from ``x0 = 0``::
+
+        x_{k+1} = x_k + (b - A x_k),   r_{k+1} = r_k - A r_k
+
+    produces the partial sums ``x_k = sum_{i<k} (I - A)^i b = sum_{i<k} (J^T)^i g``:
+    the truncated Neumann series. It converges when the spectral radius of ``I - A``
+    is below one (a contractive layer), linearly at that rate; the residual is the next
+    term of the series. A residual that grows beyond ``1e8`` times its initial value
+    stops the system with status ``"diverged"``; the best partial sum is returned.
+    A few terms (``maxiter`` small, tolerance loose) give the cheap approximate
+    gradients used by some DEQ training schemes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> J = np.array([[0.2, 0.1], [0.0, 0.3]])
+    >>> g = np.array([1.0, 1.0])
+    >>> res = inet.linalg.Neumann(rtol=1e-12, maxiter=100).solve(lambda u: u - J.T @ u, g)
+    >>> np.allclose(res.x, np.linalg.solve(np.eye(2) - J.T, g))
+    True
+    """
+
+    rtol: float = 1e-6
+    atol: float = 0.0
+    maxiter: int | None = None
+    callback: Callable[[Any], None] | None = None
+
+    def __post_init__(self):
+        _check_tolerances(self)
+
+    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
+        """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
+        xp = resolve_namespace(b, x0, xp)
+        problem = prepare(A, b, x0, None, batch_axis, xp=xp)
+        out = iterate(
+            problem,
+            init=lambda p, x, r, *, xp: None,
+            step=_step,
+            matvecs_per_step=1,
+            tol=tolerance(problem, self.rtol, self.atol, xp=xp),
+            maxiter=50 if self.maxiter is None else self.maxiter,
+            callback=self.callback,
+            verify=False,
+            xp=xp,
+        )
+        return make_result(problem, out, xp=xp)
+
+
+def _step(p, x, r, state, k, *, xp) -> Step:
+    return Step(x=x + r, r=r - p.matvec(r), state=None)
+
+
+def neumann(
+    A,
+    b,
+    /,
+    *,
+    x0=None,
+    rtol=1e-6,
+    atol=0.0,
+    maxiter=None,
+    batch_axis=None,
+    callback=None,
+    xp=None,
+) -> Result:
+    """Solve ``A x = b`` by the truncated Neumann series (Richardson iteration).
+
+    Parameters
+    ----------
+    A : callable, array or object with ``matvec``
+        The operator, as for :func:`gmres`; for an adjoint, ``A(u) = u - vjp(u)``.
+    b : array
+        Right-hand side.
+    x0 : array, optional
+        Initial guess. Default: zeros (the plain series).
+    rtol, atol : float
+        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
+    maxiter : int, optional
+        Maximum number of terms after the first, one product with ``A`` each.
+        Default: 50.
+    batch_axis : int, optional
+        Solve every slice along this axis as its own system.
+    callback : callable, optional
+        Called after every term with the residual norm.
+    xp : array namespace, optional
+        Namespace of `b`. Default: inferred.
+
+    Returns
+    -------
+    Result
+        As for :func:`gmres`; ``nmatvec == nit`` (plus one for a nonzero `x0`).
+
+    Raises
+    ------
+    ValueError
+        If `b` or `x0` is non-finite or misshapen, or `A` has the wrong shape.
+
+    See Also
+    --------
+    Neumann : The solver object, with the mathematics.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> res = inet.linalg.neumann(lambda u: u - 0.5 * u, np.ones(3), rtol=1e-8)
+    >>> np.allclose(res.x, 2.0), res.nit
+    (True, 27)
+    """
+    solver = Neumann(rtol=rtol, atol=atol, maxiter=maxiter, callback=callback)
+    return solver.solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
