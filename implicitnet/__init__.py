@@ -30,9 +30,23 @@ from .autodiff import unbroadcast as unbroadcast
 from .autodiff import value_and_grad as value_and_grad
 from .autodiff import vjp as vjp
 # --- solvers (issue: fixed-point and root solvers) ---
+from .solvers import AbstractIterativeSolver as AbstractIterativeSolver
+from .solvers import AbstractSolver as AbstractSolver
+from .solvers import Anderson as Anderson
+from .solvers import Broyden as Broyden
+from .solvers import NewtonKrylov as NewtonKrylov
+from .solvers import Picard as Picard
+from . import solvers as solvers
 # --- linalg (issue: matrix-free linear solvers) ---
 from . import linalg as linalg
 # --- implicit differentiation (issue: differentiable solves) ---
+from .implicit import AbstractAdjoint as AbstractAdjoint
+from .implicit import ImplicitAdjoint as ImplicitAdjoint
+from .implicit import PhantomAdjoint as PhantomAdjoint
+from .implicit import UnrolledAdjoint as UnrolledAdjoint
+from .implicit import fixed_point as fixed_point
+from .implicit import jacobian_regularization as jacobian_regularization
+from .implicit import root as root
 # --- nn, optim, data (issue: training) ---
 from . import nn as nn
 from . import optim as optim

@@ -274,7 +274,7 @@ def test_closure_capture_is_refused(xp, backend):
         )
         return inet.namespace(W).sum(res.x)
 
-    with pytest.raises(ValueError, match="closure.*`args`"):
+    with pytest.raises(ValueError, match=r"closure.*`args`"):
         inet.grad(loss)(W)
 
 
@@ -287,7 +287,7 @@ def test_no_tape_without_differentiation(xp, backend):
 
 
 def test_bad_backward_arguments():
-    with pytest.raises(ValueError, match="unknown `backward`.*implicit"):
+    with pytest.raises(ValueError, match=r"unknown `backward`.*implicit"):
         inet.fixed_point(np.cos, np.ones(1), backward="adjoint")
     with pytest.raises(TypeError, match="`backward`"):
         inet.fixed_point(np.cos, np.ones(1), backward=3)

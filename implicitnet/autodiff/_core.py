@@ -192,6 +192,33 @@ def _unwrap_all(x):
 
 _NS_BY_TYPE: dict[type, Any] = {}
 
+# Output types of primitives seen so far: array types pass unchanged; NumPy scalar types
+# (``np.float64``, ... the result of a NumPy reduction or ufunc on 0-d data) are turned
+# into 0-d arrays, so that every primitive returns an array (``ndim``, ``device``,
+# indexing, ``__array_namespace__``) on every backend.
+_ARRAY_TYPES: set[type] = set()
+_NUMPY_SCALAR_TYPES: set[type] = set()
+
+
+def _as_array(x):
+    """`x`, with a NumPy scalar (an ``np.generic``) replaced by the 0-d array it holds.
+
+    Classifies each new type once; afterwards the cost is one set lookup.
+    """
+    t = type(x)
+    if t in _ARRAY_TYPES:
+        return x
+    if t in _NUMPY_SCALAR_TYPES:
+        return x[...]  # a NumPy scalar indexed with ``...`` is a 0-d ndarray
+    if t is Tensor or t in _SCALAR_TYPES or x is None:
+        return x
+    if array_api_compat.is_numpy_array(x) and type(x[...]) is not t:
+        _NUMPY_SCALAR_TYPES.add(t)
+        return x[...]
+    if array_api_compat.is_array_api_obj(x):
+        _ARRAY_TYPES.add(t)
+    return x
+
 
 def _raw_namespace(args):
     """The backend namespace of the first raw array in `args` (cached per type)."""
@@ -246,6 +273,7 @@ def _apply(rec: _Primitive, args: tuple, kwargs: dict):
         else a
         for a in args
     ]
+    # recurses when a lower-level tensor remains, else computes on raw arrays
     ans = rec.wrapper(*unboxed, **kwargs)
     if top == 0:
         return Tensor(ans)
@@ -295,13 +323,17 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
         return lambda f: primitive(f, name=name)
     rec = _Primitive(fun, name or fun.__name__)
 
+    # On raw arrays a primitive is `fun` itself, plus one set lookup on the type of its
+    # answer (NumPy scalars become 0-d arrays, see `_as_array`).
+    array_types = _ARRAY_TYPES
     if rec.pass_xp:
 
         def wrapper(*args, **kwargs):
             for a in args:
                 if type(a) is Tensor:
                     return _apply(rec, args, kwargs)
-            return fun(*args, xp=_raw_namespace(args), **kwargs)
+            out = fun(*args, xp=_raw_namespace(args), **kwargs)
+            return out if type(out) in array_types else _as_array(out)
 
     else:
 
@@ -309,7 +341,8 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
             for a in args:
                 if type(a) is Tensor:
                     return _apply(rec, args, kwargs)
-            return fun(*args, **kwargs)
+            out = fun(*args, **kwargs)
+            return out if type(out) in array_types else _as_array(out)
 
     wrapper.__name__ = rec.name
     wrapper.__qualname__ = rec.name

@@ -12,7 +12,7 @@ import builtins
 import math
 
 from .._xp import device as _device
-from ._core import Tensor, _raw, _raw_namespace, _unwrap_all, defvjp, primitive
+from ._core import Tensor, _as_array, _raw, _raw_namespace, _unwrap_all, defvjp, primitive
 
 __all__ = [
     "abs",
@@ -97,9 +97,12 @@ def unbroadcast(ct, like, *, xp=None):
     >>> inet.unbroadcast(np.ones((3, 2)), like=np.ones((1, 2)))
     array([[3., 3.]])
     """
-    if like is None or _is_scalar(like):
+    if like is None or type(like) in _SCALARS:
         return None
-    shape = tuple(like.shape)
+    shape = like.shape
+    if ct.shape == shape and ct.dtype == like.dtype:  # the common case: nothing to do
+        return ct
+    shape = tuple(shape)
     ct_shape = tuple(ct.shape)
     if ct_shape != shape:
         lead = len(ct_shape) - len(shape)
@@ -219,9 +222,11 @@ def maximum(x1, x2, /, *, xp):
 
 @defvjp(maximum)
 def _maximum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
-    # ties split the cotangent evenly
+    # ties split the cotangent evenly; masks compare the raw values (a raw
+    # array-api-strict array refuses a Tensor on its right)
     dtype = ans.dtype
-    w1 = _float_mask(_raw(x1 > x2), dtype) + 0.5 * _float_mask(_raw(x1 == x2), dtype)
+    r1, r2 = _raw(x1), _raw(x2)
+    w1 = _float_mask(r1 > r2, dtype) + 0.5 * _float_mask(r1 == r2, dtype)
     g1 = unbroadcast(multiply(ct, w1), x1) if needs_grad[0] else None
     g2 = unbroadcast(multiply(ct, 1.0 - w1), x2) if needs_grad[1] else None
     return g1, g2
@@ -235,7 +240,8 @@ def minimum(x1, x2, /, *, xp):
 @defvjp(minimum)
 def _minimum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     dtype = ans.dtype
-    w1 = _float_mask(_raw(x1 < x2), dtype) + 0.5 * _float_mask(_raw(x1 == x2), dtype)
+    r1, r2 = _raw(x1), _raw(x2)
+    w1 = _float_mask(r1 < r2, dtype) + 0.5 * _float_mask(r1 == r2, dtype)
     g1 = unbroadcast(multiply(ct, w1), x1) if needs_grad[0] else None
     g2 = unbroadcast(multiply(ct, 1.0 - w1), x2) if needs_grad[1] else None
     return g1, g2
@@ -275,13 +281,14 @@ def _clip(x, min, max, /, *, xp):
 def _clip_vjp(ct, ans, x, min, max, /, *, xp, needs_grad):
     inside = None
     g_min = g_max = None
+    rx = _raw(x)
     if min is not None:
-        below = _raw(x < min)
+        below = rx < _raw(min)
         inside = ~below
         if needs_grad[1]:
             g_min = unbroadcast(where(below, ct, 0.0), min)
     if max is not None:
-        above = _raw(x > max)
+        above = rx > _raw(max)
         inside = ~above if inside is None else inside & ~above
         if needs_grad[2]:
             g_max = unbroadcast(where(above, ct, 0.0), max)
@@ -418,7 +425,7 @@ def astype(x, dtype, /, *, copy=True, device=None):
     """
     if type(x) is not Tensor:
         xp = _raw_namespace((x,))
-        return (
+        return _as_array(
             xp.astype(x, dtype, copy=copy)
             if device is None
             else xp.astype(x, dtype, copy=copy, device=device)
@@ -462,7 +469,7 @@ def _extremum_vjp(ct, ans, x, axis, keepdims):
     shape = tuple(x.shape)
     axes = _norm_axes(axis, len(shape))
     ans_k = ans if keepdims else reshape(ans, _keepdims_shape(shape, axes))
-    mask = _float_mask(_raw(x == ans_k), x.dtype)
+    mask = _float_mask(_raw(x) == _raw(ans_k), x.dtype)
     xp = _raw_namespace((mask,))
     count = xp.sum(mask, axis=axes, keepdims=True)
     return (multiply(_expand_to(ct, x, axis, keepdims), mask / count),)
@@ -651,7 +658,7 @@ def vector_norm(x, /, *, axis=None, keepdims=False, ord=2):
         return _vector_norm2(x, axis=axis, keepdims=keepdims)
     if type(x) is not Tensor:
         xp = _raw_namespace((x,))
-        return xp.linalg.vector_norm(x, axis=axis, keepdims=keepdims, ord=ord)
+        return _as_array(xp.linalg.vector_norm(x, axis=axis, keepdims=keepdims, ord=ord))
     if ord == 1:
         return sum(abs(x), axis=axis, keepdims=keepdims)
     if ord == math.inf:
@@ -890,19 +897,20 @@ def _install_operators():
     import operator
 
     T = Tensor
-    T.__add__ = lambda self, other: add(self, other)
+    # the primitives are plain functions, so they bind as methods: `t + x` is add(t, x)
+    T.__add__ = add
     T.__radd__ = lambda self, other: add(other, self)
-    T.__sub__ = lambda self, other: subtract(self, other)
+    T.__sub__ = subtract
     T.__rsub__ = lambda self, other: subtract(other, self)
-    T.__mul__ = lambda self, other: multiply(self, other)
+    T.__mul__ = multiply
     T.__rmul__ = lambda self, other: multiply(other, self)
-    T.__truediv__ = lambda self, other: divide(self, other)
+    T.__truediv__ = divide
     T.__rtruediv__ = lambda self, other: divide(other, self)
-    T.__pow__ = lambda self, other: pow(self, other)
+    T.__pow__ = pow
     T.__rpow__ = lambda self, other: pow(other, self)
-    T.__matmul__ = lambda self, other: matmul(self, other)
+    T.__matmul__ = matmul
     T.__rmatmul__ = lambda self, other: matmul(other, self)
-    T.__neg__ = lambda self: negative(self)
+    T.__neg__ = negative
     T.__pos__ = lambda self: self
     T.__abs__ = lambda self: abs(self)
     T.__getitem__ = lambda self, key: _getitem(self, key=_unwrap_all(key))

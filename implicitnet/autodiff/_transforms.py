@@ -8,7 +8,7 @@ from typing import Any
 
 from .._tree import tree_flatten, tree_unflatten
 from . import _ops
-from ._core import Tensor, _new_level, _raw, _raw_namespace
+from ._core import Tensor, _as_array, _new_level, _raw, _raw_namespace
 from ._namespace import differentiable_namespace
 
 __all__ = ["grad", "value_and_grad", "vjp"]
@@ -21,6 +21,102 @@ _SCALARS = (bool, int, float, complex)
 # ----------------------------------------------------------------------------------
 
 
+class _Plan:
+    """The backward pass of one trace, compiled once and run for every cotangent.
+
+    Nodes (boxes of the trace's level with a recorded operation) are numbered in
+    topological order, outputs first; leaves (the trace's inputs) follow them. Each
+    step holds everything its VJP rule needs (rule, answer, unboxed inputs, keyword
+    arguments including ``xp`` and ``needs_grad``) and, for every input of the trace,
+    the slot that receives its cotangent. A run is then a loop over a list with
+    cotangents accumulated in a list indexed by slot: no graph walk, no dictionary.
+    """
+
+    __slots__ = ("nslots", "slot_of", "steps")
+
+    def __init__(self, roots, level: int):
+        order = _toposort(roots, level)
+        slot_of = {id(t): i for i, t in enumerate(order)}
+        for r in roots:  # an output that is an input leaf
+            if id(r) not in slot_of:
+                slot_of[id(r)] = len(slot_of)
+        namespaces: dict[type, Any] = {}
+        steps = []
+        for t in order:
+            rec = t._prim
+            unboxed = []
+            needs = []
+            targets = []
+            for pos, a in enumerate(t._args):
+                if type(a) is Tensor:
+                    lv = a._level
+                    if lv == level:
+                        slot = slot_of.get(id(a))
+                        if slot is None:
+                            slot = slot_of[id(a)] = len(slot_of)
+                        targets.append((pos, slot, a.shape))
+                        unboxed.append(a._implicitnet_data)
+                        needs.append(True)
+                        continue
+                    unboxed.append(a._implicitnet_data if lv == 0 else a)
+                else:
+                    unboxed.append(a)
+                needs.append(False)
+            ans = t._implicitnet_data
+            xp = namespaces.get(type(ans))
+            if xp is None:
+                raw = _raw(ans)
+                xp = differentiable_namespace(_raw_namespace((raw,)))
+                if type(ans) is not Tensor:
+                    namespaces[type(ans)] = xp
+            kwargs = {**t._kwargs, "xp": xp} if t._kwargs else {"xp": xp}
+            if rec.vjp_needs:
+                kwargs["needs_grad"] = tuple(needs)
+            steps.append((rec, ans, unboxed, kwargs, targets))
+        self.steps = steps
+        self.slot_of = slot_of
+        self.nslots = len(slot_of)
+
+    def run(self, outputs, cotangents) -> list:
+        """Cotangents of every slot, given `cotangents` of `outputs` (slots freed)."""
+        acc = [None] * self.nslots
+        add = _ops.add
+        slot_of = self.slot_of
+        for o, c in zip(outputs, cotangents):
+            k = slot_of[id(o)]
+            acc[k] = c if acc[k] is None else add(acc[k], c)
+        for i, (rec, ans, unboxed, kwargs, targets) in enumerate(self.steps):
+            ct = acc[i]
+            if ct is None:
+                continue
+            acc[i] = None  # intermediate cotangents die as soon as they are used
+            cts = rec.vjp(ct, ans, *unboxed, **kwargs)
+            if len(cts) != len(unboxed):
+                _bad_rule(rec, len(cts), len(unboxed))
+            for pos, slot, shape in targets:
+                c = cts[pos]
+                if c is None:
+                    continue
+                if c.shape != shape and tuple(c.shape) != shape:
+                    _bad_rule_shape(rec, c, shape)
+                old = acc[slot]
+                acc[slot] = c if old is None else add(old, c)
+        return acc
+
+
+def _bad_rule(rec, n: int, nargs: int):
+    msg = f"the VJP rule of `{rec.name}` returned {n} cotangents for {nargs} positional inputs"
+    raise ValueError(msg)
+
+
+def _bad_rule_shape(rec, c, shape):
+    msg = (
+        f"the VJP rule of `{rec.name}` returned a cotangent of shape {tuple(c.shape)} for "
+        f"an input of shape {shape}"
+    )
+    raise ValueError(msg)
+
+
 def _toposort(roots, level: int) -> list[Tensor]:
     """Boxes of `level` reachable from `roots` with a recorded operation, outputs first.
 
@@ -29,74 +125,28 @@ def _toposort(roots, level: int) -> list[Tensor]:
     """
     visited: set[int] = set()
     order: list[Tensor] = []
-    stack = [(r, False) for r in roots if r._prim is not None]
-    while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
+    for root in roots:
+        if root._prim is None or id(root) in visited:
             continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        for a in t._args:
-            if type(a) is Tensor and a._level == level and a._prim is not None:
-                if id(a) not in visited:
-                    stack.append((a, False))
+        visited.add(id(root))
+        stack = [(root, iter(root._args))]
+        while stack:
+            t, pending = stack[-1]
+            for a in pending:
+                if (
+                    type(a) is Tensor
+                    and a._level == level
+                    and a._prim is not None
+                    and id(a) not in visited
+                ):
+                    visited.add(id(a))
+                    stack.append((a, iter(a._args)))
+                    break
+            else:
+                stack.pop()
+                order.append(t)
     order.reverse()
     return order
-
-
-def _backward(order, outputs, cotangents, level: int) -> dict[int, Any]:
-    """Propagate `cotangents` of `outputs` through `order`; return the leaves' sums."""
-    acc: dict[int, Any] = {}
-    add = _ops.add
-    for o, c in zip(outputs, cotangents):
-        k = id(o)
-        acc[k] = c if k not in acc else add(acc[k], c)
-    namespaces: dict[type, Any] = {}
-    for t in order:
-        ct = acc.pop(id(t), None)
-        if ct is None:
-            continue
-        rec = t._prim
-        args = t._args
-        unboxed = [
-            (a._implicitnet_data if (a._level == level or a._level == 0) else a)
-            if type(a) is Tensor
-            else a
-            for a in args
-        ]
-        ans = t._implicitnet_data
-        raw_type = type(_raw(ans))
-        xp = namespaces.get(raw_type)
-        if xp is None:
-            xp = namespaces[raw_type] = differentiable_namespace(_raw_namespace((_raw(ans),)))
-        kwargs = t._kwargs
-        if rec.vjp_needs:
-            needs = tuple(type(a) is Tensor and a._level == level for a in args)
-            cts = rec.vjp(ct, ans, *unboxed, xp=xp, needs_grad=needs, **kwargs)
-        else:
-            cts = rec.vjp(ct, ans, *unboxed, xp=xp, **kwargs)
-        if len(cts) != len(args):
-            msg = (
-                f"the VJP rule of `{rec.name}` returned {len(cts)} cotangents for "
-                f"{len(args)} positional inputs"
-            )
-            raise ValueError(msg)
-        for a, c in zip(args, cts):
-            if c is None or type(a) is not Tensor or a._level != level:
-                continue
-            if tuple(c.shape) != tuple(a.shape):
-                msg = (
-                    f"the VJP rule of `{rec.name}` returned a cotangent of shape "
-                    f"{tuple(c.shape)} for an input of shape {tuple(a.shape)}"
-                )
-                raise ValueError(msg)
-            k = id(a)
-            old = acc.get(k)
-            acc[k] = c if old is None else add(old, c)
-    return acc
 
 
 def _zeros_like(x):
@@ -135,7 +185,7 @@ def _box_leaves(leaves, level: int, what: str) -> list[Tensor]:
                 f"differentiated (cast with `xp.astype(x, xp.float64)`)"
             )
             raise TypeError(msg)
-        boxed.append(Tensor(leaf, level))
+        boxed.append(Tensor(_as_array(leaf), level))
     return boxed
 
 
@@ -143,7 +193,7 @@ def _constant(x):
     """Wrap a raw array as a constant tensor (non-arrays are left alone)."""
     if type(x) is Tensor or type(x) in _SCALARS or not hasattr(x, "__array_namespace__"):
         return x
-    return Tensor(x)
+    return Tensor(_as_array(x))
 
 
 def _wrap_constants(tree):
@@ -228,29 +278,43 @@ def vjp(fun: Callable, *primals: Any):
     out = fun(*boxed_args)
     out_leaves, out_td = _output_leaves(out, level, "the output of `fun`")
     out_value = tree_unflatten(out_td, [_unbox(x, level) for x in out_leaves])
-    traced = [x for x in out_leaves if type(x) is Tensor and x._level == level]
-    cache: list = []
+    # Which outputs are traced, and their shapes; the compiled backward pass is built at
+    # the first call and reused (the adjoint solves call vjp_fn dozens of times a step).
+    traced = [type(x) is Tensor and x._level == level for x in out_leaves]
+    out_shapes = [tuple(x.shape) for x in out_leaves]
+    leaf_out = out_td.kind == "leaf"
+    compiled: list = []
 
     def vjp_fn(ct):
-        ct_leaves, ct_td = tree_flatten(ct)
-        if ct_td != out_td:
-            msg = "`ct` must have the tree structure of the output of `fun`"
-            raise ValueError(msg)
-        outs, cts = [], []
-        for x, c in zip(out_leaves, ct_leaves):
-            if tuple(c.shape) != tuple(x.shape):
-                msg = f"`ct` has shape {tuple(c.shape)}, the output has shape {tuple(x.shape)}"
+        if leaf_out and hasattr(type(ct), "shape"):  # one array: skip tree_flatten
+            ct_leaves = (ct,)
+        else:
+            ct_leaves, ct_td = tree_flatten(ct)
+            if ct_td != out_td:
+                msg = "`ct` must have the tree structure of the output of `fun`"
                 raise ValueError(msg)
-            if type(x) is Tensor and x._level == level:
-                outs.append(x)
-                cts.append(c)
-        if not cache:
-            cache.append(_toposort(traced, level))
-        acc = _backward(cache[0], outs, cts, level)
+        for c, shape in zip(ct_leaves, out_shapes):
+            c_shape = getattr(c, "shape", None)
+            if c_shape is None:
+                msg = f"`ct` must be an array or a tree of arrays, got a {type(c).__name__}"
+                raise TypeError(msg)
+            if c_shape != shape and tuple(c_shape) != shape:
+                msg = f"`ct` has shape {tuple(c_shape)}, the output has shape {shape}"
+                raise ValueError(msg)
+        if not compiled:
+            roots = [x for x, t in zip(out_leaves, traced) if t]
+            plan = _Plan(roots, level)
+            slots = [[plan.slot_of.get(id(b)) for b in boxed] for boxed, _ in inputs]
+            compiled.extend((plan, roots, slots))
+        plan, roots, slots = compiled
+        acc = plan.run(roots, [c for c, t in zip(ct_leaves, traced) if t])
         result = []
-        for boxed, td in inputs:
-            grads = [_unbox_ct(acc.get(id(b)), b._implicitnet_data) for b in boxed]
-            result.append(tree_unflatten(td, grads))
+        for (boxed, td), in_slots in zip(inputs, slots):
+            grads = [
+                _unbox_ct(None if k is None else acc[k], b._implicitnet_data)
+                for k, b in zip(in_slots, boxed)
+            ]
+            result.append(grads[0] if td.kind == "leaf" else tree_unflatten(td, grads))
         return tuple(result)
 
     return out_value, vjp_fn
@@ -345,14 +409,21 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
         if not bxp.isdtype(raw.dtype, "real floating"):
             msg = f"`fun` must return a real floating array, got dtype {raw.dtype}"
             raise TypeError(msg)
-        acc = {}
+        acc = None
         if type(out) is Tensor and out._level == level:
             one = bxp.ones((), dtype=raw.dtype, device=out.device)
-            acc = _backward(_toposort([out], level), [out], [one], level)
+            plan = _Plan([out], level)
+            acc = plan.run([out], [one])
+            slot_of = plan.slot_of
+            del plan
         grads = []
         for i in nums:
             boxed, td = inputs[i]
-            leaves = [_unbox_ct(acc.get(id(b)), b._implicitnet_data) for b in boxed]
+            leaves = []
+            for b in boxed:
+                k = None if acc is None else slot_of.get(id(b))
+                c = None if k is None else acc[k]
+                leaves.append(_unbox_ct(c, b._implicitnet_data))
             grads.append(tree_unflatten(td, leaves))
         del acc
         value = _unbox(out, level)
