@@ -146,6 +146,63 @@ def test_trees_dataclasses_and_namedtuples(xp):
     check_grads(loss, (model, pair))
 
 
+# --- 0-d results -------------------------------------------------------------------------
+
+# Functions whose result is 0-d; NumPy itself would return a NumPy scalar (np.float64).
+ZERO_D = {
+    "sum": lambda x: ops.sum(x),
+    "mean": lambda x: ops.mean(x),
+    "max": lambda x: ops.max(x),
+    "min": lambda x: ops.min(x),
+    "prod": lambda x: ops.prod(x),
+    "sum keepdims=False axis": lambda x: ops.sum(ops.reshape(x, (3, 1)), axis=(0, 1)),
+    "vector_norm": lambda x: ops.linalg.vector_norm(x),
+    "vector_norm ord=1": lambda x: ops.linalg.vector_norm(x, ord=1),
+    "vecdot": lambda x: ops.vecdot(x, x),
+    "matmul 1-D": lambda x: ops.matmul(x, x),
+    "tensordot": lambda x: ops.tensordot(x, x, axes=1),
+    "getitem": lambda x: ops.getitem(x, 1),
+    "elementwise on 0-d": lambda x: ops.tanh(ops.exp(ops.sum(x)) * 2.0 - ops.sum(x)),
+    "where on 0-d": lambda x: ops.where(ops.sum(x) > 0, ops.sum(x), ops.max(x)),
+    "maximum on 0-d": lambda x: ops.maximum(ops.sum(x), ops.min(x)),
+    "astype on 0-d": lambda x: ops.astype(ops.sum(x), x.dtype),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_D))
+def test_zero_d_results_are_arrays(xp, name):
+    """0-d results are arrays of the backend on every backend, never NumPy scalars."""
+    fun = ZERO_D[name]
+    x = xp.asarray([0.5, -1.5, 2.0])
+    array_type = type(x)
+    raw = fun(x)
+    assert type(raw) is array_type and raw.shape == ()
+    out, vjp_fn = inet.vjp(fun, x)
+    assert type(out) is array_type and out.shape == ()
+    assert type(vjp_fn(xp.asarray(1.0))[0]) is array_type
+    value, g = inet.value_and_grad(fun)(x)
+    assert type(value) is array_type and type(g) is array_type
+    check_grads(fun, (x,))
+
+
+def test_check_grads_takes_scalar_outputs(xp):
+    x = xp.asarray([0.5, -1.5, 2.0])
+
+    def energy(x):  # written against the array namespace: on raw NumPy, np.float64
+        xp_ = inet.namespace(x)
+        return xp_.sum(xp_.sin(x) * x) / 3.0 + xp_.linalg.vector_norm(x)
+
+    res = check_grads(energy, (x,))
+    assert res.max_rel_error < 1e-6 and len(res.checks) == 4  # 1 random + 3 elements
+    check_grads(lambda s: ops.exp(s) * s, (xp.asarray(0.7),))  # 0-d in, 0-d out
+    check_grads(lambda x: (ops.sum(x * x), 2.0 * x, {"m": ops.max(x)}), (x,))
+    c = xp.asarray([1.0, 2.0])
+    res = check_grads(lambda x: ops.sum(c), (x,))  # does not depend on x
+    assert all(ad == 0.0 and fd == 0.0 for _, ad, fd in res.checks)
+    with pytest.raises(TypeError, match=r"output of `fun`.*float"):
+        check_grads(lambda x: 1.0, (x,))
+
+
 # --- higher order and nesting ---------------------------------------------------------
 
 
@@ -292,6 +349,26 @@ def test_mixed_operand_orders(xp, scalar, shape):
     value, _g = inet.value_and_grad(f)(x, c)
     assert_close(value, f(x, c), rtol=1e-12, xp=xp)
     check_grads(f, (x, c), argnums=0)
+
+
+def test_closure_raw_array_operand_order(xp, backend):
+    """The documented rule: a raw array the transform did not wrap (a closure) goes on
+    the right of an operator, or through a namespace function; either order of
+    arguments works with the functions."""
+    c = xp.asarray([3.0, 4.0])
+    x = xp.asarray([1.0, 2.0])
+
+    def f(x):
+        ns = inet.namespace(x, c)
+        return ops.sum(ns.multiply(c, x) + ops.subtract(c, x) + x * c + ns.divide(c, x))
+
+    assert_close(inet.grad(f)(x), 2.0 * c - 1.0 - c / x**2, xp=xp)
+    left = inet.grad(lambda x: ops.sum(c * x))
+    if backend.name == "array_api_strict":
+        with pytest.raises(TypeError):  # strict arrays refuse a tensor on their right
+            left(x)
+    else:
+        assert_close(left(x), c, xp=xp)
 
 
 def test_numpy_array_on_the_left_defers_to_tensor():

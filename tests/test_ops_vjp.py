@@ -4,19 +4,22 @@
 hypothesis, including broadcasting, 0-d arrays and size-1 axes; values from a seeded
 NumPy generator, away from kinks) and returns the function, its NumPy arguments and
 the arguments to differentiate. ``test_every_primitive_has_a_case`` walks the primitive
-registry and fails when a primitive has no entry here.
+registry (after importing ``implicitnet.nn``, whose convolution primitives are in it)
+and fails when a primitive has no entry here. ``SECOND_ORDER`` lists the primitives
+whose VJP rules are differentiated once more (grad-of-grad), including the mixes of raw
+arrays and tensors of an outer trace that array-api-strict is strict about.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import implicitnet as inet
-from implicitnet import ops
+from implicitnet import nn, ops  # importing nn registers the convolution primitives
 from implicitnet.autodiff import _core
 from implicitnet.autodiff import _ops as _impl
 from implicitnet.testing import assert_close, check_grads
@@ -359,14 +362,70 @@ def _(draw, rng, xp):
     return (lambda x: ops.take(x, idx, axis=axis)), (normal(rng, s),), (0,)
 
 
+# --- primitives of implicitnet.nn ------------------------------------------------------
+
+
+def _conv_problem(draw):
+    """Shapes of ``x``, ``w`` and ``y = conv2d(x, w)``, with a stride and a padding."""
+    n, c, o = (draw(st.integers(1, 2)) for _ in range(3))
+    stride, padding = draw(st.integers(1, 2)), draw(st.integers(0, 1))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h = draw(st.integers(max(kh - 2 * padding, 1), 5))
+    w = draw(st.integers(max(kw - 2 * padding, 1), 5))
+    ho, wo = ((m + 2 * padding - k) // stride + 1 for m, k in ((h, kh), (w, kw)))
+    return (n, c, h, w), (o, c, kh, kw), (n, o, ho, wo), {"stride": stride, "padding": padding}
+
+
+@case("conv2d")
+def _(draw, rng, xp):
+    xs, ws, _, conf = _conv_problem(draw)
+    return (lambda x, w: nn.conv2d(x, w, **conf)), (normal(rng, xs), normal(rng, ws)), (0, 1)
+
+
+@case("conv2d_input_grad")
+def _(draw, rng, xp):
+    xs, ws, ys, conf = _conv_problem(draw)
+    return (
+        (lambda g, w: nn.conv2d_input_grad(g, w, x_shape=xs, **conf)),
+        (normal(rng, ys), normal(rng, ws)),
+        (0, 1),
+    )
+
+
+@case("conv2d_weight_grad")
+def _(draw, rng, xp):
+    xs, ws, ys, conf = _conv_problem(draw)
+    return (
+        (lambda g, x: nn.conv2d_weight_grad(g, x, w_shape=ws, **conf)),
+        (normal(rng, ys), normal(rng, xs)),
+        (0, 1),
+    )
+
+
 # ----------------------------------------------------------------------------------
+
+#: Modules whose primitives have their gradient checks in another test file.
+TESTED_ELSEWHERE = {
+    "implicitnet.implicit": "tests/test_implicit.py (adjoint solve vs unrolled and FD)",
+}
+
+
+def _library_primitives():
+    return [
+        rec
+        for rec in _core._REGISTRY
+        if rec.module.startswith("implicitnet.") and rec.module not in TESTED_ELSEWHERE
+    ]
 
 
 def test_every_primitive_has_a_case():
-    names = {rec.name for rec in _core._REGISTRY if rec.module == _impl.__name__}
-    missing = sorted(names - set(CASES))
+    recs = _library_primitives()
+    modules = {rec.module for rec in recs}
+    assert {_impl.__name__, "implicitnet.nn._conv"} <= modules, modules
+    missing = sorted({rec.name for rec in recs} - set(CASES))
     assert not missing, f"primitives without an entry in CASES: {missing}"
-    assert all(rec.vjp is not None for rec in _core._REGISTRY if rec.module == _impl.__name__)
+    no_rule = sorted(rec.name for rec in recs if rec.vjp is None)
+    assert not no_rule, f"primitives without a VJP rule: {no_rule}"
 
 
 def _draw_case(xp, name, data):
@@ -445,3 +504,93 @@ def test_vector_norm_other_orders_and_zero(xp):
 def test_scalar_operands(xp):
     x = xp.asarray([0.5, 1.5])
     check_grads(lambda x: 2.0**x + x**3 - 1.0 / x + 3.0 * x - (2 - x), (x,))
+
+
+# --- second order ------------------------------------------------------------------
+
+#: Primitives whose VJP rules are differentiated again (a representative set: products,
+#: quotients, powers, transcendental functions, masks, reductions, linear algebra,
+#: shapes, indexing and the convolution).
+SECOND_ORDER = [
+    "clip",
+    "conv2d",
+    "divide",
+    "exp",
+    "getitem",
+    "matmul",
+    "maximum",
+    "mean",
+    "minimum",
+    "multiply",
+    "pow",
+    "reshape",
+    "sum",
+    "tanh",
+    "where",
+]
+
+
+@pytest.mark.parametrize("name", SECOND_ORDER)
+@settings(max_examples=4)
+@given(data=st.data())
+def test_second_order_matches_finite_differences(xp, name, data):
+    """Gradients of ``vjp_fn(u)``, the way grad-of-grad and Hessian products use them.
+
+    First every input is traced by both transforms. Then each cross term alone: the
+    inner transform differentiates a raw-array argument while the outer one
+    differentiates another argument or the cotangent, so the VJP rules meet raw arrays
+    and outer tensors side by side (array-api-strict refuses a tensor on the right of a
+    raw array's operator, so a rule that wrote ``raw * tensor`` would fail here).
+    """
+    fun, args, argnums = _draw_case(xp, name, data)
+    out = fun(*args)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    u = xp.asarray(rng.standard_normal(tuple(out.shape)))
+
+    def with_args(values, positions):
+        call = list(args)
+        for i, v in zip(positions, values):
+            call[i] = v
+        return call
+
+    def full(u, *diff):
+        _, vjp_fn = inet.vjp(lambda *d: fun(*with_args(d, argnums)), *diff)
+        return vjp_fn(u)
+
+    check_grads(full, (u, *(args[i] for i in argnums)), elementwise=0)
+
+    for i in argnums:
+        for j in [k for k in argnums if k != i] + ["ct"]:
+
+            def cross(outer, i=i, j=j):
+                call = args if j == "ct" else with_args([outer], [j])
+                ct = outer if j == "ct" else u
+                inner = inet.vjp(
+                    lambda a: fun(*[a if k == i else v for k, v in enumerate(call)]), args[i]
+                )
+                return inner[1](ct)[0]
+
+            check_grads(cross, (u if j == "ct" else args[j],), elementwise=0)
+
+
+def test_grad_of_grad_with_raw_constants_on_both_sides(xp):
+    """grad(grad(f)) where `f` mixes the traced input with raw arrays, in both orders."""
+    c = xp.asarray([0.5, -1.5, 2.0])
+    x = xp.asarray([0.3, -0.7, 1.1])
+
+    def f(x):
+        # raw constants met through functions: any operand order works
+        y = (
+            ops.multiply(c, x)
+            + ops.divide(c, ops.exp(x))
+            + ops.pow(1.0 + ops.tanh(x) ** 2, c)
+            + ops.pow(c * c, x)
+        )
+        y = ops.maximum(c, y) + ops.minimum(y, c) + ops.clip(x, min=c, max=None)
+        return ops.sum(ops.where(c > 0.0, y, x * x) ** 2)
+
+    def g(x):
+        return ops.sum(inet.grad(f)(x) * c)
+
+    check_grads(g, (x,))
+    check_grads(lambda c_: ops.sum(inet.grad(lambda x: ops.sum(ops.maximum(c_, x) ** 2))(x)), (c,))

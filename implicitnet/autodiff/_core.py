@@ -56,6 +56,26 @@ class Tensor:
     Tensors are created by the transforms (:func:`grad`, :func:`value_and_grad`,
     :func:`vjp`); ``Tensor(x)`` builds a *constant* tensor, which records nothing.
 
+    Notes
+    -----
+    **Operand order with raw arrays.** A tensor's operators accept raw arrays and Python
+    scalars on either side, and so do the functions of the differentiable namespace
+    (``xp.multiply(raw, t)``, ``implicitnet.ops.add(raw, t)``, ...). ``raw + t`` with
+    the raw array on the *left* works on NumPy and CuPy (``__array_ufunc__ = None``
+    makes them defer to the tensor's reflected operator), but **not on
+    array-api-strict**: its operators raise ``TypeError`` for a foreign operand
+    instead of returning ``NotImplemented``, so Python never asks the tensor. Inside
+    the transforms this cannot happen with the function's arguments, because
+    :func:`grad`, :func:`value_and_grad`, :func:`vjp` and
+    :func:`~implicitnet.testing.check_grads` wrap every array argument as a tensor
+    (constant for the ones not differentiated). It can happen with raw arrays that the
+    function gets in another way (a closure, a global, a value made with a creation
+    function such as ``xp.ones``): with array-api-strict, put such arrays on the
+    *right* of an operator (``t * raw``, ``t - raw``), or call the namespace function
+    (``xp.subtract(raw, t)``), or wrap them as ``Tensor(raw)``. VJP rules follow the
+    same rule (they are written with :mod:`implicitnet.ops` functions), which is what
+    makes grad-of-grad work on array-api-strict.
+
     Examples
     --------
     >>> import numpy as np

@@ -165,6 +165,21 @@ def _is_array(x) -> bool:
     return type(x) is Tensor or (type(x) not in _SCALARS and hasattr(x, "__array_namespace__"))
 
 
+_REAL_FLOATING: dict[tuple, bool] = {}
+
+
+def _is_real_floating(raw) -> bool:
+    """Whether the backend array `raw` has a real floating dtype (cached per dtype)."""
+    key = (type(raw), raw.dtype)
+    try:
+        return _REAL_FLOATING[key]
+    except KeyError:
+        ok = _REAL_FLOATING[key] = bool(_raw_namespace((raw,)).isdtype(raw.dtype, "real floating"))
+        return ok
+    except TypeError:  # an unhashable dtype
+        return bool(_raw_namespace((raw,)).isdtype(raw.dtype, "real floating"))
+
+
 def _box_leaves(leaves, level: int, what: str) -> list[Tensor]:
     """Box the leaves of a differentiated argument, checking that they are float arrays."""
     boxed = []
@@ -179,7 +194,7 @@ def _box_leaves(leaves, level: int, what: str) -> list[Tensor]:
             )
             raise TypeError(msg)
         raw = _raw(leaf)
-        if not _raw_namespace((raw,)).isdtype(raw.dtype, "real floating"):
+        if not _is_real_floating(raw):
             msg = (
                 f"{where} has dtype {raw.dtype}: only real floating arrays can be "
                 f"differentiated (cast with `xp.astype(x, xp.float64)`)"
@@ -197,6 +212,9 @@ def _constant(x):
 
 
 def _wrap_constants(tree):
+    if type(tree) is not tuple and type(tree) is not list and type(tree) is not dict:
+        if type(tree) is Tensor or hasattr(type(tree), "__array_namespace__"):
+            return _constant(tree)  # one array: no tree to walk
     leaves, td = tree_flatten(tree)
     if not leaves:
         return tree
@@ -274,7 +292,7 @@ def vjp(fun: Callable, *primals: Any):
         leaves, td = tree_flatten(p)
         boxed = _box_leaves(leaves, level, f"`primals[{i}]`")
         inputs.append((boxed, td))
-        boxed_args.append(tree_unflatten(td, boxed))
+        boxed_args.append(boxed[0] if td.kind == "leaf" else tree_unflatten(td, boxed))
     out = fun(*boxed_args)
     out_leaves, out_td = _output_leaves(out, level, "the output of `fun`")
     out_value = tree_unflatten(out_td, [_unbox(x, level) for x in out_leaves])
@@ -380,7 +398,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
                 leaves, td = tree_flatten(a)
                 boxed = _box_leaves(leaves, level, f"argument {i} of `fun`")
                 inputs[i] = (boxed, td)
-                call_args[i] = tree_unflatten(td, boxed)
+                call_args[i] = boxed[0] if td.kind == "leaf" else tree_unflatten(td, boxed)
             else:
                 call_args[i] = _wrap_constants(a)
         if kwargs:
@@ -406,7 +424,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
             raise ValueError(msg)
         raw = _raw(out)
         bxp = _raw_namespace((raw,))
-        if not bxp.isdtype(raw.dtype, "real floating"):
+        if not _is_real_floating(raw):
             msg = f"`fun` must return a real floating array, got dtype {raw.dtype}"
             raise TypeError(msg)
         acc = None
@@ -424,7 +442,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
                 k = None if acc is None else slot_of.get(id(b))
                 c = None if k is None else acc[k]
                 leaves.append(_unbox_ct(c, b._implicitnet_data))
-            grads.append(tree_unflatten(td, leaves))
+            grads.append(leaves[0] if td.kind == "leaf" else tree_unflatten(td, leaves))
         del acc
         value = _unbox(out, level)
         if has_aux:
