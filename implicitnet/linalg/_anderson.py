@@ -128,7 +128,7 @@ class Anderson(AbstractLinearSolver):
 
 
 class _State(NamedTuple):
-    dF: Any  # (B, m, n) residual differences (ring buffer)
+    dF: Any  # (B, m, n) residual differences, oldest first (rolling buffer)
     dG: Any  # (B, m, n) map-value differences
     f: Any  # (B, n) previous residual
     g: Any  # (B, n) previous map value
@@ -139,22 +139,25 @@ def _step(p, x, r, st: _State, k: int, *, m: int, lam: float, tiny: float, xp) -
     f, g = r, x + r
     dF, dG = st.dF, st.dG
     if k > 0:
-        slot = (xp.arange(m, device=dev) == (k - 1) % m)[None, :, None]
-        dF = xp.where(slot, (f - st.f)[:, None, :], dF)
-        dG = xp.where(slot, (g - st.g)[:, None, :], dG)
+        # The history rolls: drop the oldest difference, append the newest (one copy of
+        # the buffer, cheaper than rewriting it whole with `where` on a one-hot slot).
+        dF = xp.concat([dF[:, 1:, :], (f - st.f)[:, None, :]], axis=1)
+        dG = xp.concat([dG[:, 1:, :], (g - st.g)[:, None, :]], axis=1)
     filled = min(k, m)
     if filled == 0:
         x_new = g
     else:
-        # (dF dF^T + lam I) gamma = dF f on the filled slots; identity on the others.
-        valid = xp.arange(m, device=dev) < filled
+        # The newest `filled` differences are the last slots; the others are zero.
+        valid = xp.arange(m, device=dev) >= m - filled
         both = valid[:, None] & valid[None, :]
-        gram = dF @ xp.matrix_transpose(dF)
-        diag = xp.sum(dF * dF, axis=-1)
-        scale = lam * xp.max(diag, axis=-1) + tiny
+        # Gram matrix by `vecdot` (one fused reduction; a batched `matmul` of these thin
+        # matrices is several times slower on CPU), its diagonal read off it.
+        gram = xp.vecdot(dF[:, :, None, :], dF[:, None, :, :])
         eye = xp.eye(m, dtype=r.dtype, device=dev)
+        diag = xp.sum(gram * eye, axis=-1)
+        scale = lam * xp.max(diag, axis=-1) + tiny
         H = xp.where(both[None, :, :], gram + scale[:, None, None] * eye, eye)
-        rhs = xp.where(valid[None, :], (dF @ f[:, :, None])[:, :, 0], xp.zeros_like(diag))
+        rhs = xp.where(valid[None, :], xp.vecdot(dF, f[:, None, :]), xp.zeros_like(diag))
         gamma = small_solve(H, rhs, xp=xp)
         x_new = g - (gamma[:, None, :] @ dG)[:, 0, :]
     r_new = p.b - p.matvec(x_new)

@@ -100,7 +100,7 @@ class Broyden(AbstractLinearSolver):
         eps = float(xp.finfo(problem.b.dtype).eps)
 
         def init(p, x, r, *, xp):
-            return _State(C=None, D=None)
+            return _State(C=None, D=None, s=None)
 
         out = iterate(
             problem,
@@ -122,6 +122,8 @@ class _State(NamedTuple):
     # of applying H proportional to the updates held, not to the memory `m`.
     C: Any
     D: Any
+    # The next step's H r, carried over from the last step (None: compute it).
+    s: Any
 
 
 def _apply(C, D, v, *, xp):
@@ -139,22 +141,29 @@ def _apply_t(C, D, v, *, xp):
 
 
 def _step(p, x, r, st: _State, k: int, *, m: int, eps: float, xp) -> Step:
-    C, D = st
+    C, D, s = st
     if k % m == 0:  # memory full (or first step): restart from H = I
         C = D = None
-    s = _apply(C, D, r, xp=xp)
+        s = r
+    elif s is None:
+        s = _apply(C, D, r, xp=xp)
     y = p.matvec(s)
     Hy = _apply(C, D, y, xp=xp)
     denom = vdot(s, Hy, xp=xp)
     ok = xp.abs(denom) > eps * vector_norm(s, axis=-1, xp=xp) * vector_norm(Hy, axis=-1, xp=xp)
     scale = xp.where(ok, 1.0 / xp.where(ok, denom, xp.ones_like(denom)), xp.zeros_like(denom))
-    c = ((s - Hy) * scale[:, None])[:, None, :]
-    d = _apply_t(C, D, s, xp=xp)[:, None, :]
+    c = (s - Hy) * scale[:, None]
+    d = _apply_t(C, D, s, xp=xp)
+    r_new = r - y
+    # The next direction without applying H again: H r_new = H r - H y = s - H y, and
+    # the update adds c (d . r_new). Systems the driver freezes never use it.
+    s_next = (s - Hy) + c * vdot(d, r_new, xp=xp)[:, None]
+    c, d = c[:, None, :], d[:, None, :]
     if C is None:
         C, D = c, d
     else:
         C, D = xp.concat([C, c], axis=1), xp.concat([D, d], axis=1)
-    return Step(x=x + s, r=r - y, state=_State(C=C, D=D))
+    return Step(x=x + s, r=r_new, state=_State(C=C, D=D, s=s_next))
 
 
 def broyden(
