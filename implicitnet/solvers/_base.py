@@ -1,0 +1,319 @@
+"""The solver protocol: abstract classes, the `Step` a solver returns, and `Problem`.
+
+Every nonlinear solver works on a 2-D layout ``(batch, n)``: ``batch`` independent
+systems of ``n`` unknowns (``batch == 1`` without `batch_axis`, the whole of `x0`
+flattened into one system). :class:`Problem` converts between the user's layout and
+this one and turns the user's ``f(x, *args)`` into a *residual* function on it:
+
+* fixed-point problem ``x = f(x, *args)``: residual ``g(x) = f(x, *args) - x``;
+* root problem ``F(x, *args) = 0``: residual ``g(x) = F(x, *args)``.
+
+An iterative solver sees only the residual function, so every method solves both kinds.
+The methods' conventions follow SciPy's mixing methods: the model Jacobian of ``g`` is
+``-I / beta``, so a plain step is ``x + beta * g(x)`` (Picard's iteration on a
+fixed-point problem).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from .._result import Result
+from .._tree import tree_map
+from .._xp import device
+
+__all__ = ["AbstractIterativeSolver", "AbstractSolver", "Problem", "Step"]
+
+
+class Step(NamedTuple):
+    """What one solver step returns.
+
+    Attributes
+    ----------
+    x : array
+        The next iterate, shape ``(batch, n)``.
+    fx : array
+        The residual ``g(x)`` at the next iterate, shape ``(batch, n)`` (evaluated by
+        the step, so the driver never evaluates ``g`` itself).
+    state : pytree
+        The solver's state for the next step.
+    """
+
+    x: Any
+    fx: Any
+    state: Any
+
+
+class AbstractSolver(abc.ABC):
+    """Anything that can be passed as `method` to :func:`fixed_point` and :func:`root`.
+
+    Almost every solver is an :class:`AbstractIterativeSolver` (it describes one step;
+    the shared driver runs the loop). Subclass this class directly only for a solver
+    that runs its own loop, such as the SciPy adapters.
+    """
+
+    @abc.abstractmethod
+    def run(
+        self,
+        problem: Problem,
+        *,
+        rtol: float,
+        atol: float,
+        maxiter: int,
+        callback: Callable | None,
+        xp: Any,
+    ) -> Result:
+        """Solve `problem` and return a :class:`~implicitnet.Result`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbstractIterativeSolver(AbstractSolver):
+    """A solver described by one step; the shared driver does the rest.
+
+    Subclasses are frozen, keyword-only dataclasses holding the method's configuration
+    and implement :meth:`init` and :meth:`step`. The driver owns the loop, the
+    tolerances, the residual history, non-finite and divergence checks, the best
+    iterate, the batch's active set and the :class:`~implicitnet.Result`.
+
+    The protocol, on arrays of shape ``(batch, n)``:
+
+    ``state = init(g, x, gx, *, xp)``
+        `g` is the residual function, `x` the starting point and ``gx = g(x)``.
+    ``Step(x_next, g(x_next), state) = step(g, x, gx, state, *, xp)``
+        One iteration. The step may call `g` as often as it needs (every call counts
+        one function evaluation per system) and must return the residual at the iterate
+        it returns.
+
+    Every array in `state` must carry the batch as its leading axis (the driver
+    compacts or freezes converged systems by indexing that axis); other leaves (Python
+    numbers) are shared by the whole batch. Solvers must be pure array-API code (no
+    in-place updates, no boolean-mask indexing, no conversion to Python numbers) so
+    that they also run on autodiff tensors, and must keep systems independent: row
+    ``i`` of the output depends only on row ``i`` of the inputs.
+
+    Parameters
+    ----------
+    stagnation_window : int, default: 50
+        A system whose best residual has not decreased for this many iterations stops
+        with status ``"stagnated"``.
+    divergence_factor : float, default: 1e4
+        A system whose residual exceeds this factor times its best residual stops with
+        status ``"diverged"`` (as does one whose residual is not finite); its best
+        iterate is returned.
+    """
+
+    stagnation_window: int = 50
+    divergence_factor: float = 1e4
+
+    def __post_init__(self):
+        if isinstance(self.stagnation_window, bool) or not isinstance(self.stagnation_window, int):
+            msg = f"`stagnation_window` must be an integer, got {self.stagnation_window!r}"
+            raise TypeError(msg)
+        if self.stagnation_window < 1:
+            msg = f"`stagnation_window` must be positive, got {self.stagnation_window}"
+            raise ValueError(msg)
+        if not self.divergence_factor > 1.0:
+            msg = f"`divergence_factor` must be greater than 1, got {self.divergence_factor}"
+            raise ValueError(msg)
+
+    @abc.abstractmethod
+    def init(self, g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
+        """The initial state, given the starting point `x` and its residual `gx`."""
+
+    @abc.abstractmethod
+    def step(self, g: Callable, x: Any, gx: Any, state: Any, *, xp: Any) -> Step:
+        """One iteration from `x` (with residual `gx`) to the next iterate."""
+
+    def run(self, problem, *, rtol, atol, maxiter, callback, xp):
+        """Run the shared driver (:func:`implicitnet.solvers._iterate.iterate`)."""
+        from ._iterate import iterate
+
+        return iterate(
+            self, problem, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, xp=xp
+        )
+
+
+def _check_real(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high=None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise a clear error unless `value` is a real number in the given interval."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"`{name}` must be a real number, got {value!r}"
+        raise TypeError(msg)
+    ok = value == value
+    if low is not None:
+        ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "-inf" if low is None else repr(low)
+        hi = "inf" if high is None else repr(high)
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}"
+        interval += ")" if high_open or high is None else "]"
+        msg = f"`{name}` must lie in {interval}, got {value!r}"
+        raise ValueError(msg)
+
+
+def _check_int(value: Any, name: str, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"`{name}` must be an integer, got {value!r}"
+        raise TypeError(msg)
+    if value < minimum:
+        msg = f"`{name}` must be at least {minimum}, got {value}"
+        raise ValueError(msg)
+
+
+def ring_write(buf: Any, row: Any, p: int, *, xp: Any) -> Any:
+    """``buf`` (``(batch, m, n)``) with slot `p` replaced by `row` (``(batch, n)``).
+
+    Out of place, by concatenating slices: a memory copy, cheaper than a broadcast
+    ``where`` over the whole buffer.
+    """
+    return xp.concat([buf[:, :p, :], row[:, None, :], buf[:, p + 1 :, :]], axis=1)
+
+
+class Problem:
+    """A nonlinear system in the solvers' ``(batch, n)`` layout.
+
+    Built by :func:`fixed_point` and :func:`root` after validating their arguments;
+    solvers receive one through :meth:`AbstractSolver.run`.
+
+    Attributes
+    ----------
+    kind : {"fixed_point", "root"}
+        Which problem: ``x = f(x, *args)`` or ``f(x, *args) = 0``.
+    f : callable
+        The user's function.
+    args : tuple
+        Extra arguments of `f`.
+    x0 : array
+        The starting point in the internal layout, shape ``(batch, n)``.
+    batch, n : int
+        Number of systems and unknowns per system.
+    batch_axis : int or None
+        The user's batch axis (non-negative), or None for one system.
+    arg_batch_axes : tuple or None
+        Per element of `args`, the axis that carries the batch (or None); None when
+        not declared, in which case `f` is always evaluated on the whole batch.
+    """
+
+    def __init__(
+        self,
+        kind: Literal["fixed_point", "root"],
+        f: Callable,
+        x0: Any,
+        args: tuple,
+        *,
+        batch_axis: int | None,
+        arg_batch_axes: Sequence[int | None] | None,
+        xp: Any,
+    ):
+        self.kind = kind
+        self.f = f
+        self.args = args
+        self.shape = tuple(x0.shape)
+        self.dtype = x0.dtype
+        self.device = device(x0)
+        self.batch_axis = batch_axis
+        self.arg_batch_axes = None if arg_batch_axes is None else tuple(arg_batch_axes)
+        self._xp = xp
+        if batch_axis is None:
+            self.batch = 1
+            self._rest = self.shape
+        else:
+            self.batch = self.shape[batch_axis]
+            self._rest = self.shape[:batch_axis] + self.shape[batch_axis + 1 :]
+        n = 1
+        for s in self._rest:
+            n *= s
+        self.n = n
+        self.x0 = self.to_internal(x0)
+        self._checked = False
+
+    @property
+    def can_compact(self) -> bool:
+        """Whether `f` may be evaluated on a subset of the systems."""
+        return self.batch_axis is None or self.arg_batch_axes is not None
+
+    # -- layout ---------------------------------------------------------------------
+    def to_internal(self, x: Any) -> Any:
+        """User layout (any number of systems along the batch axis) -> ``(rows, n)``."""
+        xp = self._xp
+        if self.batch_axis is None:
+            return xp.reshape(x, (1, self.n))
+        if self.batch_axis != 0:
+            order = (self.batch_axis, *(i for i in range(x.ndim) if i != self.batch_axis))
+            x = xp.permute_dims(x, order)
+        return xp.reshape(x, (x.shape[0], self.n))
+
+    def to_user(self, x: Any) -> Any:
+        """``(rows, n)`` -> user layout, with ``rows`` systems along the batch axis."""
+        xp = self._xp
+        if self.batch_axis is None:
+            return xp.reshape(x, self.shape)
+        x = xp.reshape(x, (x.shape[0], *self._rest))
+        if self.batch_axis != 0:
+            ndim = len(self.shape)
+            order = list(range(1, ndim))
+            order.insert(self.batch_axis, 0)
+            x = xp.permute_dims(x, tuple(order))
+        return x
+
+    # -- evaluation -------------------------------------------------------------------
+    def sliced_args(self, index: Any) -> tuple:
+        """`args` with every declared batch axis restricted to the systems `index`."""
+        if index is None or self.arg_batch_axes is None:
+            return self.args
+        xp = self._xp
+        return tuple(
+            a if ax is None else tree_map(lambda leaf, ax=ax: xp.take(leaf, index, axis=ax), a)
+            for a, ax in zip(self.args, self.arg_batch_axes)
+        )
+
+    def residual_function(self, index: Any = None) -> Callable:
+        """The residual ``g`` on ``(rows, n)`` arrays for the systems `index` (all if None).
+
+        `index` is an integer index array (device) of the active systems; it may be
+        given only when :attr:`can_compact`.
+        """
+        args = self.sliced_args(index)
+        fixed_point = self.kind == "fixed_point"
+
+        def g(x):
+            out = self.f(self.to_user(x), *args)
+            if not self._checked:
+                self._check_output(out, x)
+            out = self.to_internal(out)
+            return out - x if fixed_point else out
+
+        return g
+
+    def _check_output(self, out: Any, x: Any) -> None:
+        name = "f" if self.kind == "fixed_point" else "F"
+        shape = getattr(out, "shape", None)
+        if shape is None:
+            msg = f"`{name}` must return an array, got {type(out).__name__}"
+            raise TypeError(msg)
+        expected = tuple(self.to_user(x).shape)
+        if tuple(shape) != expected:
+            msg = (
+                f"`{name}` must return an array shaped like `x0` {expected}, "
+                f"got shape {tuple(shape)}"
+            )
+            raise ValueError(msg)
+        if out.dtype != self.dtype:
+            msg = (
+                f"`{name}` returned dtype {out.dtype} for `x0` of dtype {self.dtype}; "
+                f"make `{name}` preserve the dtype (e.g. cast its parameters)"
+            )
+            raise TypeError(msg)
+        self._checked = True

@@ -1,0 +1,107 @@
+"""The method registry: names usable as `method` in :func:`fixed_point` and :func:`root`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from ._base import AbstractSolver
+
+__all__ = ["available_methods", "register", "resolve_method"]
+
+_REGISTRY: dict[str, Any] = {}
+
+
+def register(name: str, solver: Any, *, overwrite: bool = False) -> None:
+    """Register `solver` under `name`, so that ``method=name`` selects it.
+
+    Parameters
+    ----------
+    name : str
+        The method name.
+    solver : AbstractSolver subclass, instance, or callable
+        A solver class (called with the keyword options of the solve), a configured
+        instance (options are applied with :func:`dataclasses.replace`), or a factory
+        ``(**options) -> AbstractSolver``.
+    overwrite : bool, default: False
+        Allow replacing an existing registration.
+
+    Raises
+    ------
+    ValueError
+        If `name` is already registered and `overwrite` is false.
+    TypeError
+        If `name` is not a string or `solver` is none of the accepted kinds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> inet.solvers.register("slow_picard", inet.Picard(damping=0.5), overwrite=True)
+    >>> res = inet.solvers.fixed_point(np.cos, np.array([1.0]), method="slow_picard", maxiter=500)
+    >>> bool(res.success)
+    True
+    """
+    if not isinstance(name, str) or not name:
+        msg = f"`name` must be a non-empty string, got {name!r}"
+        raise TypeError(msg)
+    if not (isinstance(solver, AbstractSolver) or callable(solver)):
+        msg = (
+            "`solver` must be an AbstractSolver instance, subclass or factory, "
+            f"got {type(solver).__name__}"
+        )
+        raise TypeError(msg)
+    if name in _REGISTRY and not overwrite:
+        msg = f"method {name!r} is already registered; pass overwrite=True to replace it"
+        raise ValueError(msg)
+    _REGISTRY[name] = solver
+
+
+def available_methods() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def resolve_method(method: Any, options: dict[str, Any]) -> AbstractSolver:
+    """The solver object for `method` (a name or a solver) configured with `options`."""
+    if isinstance(method, AbstractSolver):
+        if options:
+            msg = (
+                f"options {sorted(options)} were given together with a solver object; "
+                "configure the object instead (e.g. Anderson(m=5)) or pass a method name"
+            )
+            raise TypeError(msg)
+        return method
+    if not isinstance(method, str):
+        msg = (
+            "`method` must be a method name or an AbstractSolver instance, "
+            f"got {type(method).__name__}"
+        )
+        raise TypeError(msg)
+    if method not in _REGISTRY:
+        msg = f"unknown `method` {method!r}; known methods: {', '.join(available_methods())}"
+        raise ValueError(msg)
+    entry = _REGISTRY[method]
+    try:
+        if isinstance(entry, AbstractSolver):
+            solver = dataclasses.replace(entry, **options) if options else entry
+        else:
+            solver = _call_factory(entry, options)
+    except TypeError as exc:
+        msg = f"invalid options for method {method!r}: {exc}"
+        raise TypeError(msg) from exc
+    if not isinstance(solver, AbstractSolver):
+        msg = f"the factory registered as {method!r} returned {type(solver).__name__}"
+        raise TypeError(msg)
+    return solver
+
+
+def _call_factory(factory: Callable, options: dict[str, Any]) -> Any:
+    if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+        fields = {f.name for f in dataclasses.fields(factory) if f.init}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            msg = f"unknown option(s) {unknown}; valid options: {sorted(fields)}"
+            raise TypeError(msg)
+    return factory(**options)

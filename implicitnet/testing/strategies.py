@@ -1,0 +1,253 @@
+"""Hypothesis strategies for solver test problems with known answers.
+
+Every strategy takes the array namespace `xp` and a dtype name, draws its data as NumPy
+arrays on the host (so one seed gives the same problem on every backend), computes the
+answer in float64 with NumPy, and converts everything with ``xp.asarray``. Each draws a
+:class:`SolverProblem`; solve it with::
+
+    res = implicitnet.solvers.fixed_point(p.f, p.x0, p.args, batch_axis=p.batch_axis,
+                                          arg_batch_axes=p.arg_batch_axes)
+    # (root problems: implicitnet.solvers.root)
+
+and compare ``res.x`` with ``p.solution``. The strategies are public: use them to test
+your own solver.
+
+Examples
+--------
+>>> import numpy as np
+>>> from hypothesis import given, settings
+>>> import implicitnet as inet
+>>> from implicitnet.testing.strategies import contractive_affine_maps
+>>> @settings(max_examples=5, deadline=None)
+... @given(contractive_affine_maps(np, max_n=6, max_rho=0.5))
+... def test(p):
+...     res = inet.solvers.fixed_point(p.f, p.x0, p.args, rtol=1e-10)
+...     assert np.allclose(res.x, p.solution, atol=1e-7)
+>>> test()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from hypothesis import strategies as st
+
+from .. import backends
+from .._xp import namespace
+
+# Host arrays: NumPy through its backend (only ``backends/`` imports NumPy itself).
+_host = backends.get_backend("numpy")
+np = _host.namespace()
+
+__all__ = [
+    "SolverProblem",
+    "contractive_affine_maps",
+    "contractive_tanh_maps",
+    "expansive_affine_maps",
+    "planted_root_problems",
+]
+
+
+class SolverProblem(NamedTuple):
+    """A drawn problem: call ``f(x0, *args)``; `solution` is the known answer.
+
+    Attributes
+    ----------
+    kind : {"fixed_point", "root"}
+        Solve with :func:`implicitnet.solvers.fixed_point` or ``root``.
+    f : callable
+        ``f(x, *args)``, written with :func:`implicitnet.namespace` (so it also runs
+        on autodiff tensors).
+    x0 : array
+        Starting point (zeros), shape ``(n,)`` or ``(batch, n)``.
+    args : tuple
+        The arrays the function needs.
+    solution : array
+        The answer, in `x0`'s namespace and dtype.
+    batch_axis, arg_batch_axes
+        Pass through to the solve (None for an unbatched problem).
+    rho : float
+        The contraction factor (fixed-point problems) or 0.
+    """
+
+    kind: str
+    f: Callable
+    x0: Any
+    args: tuple
+    solution: Any
+    batch_axis: int | None
+    arg_batch_axes: tuple | None
+    rho: float
+
+
+def _dtype(xp, dtype):
+    return getattr(xp, dtype) if isinstance(dtype, str) else dtype
+
+
+def _seeds():
+    return st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def _batch_sizes(batch):
+    if batch is None or isinstance(batch, int):
+        return st.just(batch)
+    return batch
+
+
+class _Rng:
+    """Successive host draws from one seed (each draw gets its own derived seed)."""
+
+    def __init__(self, seed):
+        self.seed = seed
+        self.k = 0
+
+    def _next(self):
+        self.k += 1
+        return (self.seed * 7919 + self.k) % 2**32
+
+    def standard_normal(self, shape):
+        return _host.random_normal(shape, self._next(), dtype="float64")
+
+    def uniform(self, low, high, size):
+        return _host.random_uniform(size, self._next(), low=low, high=high, dtype="float64")
+
+
+def _matrix_with_norm(rng, n, rho):
+    """A random n x n matrix with spectral norm exactly `rho`."""
+    A = rng.standard_normal((n, n))
+    norm = float(np.linalg.matrix_norm(A, ord=2))
+    return A * (rho / norm) if norm > 0 else A
+
+
+def _solve(A, c):
+    """Rows of ``(I - A)^{-1} c`` (``c``: (n,) or (batch, n))."""
+    n = A.shape[0]
+    M = np.eye(n, dtype=np.float64) - A
+    return np.matrix_transpose(np.linalg.solve(M, np.reshape(c, (-1, n)).T)).reshape(c.shape)
+
+
+def _pack(xp, dtype, kind, f, x0, args, solution, batch, arg_axes, rho):
+    dt = _dtype(xp, dtype)
+    conv = tuple(xp.asarray(a, dtype=dt) for a in args)
+    return SolverProblem(
+        kind=kind,
+        f=f,
+        x0=xp.asarray(x0, dtype=dt),
+        args=conv,
+        solution=xp.asarray(solution, dtype=dt),
+        batch_axis=None if batch is None else 0,
+        arg_batch_axes=None if batch is None else arg_axes,
+        rho=rho,
+    )
+
+
+def _affine(z, A, c):
+    # z = z A^T + c, acting on the last axis (unbatched z: (n,), batched: (batch, n))
+    xp = namespace(z, A, c)
+    return xp.matmul(z, xp.matrix_transpose(A)) + c
+
+
+@st.composite
+def contractive_affine_maps(
+    draw, xp, *, dtype="float64", min_n=1, max_n=16, min_rho=0.0, max_rho=0.9, batch=None
+):
+    """Affine maps ``z -> A z + c`` with ``||A||_2 = rho`` in ``[min_rho, max_rho]``.
+
+    The answer ``(I - A)^{-1} c`` is computed with ``numpy.linalg.solve``. With
+    `batch` (an int or a strategy of ints), ``c`` has one row per system and the
+    problem is batched along axis 0 (``arg_batch_axes=(None, 0)``).
+    """
+    n = draw(st.integers(min_n, max_n))
+    rho = draw(st.floats(min_rho, max_rho, allow_nan=False, allow_subnormal=False))
+    b = draw(_batch_sizes(batch))
+    rng = _Rng(draw(_seeds()))
+    A = _matrix_with_norm(rng, n, rho)
+    c = rng.uniform(-1.0, 1.0, size=(n,) if b is None else (b, n))
+    sol = _solve(A, c)
+    x0 = np.zeros_like(c)
+    return _pack(xp, dtype, "fixed_point", _affine, x0, (A, c), sol, b, (None, 0), rho)
+
+
+@st.composite
+def expansive_affine_maps(
+    draw, xp, *, dtype="float64", min_n=2, max_n=6, min_norm=1.2, max_norm=2.0, batch=None
+):
+    """Affine maps with spectral norm (and radius) above 1 but a well-posed fixed point.
+
+    ``A = Q diag(lam) Q^T`` with eigenvalues ``lam`` in ``[-max_norm, 0.5]``, at
+    least one below ``-min_norm``: Picard's iteration diverges, while ``I - A`` is
+    well conditioned (eigenvalues in ``[0.5, 1 + max_norm]``), so the fixed point is
+    stable for the flow ``dz/dt = A z + c - z``. Keep `n` small: accelerated methods
+    need memory comparable to `n` on such maps.
+    """
+    n = draw(st.integers(min_n, max_n))
+    top = draw(st.floats(min_norm, max_norm, allow_nan=False, allow_subnormal=False))
+    b = draw(_batch_sizes(batch))
+    rng = _Rng(draw(_seeds()))
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = rng.uniform(-top, 0.5, size=(n,))
+    lam = np.where(np.arange(n) == 0, -top, lam)
+    A = (Q * lam) @ Q.T
+    c = rng.uniform(-1.0, 1.0, size=(n,) if b is None else (b, n))
+    sol = _solve(A, c)
+    x0 = np.zeros_like(c)
+    return _pack(xp, dtype, "fixed_point", _affine, x0, (A, c), sol, b, (None, 0), top)
+
+
+def _tanh_cell(z, W, c):
+    xp = namespace(z, W, c)
+    return xp.tanh(xp.matmul(z, xp.matrix_transpose(W)) + c)
+
+
+@st.composite
+def contractive_tanh_maps(
+    draw, xp, *, dtype="float64", min_n=1, max_n=16, min_rho=0.0, max_rho=0.9, batch=None
+):
+    """Nonlinear contractions ``z -> tanh(W z + c)`` with ``||W||_2 = rho < 1``.
+
+    tanh is 1-Lipschitz, so the map contracts with factor `rho` and has one fixed
+    point, computed in float64 by Picard's iteration run until its a-posteriori error
+    bound ``rho^k ||z_1 - z_0|| / (1 - rho)`` is below ``1e-14``.
+    """
+    n = draw(st.integers(min_n, max_n))
+    rho = draw(st.floats(min_rho, max_rho, allow_nan=False, allow_subnormal=False))
+    b = draw(_batch_sizes(batch))
+    rng = _Rng(draw(_seeds()))
+    W = _matrix_with_norm(rng, n, rho)
+    c = rng.uniform(-1.5, 1.5, size=(n,) if b is None else (b, n))
+    z = np.zeros_like(c)
+    for _ in range(100_000):
+        z_new = np.tanh(z @ W.T + c)
+        step = float(np.max(np.abs(z_new - z)))
+        z = z_new
+        if step * rho / max(1.0 - rho, 1e-12) < 1e-14 or step == 0.0:
+            break
+    x0 = np.zeros_like(c)
+    return _pack(xp, dtype, "fixed_point", _tanh_cell, x0, (W, c), z, b, (None, 0), rho)
+
+
+def _planted(x, D, W, x_star):
+    # F(x) = -D (x - x*) + W tanh(x - x*): zero exactly at x = x*
+    xp = namespace(x, D, W, x_star)
+    e = x - x_star
+    return -D * e + xp.matmul(xp.tanh(e), xp.matrix_transpose(W))
+
+
+@st.composite
+def planted_root_problems(draw, xp, *, dtype="float64", min_n=1, max_n=12, batch=None):
+    """Root problems ``F(x) = -D (x - x*) + W tanh(x - x*)`` with the root `x*` planted.
+
+    ``D`` is diagonal in ``[0.5, 2]`` and ``||W||_2 <= 0.25``, so ``x*`` is the only
+    root (``||D e|| >= 0.5 ||e|| > ||W tanh(e)||`` for ``e != 0``) and the Jacobian is
+    well conditioned; ``x*`` is drawn in ``[-2, 2]`` and the start is zero. Picard's
+    iteration ``x + F(x)`` need not converge (``D`` up to 2); use damping 0.5 or more.
+    """
+    n = draw(st.integers(min_n, max_n))
+    b = draw(_batch_sizes(batch))
+    rng = _Rng(draw(_seeds()))
+    D = rng.uniform(0.5, 2.0, size=(n,))
+    W = _matrix_with_norm(rng, n, float(rng.uniform(0.0, 0.25, size=(1,))[0]))
+    x_star = rng.uniform(-2.0, 2.0, size=(n,) if b is None else (b, n))
+    x0 = np.zeros_like(x_star)
+    return _pack(xp, dtype, "root", _planted, x0, (D, W, x_star), x_star, b, (None, None, 0), 0.0)
