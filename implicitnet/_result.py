@@ -10,7 +10,25 @@ __all__ = ["ConvergenceError", "ConvergenceWarning", "Result", "Status"]
 
 
 class Status(str, enum.Enum):
-    """Why a solve stopped. Compares equal to its value: ``res.status == "maxiter"``."""
+    """Why a solve stopped. Compares equal to its value: ``res.status == "maxiter"``.
+
+    Attributes
+    ----------
+    SUCCESS : "success"
+        The residual met the tolerance.
+    MAXITER : "maxiter"
+        The iteration limit was reached first.
+    DIVERGED : "diverged"
+        The residual became non-finite or grew far above the best one seen.
+    STAGNATED : "stagnated"
+        The residual stopped decreasing before reaching the tolerance.
+    BREAKDOWN : "breakdown"
+        The method divided by a vanishing quantity before converging.
+    STOPPED : "stopped"
+        The callback asked to stop before every system converged.
+
+    See the diagnostics tutorial for what to change in each case.
+    """
 
     SUCCESS = "success"
     MAXITER = "maxiter"
