@@ -16,6 +16,7 @@ __all__ = [
     "device",
     "is_tensor",
     "namespace",
+    "set_index",
     "small_solve",
     "to_host",
     "vdot",
@@ -138,6 +139,60 @@ def vdot(a: Any, b: Any, /, *, axis=-1, xp):
 def small_solve(A: Any, b: Any, /, *, xp):
     """Solve the (batched) small dense systems ``A x = b`` with ``b[..., n]``."""
     return xp.linalg.solve(A, b[..., None])[..., 0]
+
+
+def set_index(buf: Any, index: Any, value: Any, /, *, xp) -> Any:
+    """``buf`` with ``buf[index]`` replaced by `value`: in place on raw arrays.
+
+    For a raw array of any namespace (``__setitem__`` is part of the standard) this is
+    ``buf[index] = value; return buf``: use it only on buffers the caller allocated
+    itself and never hands out. When `buf` or `value` is an autodiff ``Tensor`` (which
+    must stay out of place to be differentiable) it returns a new tensor built with
+    ``where`` on a one-hot mask. There `index` may hold only integers and full slices
+    (``:``), one entry per leading axis (missing trailing entries mean ``:``; no
+    ``...``), and `value` must broadcast to ``buf[index]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from implicitnet._xp import namespace, set_index
+    >>> buf = np.zeros((2, 3))
+    >>> set_index(buf, (slice(None), 1), np.array([1.0, 2.0]), xp=namespace(buf)) is buf
+    True
+    >>> buf.tolist()
+    [[0.0, 1.0, 0.0], [0.0, 2.0, 0.0]]
+    """
+    if not isinstance(index, tuple):
+        index = (index,)
+    if len(index) < buf.ndim:  # the standard wants every axis indexed
+        index = index + (slice(None),) * (buf.ndim - len(index))
+    if not (is_tensor(buf) or is_tensor(value)):
+        buf[index] = value
+        return buf
+    mask = None
+    kept = []  # axes of `buf` that remain in ``buf[index]``
+    for axis in range(buf.ndim):
+        ix = index[axis] if axis < len(index) else slice(None)
+        if isinstance(ix, slice) and ix == slice(None):
+            kept.append(axis)
+            continue
+        if isinstance(ix, bool) or not isinstance(ix, int):
+            msg = "set_index on a tensor supports only integers and full slices"
+            raise TypeError(msg)
+        size = buf.shape[axis]
+        shape = [1] * buf.ndim
+        shape[axis] = size
+        hit = xp.reshape(xp.arange(size, device=device(buf)) == (ix % size), tuple(shape))
+        mask = hit if mask is None else xp.logical_and(mask, hit)
+    if mask is None:  # only full slices: the whole buffer is replaced
+        return xp.broadcast_to(value, buf.shape)
+    vndim = getattr(value, "ndim", 0)
+    if vndim:  # align value's axes with the axes of `buf` that `index` keeps
+        shape = [1] * buf.ndim
+        for axis, size in zip(kept[len(kept) - vndim :], value.shape):
+            shape[axis] = size
+        value = xp.reshape(value, tuple(shape))
+    return xp.where(mask, value, buf)
 
 
 def to_host(x: Any, /) -> list:

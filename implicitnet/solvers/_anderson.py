@@ -6,20 +6,21 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._xp import device as _dev
-from .._xp import small_solve, vector_norm
-from ._base import AbstractIterativeSolver, Step, _check_int, _check_real, ring_write
+from .._xp import set_index, small_solve
+from ._base import AbstractIterativeSolver, Step, _check_int, _check_real, row_norms
 
 __all__ = ["Anderson"]
 
 
 class _AndersonState(NamedTuple):
-    X: Any  # (batch, m, n) ring buffer of iterates
-    G: Any  # (batch, m, n) ring buffer of their residuals
+    Y: Any  # (batch, m, n) ring buffer of x_j + beta g_j (the points that are mixed)
+    G: Any  # (batch, m, n) ring buffer of the residuals g_j
     H: Any  # (batch, m, m) Gram matrix G G^T of the buffer
-    valid: Any  # (batch, m) which slots hold history
-    x_prev: Any  # (batch, n) last accepted iterate
-    g_prev: Any  # (batch, n) its residual
+    D: Any  # (batch, m) its diagonal
+    valid: Any  # (batch, m) which slots hold usable history
+    q: Any  # (batch,) slot of the last accepted iterate
     r_prev: Any  # (batch,) its residual norm (inf before the first step)
+    r: Any  # (batch,) residual norm of the current iterate (computed by the last step)
     k: int  # steps taken (ring position), shared by the batch
 
 
@@ -67,14 +68,19 @@ class Anderson(AbstractIterativeSolver):
         [0  1^T] [nu   ]   [1]
         [1  H  ] [alpha] = [0]
 
-    It is solved, for all systems at once with one batched ``linalg.solve``, after a
-    symmetric diagonal scaling ``S = diag(H)^(-1/2)`` that gives ``S H S`` a unit
-    diagonal (an exact change of variables ``alpha = S a``), plus ``lambda I``. Unused
-    slots of the ring buffer get an identity row and a zero border, so their
-    coefficient is zero. The Gram matrix is updated by one row and column per step.
-    One function evaluation per iteration; the safeguards cost none (a rejected step
-    is detected at the next one). On linear problems with ``m > n`` the method is
-    equivalent to GMRES [2]_.
+    whose solution is ``alpha = H^-1 1 / (1^T H^-1 1)``. After a symmetric diagonal
+    scaling ``S = diag(H)^(-1/2)`` that gives ``C = S H S`` a unit diagonal (an exact
+    change of variables ``alpha = S a``) and the regularisation ``C + lambda I``
+    (symmetric positive definite), this is one batched ``linalg.solve`` of
+    ``(C + lambda I) y = S 1`` for all systems at once, then
+    ``alpha = S y / (1^T S y)``. Unused slots of the ring buffer get an identity row
+    and ``S = 0``, so their coefficient is zero. The buffers hold ``x_j + beta g_j``
+    (the points that are mixed) and ``g_j``; one slot of each and one row and column
+    of ``H`` are rewritten per step (in place on raw arrays, out of place on autodiff
+    tensors), so a step costs two products with the ``(m, n)`` buffers besides one
+    function evaluation; the safeguards cost none (a rejected step is detected at the
+    next one). On linear problems with ``m > n`` the method is equivalent to GMRES
+    [2]_.
 
     References
     ----------
@@ -110,84 +116,76 @@ class Anderson(AbstractIterativeSolver):
         rows, n = x.shape
         m = self.m
         dtype = x.dtype
-        zeros = xp.zeros((rows, m, n), dtype=dtype, device=_dev(x))
+        dev = _dev(x)
         return _AndersonState(
-            X=zeros,
-            G=zeros,
-            H=xp.zeros((rows, m, m), dtype=dtype, device=_dev(x)),
-            valid=xp.zeros((rows, m), dtype=xp.bool, device=_dev(x)),
-            x_prev=x,
-            g_prev=gx,
-            r_prev=xp.full((rows,), float("inf"), dtype=dtype, device=_dev(x)),
+            Y=xp.zeros((rows, m, n), dtype=dtype, device=dev),
+            G=xp.zeros((rows, m, n), dtype=dtype, device=dev),
+            H=xp.zeros((rows, m, m), dtype=dtype, device=dev),
+            D=xp.zeros((rows, m), dtype=dtype, device=dev),
+            valid=xp.zeros((rows, m), dtype=xp.bool, device=dev),
+            q=xp.zeros((rows,), dtype=xp.int64, device=dev),
+            r_prev=xp.full((rows,), float("inf"), dtype=dtype, device=dev),
+            r=row_norms(gx, xp=xp),
             k=0,
         )
 
     def step(self, g, x, gx, state, *, xp):
         m = self.m
-        dtype = x.dtype
         dev = _dev(x)
-        rows = x.shape[0]
-        X, G, H, valid = state.X, state.G, state.H, state.valid
+        Y, G, H, D = state.Y, state.G, state.H, state.D
+        every = slice(None)
 
-        # Safeguard: a residual much worse than the previous one (or not finite)
-        # rejects the last step; restart from the previous iterate with a plain step.
-        r = vector_norm(gx, axis=-1, xp=xp)
+        # (x, g(x)) goes to ring slot p; row and column p of the Gram matrix are the
+        # inner products of g(x) with the buffer.
+        p = state.k % m
+        slots = xp.arange(m, device=dev)
+        slot = slots == p  # (m,)
+        point = x + (gx if self.beta == 1.0 else self.beta * gx)
+        Y = set_index(Y, (every, p), point, xp=xp)
+        G = set_index(G, (every, p), gx, xp=xp)
+
+        # Safeguard: a residual much worse than that of the last accepted iterate (or
+        # not finite) rejects the step that led here: only the last accepted slot q
+        # stays valid, so the next iterate is a plain step from there.
+        r = state.r
         reject = xp.logical_not(r <= self.safeguard * state.r_prev)
         rej = reject[:, None]
-        x_c = xp.where(rej, state.x_prev, x)
-        g_c = xp.where(rej, state.g_prev, gx)
-        r_c = xp.where(reject, state.r_prev, r)
-        valid = xp.logical_and(valid, xp.logical_not(rej))
-
-        # Write (x_c, g_c) into ring slot p and update the Gram matrix's row/column p.
-        p = state.k % m
-        slot = xp.arange(m, device=dev) == p  # (m,)
-        X = ring_write(X, x_c, p, xp=xp)
-        G = ring_write(G, g_c, p, xp=xp)
-        valid = xp.logical_or(valid, slot[None, :])
-        h = xp.matmul(G, g_c[:, :, None])[:, :, 0]  # (rows, m): <g_j, g_c>
-        H = xp.where(slot[None, :, None], h[:, None, :], H)
-        H = xp.where(slot[None, None, :], h[:, :, None], H)
+        q = xp.where(reject, state.q, xp.full_like(state.q, p))
+        last = slots[None, :] == q[:, None]  # (rows, m): slot of the iterate kept
+        r_prev = xp.where(reject, state.r_prev, r)
+        valid = xp.where(rej, last, xp.logical_or(state.valid, slot))
 
         if m == 1:
-            alpha = xp.ones((rows, 1), dtype=dtype, device=dev)
+            x_new = point
         else:
-            alpha = self._coefficients(H, valid, xp=xp)
+            h = xp.vecdot(G, gx[:, None, :])  # (rows, m): <g_j, g(x)>
+            H = set_index(H, (every, p), h, xp=xp)
+            H = set_index(H, (every, every, p), h, xp=xp)
+            D = set_index(D, (every, p), h[:, p], xp=xp)
+            alpha = self._coefficients(H, D, valid, xp=xp)
             # Ill-conditioned least squares: restart the history, take a plain step.
-            size = xp.sum(xp.abs(alpha), axis=-1)
-            ill = xp.logical_not(size <= self.max_coefficient)
-            onehot = xp.astype(slot, dtype)[None, :]
-            alpha = xp.where(ill[:, None], onehot, alpha)
-            valid = xp.where(ill[:, None], slot[None, :], valid)
+            ill = xp.logical_not(xp.sum(xp.abs(alpha), axis=-1) <= self.max_coefficient)
+            ill_c = ill[:, None]
+            alpha = xp.where(ill_c, xp.astype(last, alpha.dtype), alpha)
+            valid = xp.where(ill_c, last, valid)
+            # x_next = sum_j alpha_j (x_j + beta g_j)
+            x_new = xp.matmul(alpha[:, None, :], Y)[:, 0, :]
+        g_new = g(x_new)
+        r_new = row_norms(g_new, xp=xp)
+        new_state = _AndersonState(Y, G, H, D, valid, q, r_prev, r_new, state.k + 1)
+        return Step(x_new, g_new, new_state, r_new)
 
-        # x_next = sum_j alpha_j (x_j + beta g_j)
-        a = alpha[:, None, :]
-        x_new = xp.matmul(a, X)[:, 0, :]
-        mixed_g = xp.matmul(a, G)[:, 0, :]
-        x_new = x_new + (mixed_g if self.beta == 1.0 else self.beta * mixed_g)
-        new_state = _AndersonState(X, G, H, valid, x_c, g_c, r_c, state.k + 1)
-        return Step(x_new, g(x_new), new_state)
-
-    def _coefficients(self, H, valid, *, xp):
-        """Solve the scaled, regularised bordered systems for ``alpha`` (batched)."""
-        rows, m, _ = H.shape
+    def _coefficients(self, H, D, valid, *, xp):
+        """``alpha`` from the scaled, regularised Gram matrices (batched)."""
+        m = H.shape[-1]
         dtype = H.dtype
-        dev = _dev(H)
-        eye = xp.eye(m, dtype=dtype, device=dev)
-        vf = xp.astype(valid, dtype)
-        diag = xp.sum(H * eye, axis=-1)
-        positive = xp.logical_and(valid, diag > 0)
+        eye = xp.eye(m, dtype=dtype, device=_dev(H))
         # S = diag(H)^(-1/2) on used slots (1 where the residual is exactly zero), 0 else
-        one = xp.ones_like(diag)
-        s = xp.where(positive, 1.0 / xp.sqrt(xp.where(positive, diag, one)), vf)
+        one = xp.ones_like(D)
+        safe = xp.where(xp.logical_and(valid, D > 0), D, one)
+        s = xp.where(valid, 1.0 / xp.sqrt(safe), xp.zeros_like(D))
         lam = max(self.regularization, 100.0 * float(xp.finfo(dtype).eps))
-        C = H * s[:, :, None] * s[:, None, :] + eye * xp.where(valid, lam * one, one)[:, None, :]
-        # Constraint 1^T alpha = s^T a = 1, row scaled by 1 / max(s) for balance.
-        smax = xp.max(s, axis=-1, keepdims=True)
-        t = s / smax
-        top = xp.concat([xp.zeros((rows, 1, 1), dtype=dtype, device=dev), t[:, None, :]], axis=-1)
-        bottom = xp.concat([t[:, :, None], C], axis=-1)
-        K = xp.concat([top, bottom], axis=1)
-        rhs = xp.concat([1.0 / smax, xp.zeros((rows, m), dtype=dtype, device=dev)], axis=-1)
-        sol = small_solve(K, rhs, xp=xp)
-        return sol[:, 1:] * s
+        shift = xp.where(valid, lam * one, one)  # unused slots: identity rows
+        C = H * (s[:, :, None] * s[:, None, :]) + eye * shift[:, None, :]
+        y = s * small_solve(C, s, xp=xp)
+        return y / xp.sum(y, axis=-1, keepdims=True)

@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple
 
 from .._result import Result
 from .._tree import tree_map
-from .._xp import device
+from .._xp import device, is_tensor
 
 __all__ = ["AbstractIterativeSolver", "AbstractSolver", "Problem", "Step"]
 
@@ -40,11 +40,15 @@ class Step(NamedTuple):
         the step, so the driver never evaluates ``g`` itself).
     state : pytree
         The solver's state for the next step.
+    fx_norm : array or None, optional
+        The Euclidean norm of each row of `fx`, shape ``(batch,)``, when the step
+        computed it anyway (the driver then reuses it instead of computing it again).
     """
 
     x: Any
     fx: Any
     state: Any
+    fx_norm: Any = None
 
 
 class AbstractSolver(abc.ABC):
@@ -85,14 +89,18 @@ class AbstractIterativeSolver(AbstractSolver):
     ``Step(x_next, g(x_next), state) = step(g, x, gx, state, *, xp)``
         One iteration. The step may call `g` as often as it needs (every call counts
         one function evaluation per system) and must return the residual at the iterate
-        it returns.
+        it returns (and may return its row norms as ``Step.fx_norm``).
 
     Every array in `state` must carry the batch as its leading axis (the driver
     compacts or freezes converged systems by indexing that axis); other leaves (Python
-    numbers) are shared by the whole batch. Solvers must be pure array-API code (no
-    in-place updates, no boolean-mask indexing, no conversion to Python numbers) so
-    that they also run on autodiff tensors, and must keep systems independent: row
-    ``i`` of the output depends only on row ``i`` of the inputs.
+    numbers) are shared by the whole batch. Solvers must be array-API code (no
+    boolean-mask indexing, no conversion to Python numbers) so that they also run on
+    autodiff tensors, and must keep systems independent: row ``i`` of the output
+    depends only on row ``i`` of the inputs. The only in-place updates allowed are
+    :func:`implicitnet._xp.set_index` on buffers the solver allocated itself in
+    :meth:`init` and never returns as ``x`` or ``fx`` (it falls back to an out-of-place
+    update on autodiff tensors); the arrays `x`, `gx` and those the step returns are
+    never modified.
 
     Parameters
     ----------
@@ -172,13 +180,15 @@ def _check_int(value: Any, name: str, *, minimum: int) -> None:
         raise ValueError(msg)
 
 
-def ring_write(buf: Any, row: Any, p: int, *, xp: Any) -> Any:
-    """``buf`` (``(batch, m, n)``) with slot `p` replaced by `row` (``(batch, n)``).
+def row_norms(x: Any, *, xp: Any) -> Any:
+    """Euclidean norm of each row of the ``(batch, n)`` array `x`.
 
-    Out of place, by concatenating slices: a memory copy, cheaper than a broadcast
-    ``where`` over the whole buffer.
+    ``sqrt(vecdot(x, x))`` on raw arrays (one fused reduction, no temporary), the
+    differentiable ``vector_norm`` on autodiff tensors.
     """
-    return xp.concat([buf[:, :p, :], row[:, None, :], buf[:, p + 1 :, :]], axis=1)
+    if is_tensor(x):
+        return xp.linalg.vector_norm(x, axis=-1)
+    return xp.sqrt(xp.vecdot(x, x))
 
 
 class Problem:
@@ -286,15 +296,28 @@ class Problem:
         given only when :attr:`can_compact`.
         """
         args = self.sliced_args(index)
-        fixed_point = self.kind == "fixed_point"
+        if self.kind != "fixed_point":
+
+            def g(x):
+                out = self.f(self.to_user(x), *args)
+                if not self._checked:
+                    self._check_output(out, x)
+                return self.to_internal(out)
+
+            return g
 
         def g(x):
             out = self.f(self.to_user(x), *args)
             if not self._checked:
                 self._check_output(out, x)
             out = self.to_internal(out)
-            return out - x if fixed_point else out
+            gx = out - x
+            g.last = (gx, out)
+            return gx
 
+        # The last (residual, value of f) pair: the driver reads ``||f(x)||`` from it
+        # instead of recomputing ``f(x) = x + g(x)``.
+        g.last = (None, None)
         return g
 
     def _check_output(self, out: Any, x: Any) -> None:

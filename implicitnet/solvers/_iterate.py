@@ -21,7 +21,8 @@ from typing import Any
 
 from .._result import Result, Status, status_message
 from .._tree import tree_map
-from .._xp import to_host, vector_norm
+from .._xp import to_host
+from ._base import row_norms
 
 __all__ = ["iterate"]
 
@@ -42,37 +43,12 @@ def _is_array_leaf(leaf: Any) -> bool:
     return not isinstance(leaf, bool | int | float | complex | str | type(None))
 
 
-class _Rows:
-    """The systems currently held in the working arrays, and index arrays for them."""
-
-    def __init__(self, ids: list[int], batch: int, *, xp, dev):
-        self.ids = ids
-        self.full = len(ids) == batch
-        self._xp = xp
-        self._dev = dev
-        self._batch = batch
-        self._perm = None
-        self._index = None
-
-    def index(self):
-        """Device index array of the held systems (None when all are held)."""
-        if self.full:
-            return None
-        if self._index is None:
-            self._index = self._xp.asarray(self.ids, dtype=self._xp.int64, device=self._dev)
-        return self._index
-
-    def scatter(self, full, part):
-        """`full` with the held systems' rows replaced by `part` (out of place)."""
-        if self.full:
-            return part
-        xp = self._xp
-        if self._perm is None:
-            perm = list(range(self._batch))
-            for j, i in enumerate(self.ids):
-                perm[i] = self._batch + j
-            self._perm = xp.asarray(perm, dtype=xp.int64, device=self._dev)
-        return xp.take(xp.concat([full, part], axis=0), self._perm, axis=0)
+def _scatter_index(ids: list[int], batch: int, *, xp, dev):
+    """Index that gathers ``concat([full, part])`` into ``full`` with rows `ids` replaced."""
+    perm = list(range(batch))
+    for j, i in enumerate(ids):
+        perm[i] = batch + j
+    return xp.asarray(perm, dtype=xp.int64, device=dev)
 
 
 def iterate(
@@ -91,6 +67,12 @@ def iterate(
 
     * fixed point: ``||f(x) - x|| <= atol + rtol * max(||f(x)||, ||f(x0) - x0||)``;
     * root: ``||F(x)|| <= atol + rtol * ||F(x0)||``.
+
+    Per iteration the driver does one host transfer (the residual norms, and for a
+    fixed-point problem the norms of ``f(x)``), a few list operations per active
+    system, and array work only for the best iterate (a ``where`` when some but not all
+    systems improved). Systems leave the working arrays (or are frozen) only when one
+    finishes, so the cost of compaction is paid once per change of the active set.
     """
     batch = problem.batch
     dtype = problem.dtype
@@ -99,6 +81,7 @@ def iterate(
     compact = problem.can_compact
     window = solver.stagnation_window
     factor = solver.divergence_factor
+    inf = float("inf")
 
     ncalls = [0]
 
@@ -107,32 +90,29 @@ def iterate(
             ncalls[0] += 1
             return fn(x)
 
+        g.inner = fn
         return g
 
-    def host_norms(x, gx):
-        r = vector_norm(gx, axis=-1, xp=xp)
+    def host_norms(x, gx, r, g):
+        """Residual norms (and norms of f(x) for a fixed-point problem) on the host."""
+        if r is None:
+            r = row_norms(gx, xp=xp)
         if not fixed:
             return to_host(r), None
-        s = vector_norm(x + gx, axis=-1, xp=xp)
-        both = to_host(xp.stack([r, s]))
+        last_gx, last_f = g.inner.last
+        fx = last_f if last_gx is gx else x + gx
+        both = to_host(xp.stack([r, row_norms(fx, xp=xp)]))
         return both[0], both[1]
 
-    def finite(v: float) -> bool:
-        return v - v == 0.0
-
-    def as_mask(flags: list[bool], ndim: int):
-        m = xp.asarray(flags, dtype=xp.bool, device=dev)
-        return xp.reshape(m, (len(flags),) + (1,) * (ndim - 1))
-
     # -- iteration 0 ------------------------------------------------------------------
-    rows = _Rows(list(range(batch)), batch, xp=xp, dev=dev)
+    ids = list(range(batch))  # systems held in the working arrays, in row order
     g = counted(problem.residual_function(None))
     x = problem.x0
     gx = g(x)
-    r_list, s_list = host_norms(x, gx)
+    r_list, s_list = host_norms(x, gx, None, g)
 
-    r0 = [v if finite(v) else 0.0 for v in r_list]
-    best_r = [float("inf")] * batch
+    r0 = [v if v - v == 0.0 else 0.0 for v in r_list]
+    best_r = [inf] * batch
     best_it = [0] * batch
     last_r = list(r_list)
     nit = [0] * batch
@@ -140,27 +120,40 @@ def iterate(
     status: list[Status | None] = [None] * batch
     history = [list(r_list)]
     for i, r in enumerate(r_list):
-        if not finite(r):
+        if not r - r == 0.0:
             status[i] = Status.DIVERGED
             continue
         best_r[i] = r
         scale = max(s_list[i], r) if fixed else r
         if r <= atol + rtol * scale:
             status[i] = Status.SUCCESS
+    # Root problems: the threshold is fixed per system.
+    thresh = [atol + rtol * v for v in r0]
 
-    x_full = x
-    best_full = x
-    state = None
+    best_full = x  # best iterate of every system (rows of finished systems are final)
+    best = x  # best iterate of the held systems
+    x_full = x  # current iterate of every system (kept only for the callback)
     frozen: list[bool] = [False] * batch  # freeze mode: rows held fixed
+    any_frozen = False
+    state = None
+    it = 0
+    stopped = False
 
     def finish_rows(x_work, gx_work, state):
         """Drop (compact) or freeze the rows whose system has finished."""
-        nonlocal rows, g
-        done = [status[i] is not None for i in rows.ids]
+        nonlocal ids, g, best, best_full, any_frozen
+        done = [status[i] is not None for i in ids]
         if not any(done):
             return x_work, gx_work, state
         if compact:
+            # Finished rows' best iterates go to `best_full` (one gather for all).
+            if len(ids) == batch:
+                best_full = best
+            else:
+                idx = _scatter_index(ids, batch, xp=xp, dev=dev)
+                best_full = xp.take(xp.concat([best_full, best], axis=0), idx, axis=0)
             keep = [j for j, d in enumerate(done) if not d]
+            ids = [ids[j] for j in keep]
             if not keep:
                 return None, None, None
             keep_idx = xp.asarray(keep, dtype=xp.int64, device=dev)
@@ -170,65 +163,75 @@ def iterate(
                     return xp.take(leaf, keep_idx, axis=0)
                 return leaf
 
-            rows = _Rows([rows.ids[j] for j in keep], batch, xp=xp, dev=dev)
-            g = counted(problem.residual_function(rows.index()))
+            index = xp.asarray(ids, dtype=xp.int64, device=dev)
+            g = counted(problem.residual_function(index))
+            best = take(best)
             return take(x_work), take(gx_work), tree_map(take, state)
-        newly = [d and not frozen[i] for i, d in zip(rows.ids, done)]
+        newly = [d and not frozen[i] for i, d in zip(ids, done)]
         if any(newly):
             for i, d in enumerate(done):
                 frozen[i] = frozen[i] or d
-            m = as_mask(frozen, 2)
-            x_work = xp.where(m, best_full, x_work)
+            any_frozen = True
+            m = _mask(frozen, 2, xp=xp, dev=dev)
+            x_work = xp.where(m, best, x_work)
             gx_work = xp.where(m, xp.zeros_like(gx_work), gx_work)
         return x_work, gx_work, state
 
-    stopped = False
-    it = 0
     if any(s is None for s in status):
         state = solver.init(g, x, gx, xp=xp)
-        nfev = [k + ncalls[0] - 1 for k in nfev]
+        init_calls = ncalls[0] - 1
+        nfev = [k + init_calls if s is None else k for k, s in zip(nfev, status)]
         x, gx, state = finish_rows(x, gx, state)
+    else:
+        x = None
 
-    while x is not None and it < maxiter and not stopped:
-        if all(s is not None for s in status):
-            break
+    while x is not None and it < maxiter:
         calls_before = ncalls[0]
         step = solver.step(g, x, gx, state, xp=xp)
         it += 1
-        x_new, gx_new, state_new = step.x, step.fx, step.state
-        if not compact and any(frozen):
+        x_new, gx_new, state_new, r_new = step.x, step.fx, step.state, step.fx_norm
+        if any_frozen:
             # Hold frozen systems fixed (iterate, residual and solver state).
-            m2 = as_mask(frozen, 2)
+            m2 = _mask(frozen, 2, xp=xp, dev=dev)
             x_new = xp.where(m2, x, x_new)
             gx_new = xp.where(m2, gx, gx_new)
+            r_new = None
 
             def hold(new, old):
-                if _is_array_leaf(new):
-                    return xp.where(as_mask(frozen, new.ndim), old, new)
+                if _is_array_leaf(new) and new is not old:
+                    return xp.where(_mask(frozen, new.ndim, xp=xp, dev=dev), old, new)
                 return new
 
             state_new = tree_map(hold, state_new, state)
         calls = ncalls[0] - calls_before
-        r_list, s_list = host_norms(x_new, gx_new)
-        x_full = rows.scatter(x_full, x_new)
+        r_list, s_list = host_norms(x_new, gx_new, r_new, g)
 
-        improved = [False] * batch
-        for j, i in enumerate(rows.ids):
-            if status[i] is not None:
+        improved = []
+        n_improved = 0
+        for j, i in enumerate(ids):
+            if status[i] is not None:  # frozen
+                improved.append(False)
                 continue
             r = r_list[j]
             nit[i] += 1
             nfev[i] += calls
             last_r[i] = r
-            if not finite(r):
-                status[i] = Status.DIVERGED
-                continue
             if r < best_r[i]:
                 best_r[i] = r
                 best_it[i] = it
-                improved[i] = True
-            scale = max(s_list[j], r0[i]) if fixed else r0[i]
-            if r <= atol + rtol * scale:
+                improved.append(True)
+                n_improved += 1
+            else:
+                improved.append(False)
+                if not r - r == 0.0:
+                    status[i] = Status.DIVERGED
+                    continue
+            if fixed:
+                s = s_list[j]
+                thr = atol + rtol * (s if s > r0[i] else r0[i])
+            else:
+                thr = thresh[i]
+            if r <= thr:
                 status[i] = Status.SUCCESS
             elif r > factor * best_r[i]:
                 status[i] = Status.DIVERGED
@@ -236,12 +239,17 @@ def iterate(
                 status[i] = Status.STAGNATED
         history.append(list(last_r))
 
-        if all(improved):
-            best_full = x_full
-        elif any(improved):
-            best_full = xp.where(as_mask(improved, 2), x_full, best_full)
+        if n_improved == len(ids):
+            best = x_new
+        elif n_improved:
+            best = xp.where(_mask(improved, 2, xp=xp, dev=dev), x_new, best)
 
         if callback is not None:
+            if len(ids) == batch:
+                x_full = x_new
+            else:
+                idx = _scatter_index(ids, batch, xp=xp, dev=dev)
+                x_full = xp.take(xp.concat([x_full, x_new], axis=0), idx, axis=0)
             cb_res = (
                 last_r[0]
                 if problem.batch_axis is None
@@ -251,7 +259,15 @@ def iterate(
                 stopped = True
 
         x, gx, state = finish_rows(x_new, gx_new, state_new)
+        if stopped:
+            break
 
+    if x is not None:  # systems still held: their best iterates go to `best_full`
+        if len(ids) == batch:
+            best_full = best
+        else:
+            idx = _scatter_index(ids, batch, xp=xp, dev=dev)
+            best_full = xp.take(xp.concat([best_full, best], axis=0), idx, axis=0)
     for i in range(batch):
         if status[i] is None:
             status[i] = Status.STOPPED if stopped else Status.MAXITER
@@ -267,6 +283,12 @@ def iterate(
         stats={"ncalls": ncalls[0], "iterations": it},
         xp=xp,
     )
+
+
+def _mask(flags: list[bool], ndim: int, *, xp, dev):
+    """Boolean column ``(len(flags), 1, ...)`` with `ndim` dimensions, on the device."""
+    m = xp.asarray(flags, dtype=xp.bool, device=dev)
+    return xp.reshape(m, (len(flags),) + (1,) * (ndim - 1))
 
 
 def _result(problem, x_best, status, residual, nit, nfev, history, *, stats, xp) -> Result:
