@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import sys
+import time
+from typing import Any
 
 from . import __version__
 from . import backends as _backends
@@ -53,13 +57,619 @@ def _cmd_info(ns) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------
+# train / evaluate
+# ----------------------------------------------------------------------------------
+
+_SOLVERS = ("anderson", "broyden", "picard", "newton_krylov")
+_BACKWARDS = ("implicit", "phantom", "unrolled")
+_MODELS = ("mlp", "conv")
+# Options that define the model, the data order or the optimizer: a resumed run takes
+# them from the checkpoint, and refuses different values on the command line.
+_FIXED_ON_RESUME = (
+    "model",
+    "width",
+    "dropout",
+    "batch_size",
+    "lr",
+    "schedule",
+    "seed",
+    "dtype",
+    "limit",
+)
+
+
+class _Failure(Exception):
+    """A runtime failure reported as one line on stderr (exit code 1)."""
+
+
+class _Usage(Exception):
+    """A usage error found after parsing (exit code 2)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _add_train_parser(sub) -> None:
+    from ._train import COMMON_DEFAULTS, DEFAULTS
+
+    mlp, conv = DEFAULTS["mlp"], DEFAULTS["conv"]
+    p = sub.add_parser(
+        "train",
+        help="train a deep equilibrium classifier (default: MLP DEQ on the digits)",
+        description=(
+            "Train a deep equilibrium classifier on the handwritten digits embedded in "
+            "scikit-learn (or on MNIST-format IDX files with --data). Prints one line "
+            "per epoch (loss, train and test accuracy, mean forward iterations and "
+            "residual, mean backward iterations, seconds) and a final summary; a "
+            "progress bar goes to stderr."
+        ),
+    )
+    g = p.add_argument_group("model and solver")
+    g.add_argument("--model", choices=_MODELS, default=None, help="architecture (default: mlp)")
+    g.add_argument(
+        "--solver",
+        choices=_SOLVERS,
+        default=None,
+        help=f"forward solver (default: {COMMON_DEFAULTS['solver']})",
+    )
+    g.add_argument(
+        "--backward",
+        choices=_BACKWARDS,
+        default=None,
+        help=f"how gradients flow through the solve (default: {COMMON_DEFAULTS['backward']})",
+    )
+    g.add_argument(
+        "--rtol",
+        type=_positive_float,
+        default=None,
+        help=f"forward (and adjoint) relative tolerance (default: {COMMON_DEFAULTS['rtol']})",
+    )
+    g.add_argument(
+        "--maxiter",
+        type=_positive_int,
+        default=None,
+        help=f"forward iteration limit (default: {COMMON_DEFAULTS['maxiter']})",
+    )
+    g.add_argument(
+        "--width",
+        type=_positive_int,
+        default=None,
+        help=f"state size: features (mlp, default {mlp['width']}) or channels "
+        f"(conv, default {conv['width']})",
+    )
+    g.add_argument(
+        "--dropout",
+        type=_rate,
+        default=None,
+        help=f"variational dropout rate (default: mlp {mlp['dropout']}, conv {conv['dropout']})",
+    )
+    t = p.add_argument_group("training")
+    t.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help=f"total number of epochs (default: mlp {mlp['epochs']}, conv {conv['epochs']}); "
+        "with --resume, train up to this total (a cosine schedule is then re-planned over it)",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"samples per batch (default: {mlp['batch_size']})",
+    )
+    t.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"peak learning rate (default: {mlp['lr']})",
+    )
+    t.add_argument(
+        "--schedule",
+        choices=("cosine", "constant"),
+        default=None,
+        help="learning-rate schedule of Adam (default: cosine decay over all epochs)",
+    )
+    t.add_argument("--seed", type=_seed, default=None, help="random seed (default: 0)")
+    t.add_argument(
+        "--backend",
+        choices=_backends.BACKEND_NAMES,
+        default=None,
+        help="array library (default: numpy)",
+    )
+    t.add_argument("--dtype", choices=("float64", "float32"), default=None, help="default: float64")
+    io = p.add_argument_group("data, checkpoints and output")
+    io.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="directory of MNIST-format IDX files (train-images-idx3-ubyte, ...) "
+        "instead of the embedded digits",
+    )
+    io.add_argument(
+        "--save",
+        metavar="PATH",
+        default=None,
+        help="checkpoint (.npz) written atomically after every epoch: parameters, "
+        "optimizer state, configuration, epoch and random state",
+    )
+    io.add_argument(
+        "--resume",
+        metavar="PATH",
+        default=None,
+        help="continue the run saved in this checkpoint (exactly as if uninterrupted)",
+    )
+    io.add_argument(
+        "--plot", metavar="PATH", default=None, help="write a PNG of the curves (needs matplotlib)"
+    )
+    io.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    adv = p.add_argument_group("advanced (testing and quick runs)")
+    adv.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="use only the first N training and N test samples",
+    )
+    adv.add_argument(
+        "--stop-after",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs of this invocation, as an interruption would "
+        "(the schedule still spans --epochs); resume with --resume",
+    )
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy and solver statistics of a saved model",
+        description="Evaluate a checkpoint written by `implicitnet train --save` on its "
+        "test set: accuracy, loss, forward iterations and residuals.",
+    )
+    p.add_argument("path", metavar="PATH", help="checkpoint written by `implicitnet train`")
+    p.add_argument(
+        "--data", metavar="DIR", default=None, help="IDX directory (default: as trained)"
+    )
+    p.add_argument("--backend", choices=_backends.BACKEND_NAMES, default=None)
+    p.add_argument("--solver", choices=_SOLVERS, default=None, help="default: as trained")
+    p.add_argument("--rtol", type=_positive_float, default=None, help="default: as trained")
+    p.add_argument("--maxiter", type=_positive_int, default=None, help="default: as trained")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _fmt_opt(value) -> str:
+    return "null" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _config_from(ns, checkpoint_config: dict | None) -> dict:
+    from ._train import COMMON_DEFAULTS, DEFAULTS
+
+    given = {
+        k: getattr(ns, k)
+        for k in (
+            "model",
+            "width",
+            "dropout",
+            "solver",
+            "backward",
+            "rtol",
+            "maxiter",
+            "epochs",
+            "batch_size",
+            "lr",
+            "schedule",
+            "seed",
+            "dtype",
+            "backend",
+            "data",
+            "limit",
+        )
+        if getattr(ns, k, None) is not None
+    }
+    if checkpoint_config is None:
+        model = given.setdefault("model", "mlp")
+        return {**COMMON_DEFAULTS, **DEFAULTS[model], **given}
+    config = dict(checkpoint_config)
+    for key in _FIXED_ON_RESUME:
+        if key in given and given[key] != config.get(key):
+            flag = "--" + key.replace("_", "-")
+            msg = (
+                f"{flag} {_fmt_opt(given[key])} differs from the checkpoint's "
+                f"{_fmt_opt(config.get(key))}; a resumed run keeps it"
+            )
+            raise _Usage(msg)
+    config.update({k: v for k, v in given.items() if k not in _FIXED_ON_RESUME})
+    return config
+
+
+def _read_checkpoint(path: str) -> tuple[dict, Any]:
+    """``(metadata, arrays)`` of a training checkpoint; one-line errors."""
+    from . import nn
+    from ._train import CHECKPOINT_FORMAT
+
+    if not os.path.exists(path):
+        raise _Failure(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise _Failure(f"{path}: is a directory, not a checkpoint")
+    try:
+        meta = nn.load_metadata(path)
+    except (OSError, ValueError) as exc:
+        raise _Failure(str(exc)) from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise _Failure(f"{path}: not an implicitnet training checkpoint")
+    for key in ("config", "epoch", "rng", "history", "in_shape", "num_classes"):
+        if key not in meta:
+            raise _Failure(f"{path}: corrupt checkpoint (no {key!r} entry)")
+    return meta, None
+
+
+def _backend_module(name: str):
+    try:
+        return _backends.get_backend(name)
+    except ValueError as exc:
+        raise _Failure(str(exc)) from None
+
+
+def _load_data(config: dict, be):
+    from ._train import load_data
+
+    try:
+        return load_data(config, backend=be)
+    except (OSError, ValueError) as exc:
+        raise _Failure(str(exc)) from None
+
+
+class _Progress:
+    """A tqdm bar over the samples of one epoch, on stderr (silent when disabled)."""
+
+    def __init__(self, total: int, desc: str, disable):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total, desc=desc, unit="sample", leave=False, file=sys.stderr, disable=disable
+        )
+
+    def __call__(self, n: int, figures: dict) -> None:
+        self.bar.update(n)
+        if figures:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()}, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    width = len(str(epochs))
+    bwd = "-" if row["bwd_iter"] is None else f"{row['bwd_iter']:.1f}"
+    line = (
+        f"epoch {row['epoch']:>{width}}/{epochs}  loss {row['loss']:.4f}  "
+        f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
+        f"fwd {row['fwd_iter']:4.1f} it (res {row['fwd_residual']:.1e})  bwd {bwd:>4} it  "
+        f"{row['seconds']:.1f} s"
+    )
+    notes = []
+    if row.get("unconverged"):
+        notes.append(f"{row['unconverged']} unconverged samples")
+    if row.get("bwd_failures"):
+        notes.append(f"{row['bwd_failures']} adjoint solves unconverged")
+    return line + (f"  [{'; '.join(notes)}]" if notes else "")
+
+
+def _check_plot_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise _Failure(
+            "--plot needs matplotlib, which is not installed: pip install 'implicitnet[plot]'"
+        ) from None
+
+
+def _write_plot(path: str, history: list, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    axes = fig.subplots(2, 2)
+    ax = axes[0, 0]
+    ax.plot(epochs, [h["loss"] for h in history], marker="o", label="train loss")
+    ax.plot(epochs, [h["test_loss"] for h in history], marker="o", label="test loss")
+    ax.set_yscale("log")
+    ax.set_title("loss")
+    ax.legend()
+    ax = axes[0, 1]
+    ax.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", label="train")
+    ax.plot(epochs, [100 * h["test_acc"] for h in history], marker="o", label="test")
+    ax.set_title("accuracy (%)")
+    ax.legend()
+    ax = axes[1, 0]
+    ax.plot(epochs, [h["fwd_iter"] for h in history], marker="o", label="forward")
+    bwd = [h["bwd_iter"] for h in history]
+    if any(b is not None for b in bwd):
+        ax.plot(epochs, [math.nan if b is None else b for b in bwd], marker="o", label="backward")
+    ax.set_title("mean solver iterations per sample")
+    ax.legend()
+    ax = axes[1, 1]
+    ax.plot(epochs, [h["fwd_residual"] for h in history], marker="o")
+    ax.set_yscale("log")
+    ax.set_title("mean forward residual")
+    for ax in axes.flat:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise _Failure(f"--plot {path}: directory {directory} does not exist")
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise _Failure(f"--plot {path}: {exc.strerror or exc}") from None
+
+
+def _check_writable(path: str, flag: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise _Failure(f"{flag} {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise _Failure(f"{flag} {path}: is a directory")
+
+
+def _cmd_train(ns) -> int:
+    from . import nn
+    from ._train import (
+        CHECKPOINT_FORMAT,
+        build_model,
+        build_optimizer,
+        evaluate,
+        train_epoch,
+    )
+
+    meta = None
+    if ns.resume is not None:
+        meta, _ = _read_checkpoint(ns.resume)
+    config = _config_from(ns, None if meta is None else meta["config"])
+    if ns.plot is not None:
+        _check_plot_available()
+        _check_writable(ns.plot, "--plot")
+    if ns.save is not None:
+        _check_writable(ns.save, "--save")
+    be = _backend_module(config["backend"])
+    ds = _load_data(config, be)
+    in_shape = tuple(int(s) for s in ds.x_train.shape[1:])
+    n_train = int(ds.x_train.shape[0])
+    if n_train == 0:
+        raise _Failure("the training set is empty")
+    try:
+        rng = nn.generator(int(config["seed"]))
+        model = build_model(config, rng, in_shape=in_shape, num_classes=ds.num_classes, backend=be)
+        optimizer = build_optimizer(config, n_train)
+    except (TypeError, ValueError) as exc:
+        raise _Usage(str(exc)) from None
+    opt_state = optimizer.init(model)
+    start, history = 0, []
+    if meta is not None:
+        if list(meta["in_shape"]) != list(in_shape) or meta["num_classes"] != ds.num_classes:
+            raise _Failure(
+                f"{ns.resume}: the checkpoint was trained on inputs of shape "
+                f"{tuple(meta['in_shape'])} with {meta['num_classes']} classes, the data "
+                f"has {in_shape} and {ds.num_classes}"
+            )
+        try:
+            tree = nn.load(ns.resume, like={"model": model, "optimizer": opt_state})
+            rng.bit_generator.state = meta["rng"]
+            start = int(meta["epoch"])
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise _Failure(f"corrupt checkpoint: {exc}") from None
+        model, opt_state = tree["model"], tree["optimizer"]
+        history = list(meta["history"])
+    epochs = int(config["epochs"])
+    if start >= epochs:
+        print(
+            f"nothing to do: {ns.resume} has already run {start} of {epochs} epochs "
+            "(give a larger --epochs to train on)"
+        )
+        return 0
+    stop = epochs if ns.stop_after is None else min(epochs, start + ns.stop_after)
+    disable = True if ns.no_progress else None
+    if not ns.json:
+        kind = "an MLP" if config["model"] == "mlp" else "a convolutional"
+        data_name = config["data"] or "digits"
+        print(
+            f"training {kind} DEQ on {data_name} ({n_train} train / "
+            f"{int(ds.x_test.shape[0])} test samples, {model.num_parameters()} parameters): "
+            f"solver {config['solver']}, backward {config['backward']}, "
+            f"rtol {config['rtol']:g}, seed {config['seed']}, backend {config['backend']}"
+            + (f"; resuming after epoch {start}" if start else ""),
+            flush=True,
+        )
+    t_run = time.perf_counter()
+    for epoch in range(start, stop):
+        bar = _Progress(n_train, f"epoch {epoch + 1}/{epochs}", disable)
+        try:
+            model, opt_state, metrics = train_epoch(
+                model, optimizer, opt_state, ds, config, epoch, rng, progress=bar
+            )
+        except FloatingPointError as exc:
+            raise _Failure(str(exc)) from None
+        finally:
+            bar.close()
+        test = evaluate(model, ds.x_test, ds.y_test)
+        row = {
+            "epoch": epoch + 1,
+            **metrics,
+            "test_acc": test["accuracy"],
+            "test_loss": test["loss"],
+            "test_fwd_iter": test["fwd_iter"],
+        }
+        row["seconds"] = metrics["seconds"] + test["seconds"]
+        history.append(row)
+        if ns.json:
+            print(json.dumps(_jsonable(row)), flush=True)
+        else:
+            print(_epoch_line(row, epochs), flush=True)
+        if ns.save is not None:
+            meta_out = {
+                "format": CHECKPOINT_FORMAT,
+                "implicitnet": __version__,
+                "config": config,
+                "epoch": epoch + 1,
+                "rng": rng.bit_generator.state,
+                "history": _jsonable(history),
+                "in_shape": list(in_shape),
+                "num_classes": ds.num_classes,
+            }
+            try:
+                nn.save(ns.save, {"model": model, "optimizer": opt_state}, metadata=meta_out)
+            except OSError as exc:
+                raise _Failure(f"--save {ns.save}: {exc.strerror or exc}") from None
+    elapsed = time.perf_counter() - t_run
+    if ns.plot is not None and history:
+        _write_plot(
+            ns.plot,
+            history,
+            f"{config['model']} DEQ, {config['solver']} / {config['backward']}, "
+            f"seed {config['seed']}",
+        )
+    done = history[-1]["epoch"] if history else 0
+    summary = {
+        "summary": True,
+        "epochs": done,
+        "test_acc": history[-1]["test_acc"] if history else None,
+        "seconds": elapsed,
+        "seed": config["seed"],
+        "model": config["model"],
+        "solver": config["solver"],
+        "backward": config["backward"],
+        "saved": ns.save,
+        "plot": ns.plot,
+    }
+    if ns.json:
+        print(json.dumps(_jsonable(summary)), flush=True)
+    else:
+        ran = len(history) - (len(meta["history"]) if meta is not None else 0)
+        extra = []
+        if ns.save:
+            extra.append(f"saved to {ns.save}")
+        if ns.plot:
+            extra.append(f"plot in {ns.plot}")
+        status = "done" if done == epochs else f"stopped after epoch {done} of {epochs}"
+        print(
+            f"{status}: test accuracy {100 * summary['test_acc']:.2f}% after {done} "
+            f"epoch{'' if done == 1 else 's'} "
+            f"({ran} in this run, {elapsed:.1f} s), seed {config['seed']}"
+            + (f"; {', '.join(extra)}" if extra else ""),
+            flush=True,
+        )
+    return 0
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _cmd_evaluate(ns) -> int:
+    from . import nn
+    from ._train import build_model, build_optimizer, evaluate
+
+    meta, _ = _read_checkpoint(ns.path)
+    config = dict(meta["config"])
+    for key in ("data", "backend", "solver", "rtol", "maxiter"):
+        if getattr(ns, key) is not None:
+            config[key] = getattr(ns, key)
+    be = _backend_module(config["backend"])
+    ds = _load_data(config, be)
+    in_shape = tuple(int(s) for s in ds.x_test.shape[1:])
+    if list(meta["in_shape"]) != list(in_shape) or meta["num_classes"] != ds.num_classes:
+        raise _Failure(
+            f"{ns.path}: the model takes inputs of shape {tuple(meta['in_shape'])} with "
+            f"{meta['num_classes']} classes, the data has {in_shape} and {ds.num_classes}"
+        )
+    try:
+        model = build_model(
+            config, nn.generator(0), in_shape=in_shape, num_classes=ds.num_classes, backend=be
+        )
+        opt_state = build_optimizer(config, 1).init(model)
+        tree = nn.load(ns.path, like={"model": model, "optimizer": opt_state})
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise _Failure(f"corrupt checkpoint: {exc}") from None
+    model = tree["model"]
+    out = evaluate(model, ds.x_test, ds.y_test)
+    out = {"path": ns.path, "epoch": meta["epoch"], **out}
+    if ns.json:
+        print(json.dumps(_jsonable(out)))
+        return 0
+    print(
+        f"{ns.path}: {config['model']} DEQ after {meta['epoch']} epochs, "
+        f"{out['samples']} test samples"
+    )
+    print(
+        f"test accuracy {100 * out['accuracy']:.2f}%  loss {out['loss']:.4f}  "
+        f"fwd {out['fwd_iter']:.1f} it (mean res {out['fwd_residual']:.1e}, max "
+        f"{out['max_residual']:.1e}, {out['unconverged']} unconverged)  "
+        f"solver {config['solver']} rtol {config['rtol']:g}  {out['seconds']:.2f} s"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="implicitnet", description="Implicit layers on the array API.")
     parser.add_argument("--version", action="version", version=f"implicitnet {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an unexpected error"
+    )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     p_info = sub.add_parser("info", help="version, backends found and their devices")
     p_info.add_argument("--json", action="store_true", help="print one JSON object")
     p_info.set_defaults(func=_cmd_info)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
     return parser
 
 
@@ -74,7 +684,31 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(ns, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
-    return ns.func(ns)
+    try:
+        return ns.func(ns)
+    except _Usage as exc:
+        print(f"implicitnet {ns.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except _Failure as exc:
+        print(f"implicitnet {ns.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"implicitnet {ns.command}: interrupted", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into `head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        if ns.debug:
+            raise
+        print(
+            f"implicitnet {ns.command}: unexpected error: {type(exc).__name__}: {exc} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def main_entry() -> None:

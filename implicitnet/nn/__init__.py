@@ -8,6 +8,8 @@ named arrays.
 from ._conv import conv2d as conv2d
 from ._conv import conv2d_input_grad as conv2d_input_grad
 from ._conv import conv2d_weight_grad as conv2d_weight_grad
+from ._deq import DEQ as DEQ
+from ._deq import materialize as materialize
 from ._dropout import VariationalDropout as VariationalDropout
 from ._dropout import dropout_mask as dropout_mask
 from ._functional import GELU as GELU
@@ -31,6 +33,11 @@ from ._layers import Conv2d as Conv2d
 from ._layers import GroupNorm as GroupNorm
 from ._layers import LayerNorm as LayerNorm
 from ._layers import Linear as Linear
+from ._models import ConvCell as ConvCell
+from ._models import DEQClassifier as DEQClassifier
+from ._models import MLPCell as MLPCell
+from ._models import conv_deq as conv_deq
+from ._models import mlp_deq as mlp_deq
 from ._module import Module as Module
 from ._module import Sequential as Sequential
 from ._reparam import MonotoneLinear as MonotoneLinear
@@ -45,11 +52,15 @@ from ._serialize import named_leaves as named_leaves
 from ._serialize import save as save
 
 __all__ = [
+    "DEQ",
     "GELU",
     "Conv2d",
+    "ConvCell",
+    "DEQClassifier",
     "GroupNorm",
     "LayerNorm",
     "Linear",
+    "MLPCell",
     "Module",
     "MonotoneLinear",
     "ReLU",
@@ -63,6 +74,7 @@ __all__ = [
     "conv2d",
     "conv2d_input_grad",
     "conv2d_weight_grad",
+    "conv_deq",
     "cross_entropy",
     "dropout_mask",
     "gelu",
@@ -71,6 +83,8 @@ __all__ = [
     "load_metadata",
     "log_softmax",
     "logsumexp",
+    "materialize",
+    "mlp_deq",
     "named_leaves",
     "normal_init",
     "relu",

@@ -1,0 +1,271 @@
+"""The training loop behind ``implicitnet train`` and ``implicitnet evaluate``.
+
+Everything here is backend-neutral and prints nothing: the command line (``cli.py``)
+turns options into a configuration, calls these functions and reports the metrics
+they return. A configuration is a JSON-serialisable dict (stored in checkpoints), so
+that a checkpoint alone rebuilds its model, optimizer and data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any
+
+from . import backends, nn, optim
+from . import data as _data
+from ._result import ConvergenceWarning
+from ._xp import namespace
+from .autodiff import value_and_grad
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DEFAULTS",
+    "build_model",
+    "build_optimizer",
+    "evaluate",
+    "load_data",
+    "train_epoch",
+]
+
+CHECKPOINT_FORMAT = "implicitnet-train/1"
+
+# Defaults per model; the command line fills the options the user did not give.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {
+        "width": 64,
+        "dropout": 0.3,
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 5e-3,
+    },
+    "conv": {
+        "width": 16,
+        "dropout": 0.1,
+        "epochs": 15,
+        "batch_size": 64,
+        "lr": 5e-3,
+    },
+}
+COMMON_DEFAULTS: dict[str, Any] = {
+    "solver": "anderson",
+    "backward": "implicit",
+    "rtol": 1e-3,
+    "maxiter": 30,
+    "init_scale": 0.2,
+    "schedule": "cosine",
+    "seed": 0,
+    "dtype": "float64",
+    "backend": "numpy",
+    "data": None,
+    "limit": None,
+}
+
+
+def load_data(config: dict, *, backend: Any) -> _data.Dataset:
+    """The training and test data of `config` (digits, or an MNIST-format directory)."""
+    flatten = config["model"] == "mlp"
+    kw = {"flatten": flatten, "dtype": config["dtype"], "backend": backend}
+    if config.get("data"):
+        ds = _data.load_mnist(config["data"], **kw)
+    else:
+        ds = _data.load_digits(seed=0, **kw)
+    limit = config.get("limit")
+    if limit:
+        ds = _data.Dataset(
+            ds.x_train[:limit, ...],
+            ds.y_train[:limit, ...],
+            ds.x_test[:limit, ...],
+            ds.y_test[:limit, ...],
+            ds.num_classes,
+        )
+    return ds
+
+
+def _deq_config(config: dict) -> dict:
+    return {
+        "method": config["solver"],
+        "backward": config["backward"],
+        "rtol": float(config["rtol"]),
+        "maxiter": int(config["maxiter"]),
+    }
+
+
+def build_model(config: dict, rng: Any, *, in_shape: tuple, num_classes: int, backend: Any):
+    """The classifier of `config`, initialised from the generator `rng`."""
+    kw = {
+        "seed": rng,
+        "dtype": config["dtype"],
+        "backend": backend,
+        "dropout": float(config["dropout"]),
+        "init_scale": float(config["init_scale"]),
+        **_deq_config(config),
+    }
+    if config["model"] == "mlp":
+        in_features = 1
+        for s in in_shape:
+            in_features *= int(s)
+        return nn.mlp_deq(in_features, num_classes, width=int(config["width"]), **kw)
+    channels, height, width = (int(s) for s in in_shape)
+    if height != width:
+        msg = f"the conv model needs square images, got {height}x{width}"
+        raise ValueError(msg)
+    channels_state = int(config["width"])
+    groups = 4 if channels_state % 4 == 0 else 1
+    pool = 2 if height % 2 == 0 else 1
+    return nn.conv_deq(
+        channels,
+        num_classes,
+        channels=channels_state,
+        groups=groups,
+        image_size=height,
+        pool=pool,
+        **kw,
+    )
+
+
+def steps_per_epoch(config: dict, n_train: int) -> int:
+    return _data.num_batches(n_train, int(config["batch_size"]))
+
+
+def build_optimizer(config: dict, n_train: int) -> optim.AbstractOptimizer:
+    """Adam with the learning-rate schedule of `config` over all its epochs."""
+    lr = float(config["lr"])
+    if config["schedule"] == "cosine":
+        total = max(1, int(config["epochs"]) * steps_per_epoch(config, n_train))
+        lr = optim.cosine_schedule(lr, total)
+    return optim.Adam(lr=lr)
+
+
+def _mean(a) -> float:
+    if a is None:
+        return math.nan
+    if isinstance(a, int | float):
+        return float(a)
+    xp = namespace(a)
+    return float(xp.mean(xp.astype(a, xp.float64)))
+
+
+def _loss(model, xb, yb, mask):
+    logits, res = model(xb, mask=mask)
+    return nn.cross_entropy(logits, yb), (logits, res)
+
+
+class _Running:
+    """Sums of per-batch figures, weighted by the batch size."""
+
+    def __init__(self):
+        self.n = 0
+        self.sums: dict[str, float] = {}
+
+    def add(self, n: int, **values: float) -> None:
+        self.n += n
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + n * v
+
+    def mean(self, key: str) -> float:
+        return self.sums.get(key, math.nan) / self.n if self.n else math.nan
+
+
+def train_epoch(
+    model,
+    optimizer,
+    opt_state,
+    ds: _data.Dataset,
+    config: dict,
+    epoch: int,
+    rng: Any,
+    *,
+    progress=None,
+):
+    """One pass over the training set: ``(model, opt_state, metrics)``.
+
+    `metrics` holds the mean training loss and accuracy, the mean forward iterations
+    and final residual per sample, the mean backward iterations, the number of
+    samples whose forward solve did not converge and of adjoint solves that did not,
+    and the seconds taken. `progress` (optional) is called with the number of samples
+    done after every batch, and may return a dict of figures to show.
+    """
+    loss_grad = value_and_grad(_loss, has_aux=True)
+    be = backends.backend_of(ds.x_train)
+    stats = _Running()
+    unconverged = 0
+    backward_failures = 0
+    backward_seen = False
+    t0 = time.perf_counter()
+    for xb, yb in _data.batches(
+        ds.x_train, ds.y_train, int(config["batch_size"]), seed=int(config["seed"]), epoch=epoch
+    ):
+        n = int(xb.shape[0])
+        mask = model.mask(n, rng, like=xb)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            (loss, (logits, res)), grads = loss_grad(model, xb, yb, mask)
+        backward_failures += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+        model, opt_state = optimizer.update(model, grads, opt_state)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            msg = f"the training loss became {loss} in epoch {epoch + 1}; try a smaller --lr"
+            raise FloatingPointError(msg)
+        bwd = res.stats.get("backward")
+        if bwd is not None:
+            backward_seen = True
+        xp = namespace(res.converged)
+        unconverged += n - int(xp.sum(xp.astype(res.converged, xp.int64)))
+        stats.add(
+            n,
+            loss=loss,
+            acc=nn.accuracy(logits, yb),
+            fwd=_mean(res.nit),
+            res=_mean(res.residual),
+            bwd=_mean(bwd["nit"]) if bwd is not None else math.nan,
+        )
+        if progress is not None:
+            progress(n, {"loss": stats.mean("loss")})
+    be.synchronize()
+    return (
+        model,
+        opt_state,
+        {
+            "loss": stats.mean("loss"),
+            "train_acc": stats.mean("acc"),
+            "fwd_iter": stats.mean("fwd"),
+            "fwd_residual": stats.mean("res"),
+            "bwd_iter": stats.mean("bwd") if backward_seen else None,
+            "unconverged": unconverged,
+            "bwd_failures": backward_failures,
+            "seconds": time.perf_counter() - t0,
+        },
+    )
+
+
+def evaluate(model, x, y, *, batch_size: int = 512) -> dict:
+    """Accuracy and forward-solve statistics of `model` on ``(x, y)`` (no dropout)."""
+    stats = _Running()
+    unconverged = 0
+    worst = 0.0
+    t0 = time.perf_counter()
+    for xb, yb in _data.batches(x, y, batch_size):
+        n = int(xb.shape[0])
+        logits, res = model(xb)
+        xp = namespace(res.converged)
+        unconverged += n - int(xp.sum(xp.astype(res.converged, xp.int64)))
+        worst = max(worst, float(xp.max(res.residual)))
+        stats.add(
+            n,
+            acc=nn.accuracy(logits, yb),
+            loss=float(nn.cross_entropy(logits, yb)),
+            fwd=_mean(res.nit),
+            res=_mean(res.residual),
+        )
+    return {
+        "accuracy": stats.mean("acc"),
+        "loss": stats.mean("loss"),
+        "fwd_iter": stats.mean("fwd"),
+        "fwd_residual": stats.mean("res"),
+        "max_residual": worst,
+        "unconverged": unconverged,
+        "samples": stats.n,
+        "seconds": time.perf_counter() - t0,
+    }
