@@ -5,7 +5,14 @@ differentiation, written once against the array API so that one piece of code ru
 NumPy, CuPy and any other array-API library.
 """
 
+from . import autodiff as autodiff
 from . import backends as backends
+from . import data as data
+from . import linalg as linalg
+from . import nn as nn
+from . import ops as ops
+from . import optim as optim
+from . import solvers as solvers
 from ._result import ConvergenceError as ConvergenceError
 from ._result import ConvergenceWarning as ConvergenceWarning
 from ._result import Result as Result
@@ -16,10 +23,6 @@ from ._tree import tree_map as tree_map
 from ._tree import tree_unflatten as tree_unflatten
 from ._version import __version__ as __version__
 from ._xp import namespace as namespace
-
-# --- autodiff (issue: reverse-mode autodiff) ---
-from . import autodiff as autodiff
-from . import ops as ops
 from .autodiff import Tensor as Tensor
 from .autodiff import defvjp as defvjp
 from .autodiff import grad as grad
@@ -29,17 +32,6 @@ from .autodiff import stop_gradient as stop_gradient
 from .autodiff import unbroadcast as unbroadcast
 from .autodiff import value_and_grad as value_and_grad
 from .autodiff import vjp as vjp
-# --- solvers (issue: fixed-point and root solvers) ---
-from .solvers import AbstractIterativeSolver as AbstractIterativeSolver
-from .solvers import AbstractSolver as AbstractSolver
-from .solvers import Anderson as Anderson
-from .solvers import Broyden as Broyden
-from .solvers import NewtonKrylov as NewtonKrylov
-from .solvers import Picard as Picard
-from . import solvers as solvers
-# --- linalg (issue: matrix-free linear solvers) ---
-from . import linalg as linalg
-# --- implicit differentiation (issue: differentiable solves) ---
 from .implicit import AbstractAdjoint as AbstractAdjoint
 from .implicit import ImplicitAdjoint as ImplicitAdjoint
 from .implicit import PhantomAdjoint as PhantomAdjoint
@@ -47,7 +39,9 @@ from .implicit import UnrolledAdjoint as UnrolledAdjoint
 from .implicit import fixed_point as fixed_point
 from .implicit import jacobian_regularization as jacobian_regularization
 from .implicit import root as root
-# --- nn, optim, data (issue: training) ---
-from . import nn as nn
-from . import optim as optim
-from . import data as data
+from .solvers import AbstractIterativeSolver as AbstractIterativeSolver
+from .solvers import AbstractSolver as AbstractSolver
+from .solvers import Anderson as Anderson
+from .solvers import Broyden as Broyden
+from .solvers import NewtonKrylov as NewtonKrylov
+from .solvers import Picard as Picard
