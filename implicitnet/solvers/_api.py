@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from .. import backends as _backends
 from .._result import Result
 from .._tree import tree_leaves
 from .._xp import as_float_array, namespace, to_host
@@ -69,11 +70,17 @@ def _solve(
         args = (args,)
     args = tuple(args)
     if xp is None:
-        try:
-            xp = namespace(x0, *tree_leaves(args))
-        except TypeError as exc:
-            msg = f"`x0` must be an array (or pass `xp`): {exc}"
-            raise TypeError(msg) from exc
+        if _is_python_numbers(x0):
+            # A Python number or (nested) list of numbers, as SciPy accepts: solve on the
+            # namespace of the array arguments, or on NumPy when there are none.
+            arrays = [a for a in tree_leaves(args) if not _is_python_numbers(a)]
+            xp = namespace(*arrays) if arrays else _backends.get_backend("numpy").namespace()
+        else:
+            try:
+                xp = namespace(x0, *tree_leaves(args))
+            except TypeError as exc:
+                msg = f"`x0` must be an array (or pass `xp`): {exc}"
+                raise TypeError(msg) from exc
     x0 = as_float_array(x0, xp=xp)
     for value, label in ((rtol, "rtol"), (atol, "atol")):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -127,6 +134,17 @@ def _solve(
     return solver.run(
         problem, rtol=float(rtol), atol=float(atol), maxiter=maxiter, callback=callback, xp=xp
     )
+
+
+def _is_python_numbers(x) -> bool:
+    """Whether `x` is a real Python number or a non-empty nested list/tuple of them."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int | float):
+        return True
+    if isinstance(x, list | tuple) and x:
+        return all(_is_python_numbers(v) for v in x)
+    return False
 
 
 def _size(x) -> int:
