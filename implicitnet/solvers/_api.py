@@ -279,8 +279,10 @@ fixed_point.__doc__ = _fill(
     ----------
     f : callable
         ``f(x, *args)`` returns an array shaped like `x` (and of its dtype).
-    x0 : array
-        Starting point; the result has its shape, dtype and device.
+    x0 : array, or a Python number or (nested) list of numbers
+        Starting point; the result has its shape, dtype and device. Python numbers and
+        lists become an array of the namespace of `args` (NumPy when `args` has no
+        arrays), as in SciPy; integers become the default floating dtype.
     args : tuple, optional
         Extra arguments of `f`. Anything to be differentiated (by the differentiable
         wrapper :func:`implicitnet.fixed_point`) is passed here.
@@ -361,8 +363,10 @@ root.__doc__ = _fill(
     ----------
     F : callable
         ``F(x, *args)`` returns an array shaped like `x` (and of its dtype).
-    x0 : array
-        Starting point; the result has its shape, dtype and device.
+    x0 : array, or a Python number or (nested) list of numbers
+        Starting point; the result has its shape, dtype and device. Python numbers and
+        lists become an array of the namespace of `args` (NumPy when `args` has no
+        arrays), as in SciPy; integers become the default floating dtype.
     args : tuple, optional
         Extra arguments of `F`.
     method : str or AbstractSolver, default: "newton_krylov"
