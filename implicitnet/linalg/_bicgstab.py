@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -10,6 +11,7 @@ from .._result import Result
 from .._xp import vdot, vector_norm
 from ._base import (
     CODE_BREAKDOWN,
+    CODE_STAGNATED,
     AbstractLinearSolver,
     _check_tolerances,
     make_result,
@@ -56,6 +58,10 @@ class BiCGSTAB(AbstractLinearSolver):
     A system whose half-step residual ``norm(s)`` already meets the tolerance takes
     ``omega = 0``. When ``<rh, r>`` vanishes the shadow residual is reset to the current
     residual; when ``<rh, v>`` vanishes the system stops with status ``"breakdown"``.
+    The residual is updated by the recurrence, so at the end it is recomputed as
+    ``b - A x``; when the recurrence claimed convergence but the true residual misses the
+    tolerance (drift, typically after a near-breakdown in float32), the solve restarts
+    from the best iterate with the true residual, up to three times within `maxiter`.
     The residual is updated by recurrence; the reported `residual` is recomputed as
     ``b - A x`` at the end (one more product).
 
@@ -91,17 +97,31 @@ class BiCGSTAB(AbstractLinearSolver):
         maxiter = 100 if self.maxiter is None else self.maxiter
         tol = tolerance(problem, self.rtol, self.atol, xp=xp)
         eps = float(xp.finfo(problem.b.dtype).eps)
-        out = iterate(
-            problem,
-            init=_init,
-            step=lambda p, x, r, s, k, *, xp: _step(p, x, r, s, tol=tol, eps=eps, xp=xp),
-            matvecs_per_step=2,
-            tol=tol,
-            maxiter=maxiter,
-            callback=self.callback,
-            verify=True,
-            xp=xp,
-        )
+
+        def run(prob, budget):
+            return iterate(
+                prob,
+                init=_init,
+                step=lambda p, x, r, s, k, *, xp: _step(p, x, r, s, tol=tol, eps=eps, xp=xp),
+                matvecs_per_step=2,
+                tol=tol,
+                maxiter=budget,
+                callback=self.callback,
+                verify=True,
+                xp=xp,
+            )
+
+        out = run(problem, maxiter)
+        # Residual replacement: when the recurrence claimed convergence but the true
+        # residual b - A x disagrees (it drifted, typically after a near-breakdown in
+        # low precision), restart from the best iterate with the true residual, while
+        # the iteration budget lasts.
+        for _ in range(_MAX_RESTARTS):
+            used = int(xp.max(out.nit))
+            if used >= maxiter or not bool(xp.any(out.code == CODE_STAGNATED)):
+                break
+            again = run(problem._replace(x0=out.x), maxiter - used)
+            out = _merge(out, again, xp=xp)
         return make_result(problem, out, xp=xp)
 
 
@@ -178,6 +198,19 @@ class _State(NamedTuple):
     rho: Any  # (B,)
     alpha: Any  # (B,)
     omega: Any  # (B,)
+
+
+_MAX_RESTARTS = 3
+
+
+def _merge(first, second, *, xp):
+    """One outcome for two consecutive runs (the second started at the first's x)."""
+    return dataclasses.replace(
+        second,
+        nit=first.nit + second.nit,
+        nfev=first.nfev + second.nfev,
+        history=list(first.history) + list(second.history[1:]),
+    )
 
 
 def _init(p, x, r, *, xp):

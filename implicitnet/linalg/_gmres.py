@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._result import Result
-from .._xp import device, small_solve, vdot, vector_norm
+from .._xp import device, set_index, small_solve, vdot, vector_norm
 from ._base import (
     CODE_BREAKDOWN,
     CODE_DIVERGED,
@@ -223,6 +223,7 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
     nit = int_zeros(B, like=b, xp=xp)
     history = [rnorm]
     total = 0
+    Vbuf = xp.zeros((B, restart + 1, n), dtype=dtype, device=dev)
 
     while total < maxiter:
         running = ~(converged | (code != 0))
@@ -231,11 +232,12 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
         beta = rnorm
         ones = xp.ones_like(beta)
         v = xp.where(running[:, None], r / xp.where(running, beta, ones)[:, None], zeros)
-        # The basis is kept as a (B, j+1, n) array grown by `concat` (out of place): the
-        # projections onto all previous vectors are then two batched matrix products.
-        # Growing costs one copy of the basis per iteration, the same order of work as
-        # the projections themselves, and much less than a product with A.
-        V = v[:, None, :]
+        # The basis lives in one preallocated (B, restart + 1, n) buffer, written one
+        # vector at a time with `set_index` (in place on raw arrays, out of place on
+        # autodiff tensors); the projections onto all previous vectors are two batched
+        # matrix products over its leading j + 1 rows. Nothing returned aliases it: the
+        # update ``y V`` is a fresh array.
+        V = set_index(Vbuf, (slice(None), 0), v, xp=xp)
         # Givens rotations G_{j-1} ... G_0 =: Q turn Hbar triangular. Only the last row u
         # of Q is needed while iterating (the pivot of the next rotation is u . h), and it
         # obeys u <- [-s u, c]: O(j) work per iteration, no Python loop over rotations.
@@ -249,6 +251,7 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
         steps = min(restart, maxiter - total)
         for j in range(steps):
             z = V[:, j, :]
+            Vj = V[:, : j + 1, :]
             w = matvec(z if precond is None else precond(z))
             h0 = vector_norm(w, axis=-1, xp=xp)
             bad = ~xp.isfinite(h0)
@@ -260,10 +263,10 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
             # re-orthogonalisation (Giraud, Langou, Rozloznik, Numer. Math. 2005), but
             # each pass is one matrix product over all previous vectors and all systems,
             # not a Python loop over vectors: what makes the batched solve fast.
-            h = xp.vecdot(V, w[:, None, :])
-            w = w - (h[:, None, :] @ V)[:, 0, :]
-            h2 = xp.vecdot(V, w[:, None, :])
-            w = w - (h2[:, None, :] @ V)[:, 0, :]
+            h = xp.vecdot(Vj, w[:, None, :])
+            w = w - (h[:, None, :] @ Vj)[:, 0, :]
+            h2 = xp.vecdot(Vj, w[:, None, :])
+            w = w - (h2[:, None, :] @ Vj)[:, 0, :]
             h = h + h2
             hn = vector_norm(w, axis=-1, xp=xp)
             # Happy breakdown: A v_j lies in the Krylov space, which is then invariant
@@ -297,7 +300,7 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
                 callback(est if p.batched else est[0])
             if j + 1 == steps or not bool(xp.any(live)):
                 break
-            V = xp.concat([V, v_next[:, None, :]], axis=1)
+            V = set_index(V, (slice(None), j + 1), v_next, xp=xp)
 
         # Least squares on the cycle, min ||beta e1 - Hbar y|| over each system's own k
         # useful columns, by one batched QR. Columns past k are replaced by the unit

@@ -7,7 +7,14 @@ from typing import Any, NamedTuple
 
 from .._xp import device as _dev
 from .._xp import set_index, small_solve
-from ._base import AbstractIterativeSolver, Step, _check_int, _check_real, row_norms
+from ._base import (
+    AbstractIterativeSolver,
+    Step,
+    _check_int,
+    _check_real,
+    point_value,
+    row_norms,
+)
 
 __all__ = ["Anderson"]
 
@@ -18,9 +25,12 @@ class _AndersonState(NamedTuple):
     H: Any  # (batch, m, m) Gram matrix G G^T of the buffer
     D: Any  # (batch, m) its diagonal
     valid: Any  # (batch, m) which slots hold usable history
-    q: Any  # (batch,) slot of the last accepted iterate
+    last: Any  # (batch, m) one-hot: slot of the last accepted iterate
     r_prev: Any  # (batch,) its residual norm (inf before the first step)
     r: Any  # (batch,) residual norm of the current iterate (computed by the last step)
+    eye: Any  # (batch, m, m) boolean identity: constant, row j is slot j's one-hot mask
+    eye_f: Any  # (batch, m, m) the same identity in the floating dtype
+    lam: float  # regularisation actually used (at least 100 eps of the dtype)
     k: int  # steps taken (ring position), shared by the batch
 
 
@@ -117,75 +127,76 @@ class Anderson(AbstractIterativeSolver):
         m = self.m
         dtype = x.dtype
         dev = _dev(x)
+        eye = xp.eye(m, dtype=xp.bool, device=dev)
         return _AndersonState(
             Y=xp.zeros((rows, m, n), dtype=dtype, device=dev),
             G=xp.zeros((rows, m, n), dtype=dtype, device=dev),
             H=xp.zeros((rows, m, m), dtype=dtype, device=dev),
             D=xp.zeros((rows, m), dtype=dtype, device=dev),
             valid=xp.zeros((rows, m), dtype=xp.bool, device=dev),
-            q=xp.zeros((rows,), dtype=xp.int64, device=dev),
+            last=xp.broadcast_to(eye[None, 0, :], (rows, m)),
             r_prev=xp.full((rows,), float("inf"), dtype=dtype, device=dev),
             r=row_norms(gx, xp=xp),
+            # Constants with a leading row axis (broadcast views) so that the driver's
+            # row selection (`take`, `where`) applies to them like to the other leaves.
+            eye=xp.broadcast_to(eye[None, :, :], (rows, m, m)),
+            eye_f=xp.broadcast_to(xp.eye(m, dtype=dtype, device=dev)[None, :, :], (rows, m, m)),
+            lam=max(self.regularization, 100.0 * float(xp.finfo(dtype).eps)),
             k=0,
         )
 
     def step(self, g, x, gx, state, *, xp):
         m = self.m
-        dev = _dev(x)
-        Y, G, H, D = state.Y, state.G, state.H, state.D
         every = slice(None)
+        eye = state.eye
 
         # (x, g(x)) goes to ring slot p; row and column p of the Gram matrix are the
         # inner products of g(x) with the buffer.
         p = state.k % m
-        slots = xp.arange(m, device=dev)
-        slot = slots == p  # (m,)
-        point = x + (gx if self.beta == 1.0 else self.beta * gx)
-        Y = set_index(Y, (every, p), point, xp=xp)
-        G = set_index(G, (every, p), gx, xp=xp)
+        point = point_value(g, x, gx, xp=xp) if self.beta == 1.0 else x + self.beta * gx
+        Y = set_index(state.Y, (every, p), point, xp=xp)
+        G = set_index(state.G, (every, p), gx, xp=xp)
 
         # Safeguard: a residual much worse than that of the last accepted iterate (or
-        # not finite) rejects the step that led here: only the last accepted slot q
+        # not finite) rejects the step that led here: only the last accepted slot
         # stays valid, so the next iterate is a plain step from there.
-        r = state.r
-        reject = xp.logical_not(r <= self.safeguard * state.r_prev)
-        rej = reject[:, None]
-        q = xp.where(reject, state.q, xp.full_like(state.q, p))
-        last = slots[None, :] == q[:, None]  # (rows, m): slot of the iterate kept
-        r_prev = xp.where(reject, state.r_prev, r)
-        valid = xp.where(rej, last, xp.logical_or(state.valid, slot))
+        accept = state.r <= self.safeguard * state.r_prev
+        r_prev = xp.where(accept, state.r, state.r_prev)
+        acc = accept[:, None]
+        last = xp.where(acc, eye[:, p, :], state.last)  # (rows, m) one-hot
+        # Accepted: slot p joins the history; rejected: only the last accepted slot.
+        valid = xp.logical_or(last, xp.logical_and(acc, state.valid))
 
         if m == 1:
-            x_new = point
+            # A fresh array: the iterate must not alias the value `f` returned.
+            x_new = x + gx if self.beta == 1.0 else point
+            H, D = state.H, state.D
         else:
             h = xp.vecdot(G, gx[:, None, :])  # (rows, m): <g_j, g(x)>
-            H = set_index(H, (every, p), h, xp=xp)
+            H = set_index(state.H, (every, p), h, xp=xp)
             H = set_index(H, (every, every, p), h, xp=xp)
-            D = set_index(D, (every, p), h[:, p], xp=xp)
-            alpha = self._coefficients(H, D, valid, xp=xp)
+            D = set_index(state.D, (every, p), h[:, p], xp=xp)
+            alpha = _coefficients(H, D, valid, state.eye_f, state.lam, xp=xp)
             # Ill-conditioned least squares: restart the history, take a plain step.
-            ill = xp.logical_not(xp.sum(xp.abs(alpha), axis=-1) <= self.max_coefficient)
-            ill_c = ill[:, None]
-            alpha = xp.where(ill_c, xp.astype(last, alpha.dtype), alpha)
-            valid = xp.where(ill_c, last, valid)
+            ok = xp.sum(xp.abs(alpha), axis=-1, keepdims=True) <= self.max_coefficient
+            valid = xp.where(ok, valid, last)
+            alpha = xp.where(ok, alpha, xp.astype(last, alpha.dtype))
             # x_next = sum_j alpha_j (x_j + beta g_j)
             x_new = xp.matmul(alpha[:, None, :], Y)[:, 0, :]
         g_new = g(x_new)
         r_new = row_norms(g_new, xp=xp)
-        new_state = _AndersonState(Y, G, H, D, valid, q, r_prev, r_new, state.k + 1)
+        new_state = _AndersonState(
+            Y, G, H, D, valid, last, r_prev, r_new, eye, state.eye_f, state.lam, state.k + 1
+        )
         return Step(x_new, g_new, new_state, r_new)
 
-    def _coefficients(self, H, D, valid, *, xp):
-        """``alpha`` from the scaled, regularised Gram matrices (batched)."""
-        m = H.shape[-1]
-        dtype = H.dtype
-        eye = xp.eye(m, dtype=dtype, device=_dev(H))
-        # S = diag(H)^(-1/2) on used slots (1 where the residual is exactly zero), 0 else
-        one = xp.ones_like(D)
-        safe = xp.where(xp.logical_and(valid, D > 0), D, one)
-        s = xp.where(valid, 1.0 / xp.sqrt(safe), xp.zeros_like(D))
-        lam = max(self.regularization, 100.0 * float(xp.finfo(dtype).eps))
-        shift = xp.where(valid, lam * one, one)  # unused slots: identity rows
-        C = H * (s[:, :, None] * s[:, None, :]) + eye * shift[:, None, :]
-        y = s * small_solve(C, s, xp=xp)
-        return y / xp.sum(y, axis=-1, keepdims=True)
+
+def _coefficients(H, D, valid, eye, lam, *, xp):
+    """``alpha`` from the scaled, regularised Gram matrices (batched)."""
+    # S = diag(H)^(-1/2) on used slots (1 where the residual is exactly zero), 0 else
+    s = xp.where(valid, 1.0 / xp.sqrt(xp.where(D > 0, D, 1.0)), 0.0)
+    # Used slots get the regularisation lam on the diagonal, unused ones identity rows.
+    shift = eye * xp.where(valid, lam, xp.ones_like(D))[:, None, :]
+    C = H * (s[:, :, None] * s[:, None, :]) + shift
+    y = s * small_solve(C, s, xp=xp)
+    return y / xp.sum(y, axis=-1, keepdims=True)

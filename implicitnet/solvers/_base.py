@@ -180,6 +180,19 @@ def _check_int(value: Any, name: str, *, minimum: int) -> None:
         raise ValueError(msg)
 
 
+def point_value(g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
+    """``x + g(x)``, i.e. ``f(x)`` for a fixed-point problem.
+
+    When `gx` is the latest output of the driver's residual function for a fixed-point
+    problem, the value of ``f`` it was computed from is returned as is (no new array);
+    otherwise ``x + gx`` is formed.
+    """
+    last = getattr(getattr(g, "inner", g), "last", None)
+    if last is not None and last[0] is gx:
+        return last[1]
+    return x + gx
+
+
 def row_norms(x: Any, *, xp: Any) -> Any:
     """Euclidean norm of each row of the ``(batch, n)`` array `x`.
 

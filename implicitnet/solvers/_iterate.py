@@ -206,37 +206,41 @@ def iterate(
         calls = ncalls[0] - calls_before
         r_list, s_list = host_norms(x_new, gx_new, r_new, g)
 
-        improved = []
+        improved = [False] * len(ids)
         n_improved = 0
+        n_done = 0  # systems that finish at this iteration
         for j, i in enumerate(ids):
             if status[i] is not None:  # frozen
-                improved.append(False)
                 continue
             r = r_list[j]
             nit[i] += 1
             nfev[i] += calls
             last_r[i] = r
-            if r < best_r[i]:
-                best_r[i] = r
+            b = best_r[i]
+            if r < b:
+                best_r[i] = b = r
                 best_it[i] = it
-                improved.append(True)
+                improved[j] = True
                 n_improved += 1
-            else:
-                improved.append(False)
-                if not r - r == 0.0:
-                    status[i] = Status.DIVERGED
-                    continue
+            elif not r - r == 0.0:
+                status[i] = Status.DIVERGED
+                n_done += 1
+                continue
             if fixed:
                 s = s_list[j]
-                thr = atol + rtol * (s if s > r0[i] else r0[i])
+                r0i = r0[i]
+                thr = atol + rtol * (s if s > r0i else r0i)
             else:
                 thr = thresh[i]
             if r <= thr:
                 status[i] = Status.SUCCESS
-            elif r > factor * best_r[i]:
+            elif r > factor * b:
                 status[i] = Status.DIVERGED
             elif it - best_it[i] >= window:
                 status[i] = Status.STAGNATED
+            else:
+                continue
+            n_done += 1
         history.append(list(last_r))
 
         if n_improved == len(ids):
@@ -258,7 +262,10 @@ def iterate(
             if callback(problem.to_user(x_full), cb_res):
                 stopped = True
 
-        x, gx, state = finish_rows(x_new, gx_new, state_new)
+        if n_done:
+            x, gx, state = finish_rows(x_new, gx_new, state_new)
+        else:
+            x, gx, state = x_new, gx_new, state_new
         if stopped:
             break
 
