@@ -410,7 +410,16 @@ def _solve(
         # (raw arrays enter as constant tensors, so every operator dispatches to Tensor).
         x0 = Tensor(x0) if _is_array(x0) else x0
         args = tree_unflatten(treedef, [Tensor(a) if _is_array(a) else a for a in leaves])
-        return raw_solve(f, x0, args, xp=xp, **common)
+        try:
+            return raw_solve(f, x0, args, xp=xp, **common)
+        except NotImplementedError as exc:
+            msg = (
+                "`backward='unrolled'` differentiates through the solver's iterations, so "
+                f"every operation of `method` must be differentiable: {exc}. Use "
+                "backward='implicit' (exact at the solution) or a method built from "
+                "differentiable operations ('picard', 'anderson', 'broyden')."
+            )
+            raise NotImplementedError(msg) from exc
 
     raw_leaves = [_unbox_all(a) for a in leaves]
     raw_args = tree_unflatten(treedef, raw_leaves)

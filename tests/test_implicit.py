@@ -379,3 +379,18 @@ def test_implicit_memory_is_constant_in_depth(backend):
     unrolled_deep = _peak_bytes(100, "unrolled")
     assert unrolled_deep > 3 * unrolled_shallow, (unrolled_shallow, unrolled_deep)
     assert unrolled_deep > 3 * deep
+
+
+def test_unrolled_through_a_nondifferentiable_method_says_what_to_do():
+    def loss(c):
+        res = inet.fixed_point(
+            lambda x, c: 0.5 * inet.ops.cos(x) + c,
+            np.zeros(2),
+            (c,),
+            method="newton_krylov",
+            backward="unrolled",
+        )
+        return inet.ops.sum(res.x)
+
+    with pytest.raises(NotImplementedError, match=r"unrolled.*backward='implicit'"):
+        inet.grad(loss)(np.array([0.5, 1.0]))
