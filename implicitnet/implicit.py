@@ -218,11 +218,8 @@ def _resolve_backward(backward, *, rtol: float, atol: float) -> AbstractAdjoint:
         if backward == "implicit":
             # The adjoint solve by name inherits the forward tolerances: a solution asked
             # for to rtol gets a gradient of comparable accuracy.
-            return (
-                ImplicitAdjoint(rtol=rtol, atol=atol)
-                if _valid_tol(rtol, atol)
-                else (ImplicitAdjoint())
-            )
+            # (Invalid tolerances are refused here, with the same message as the solver.)
+            return ImplicitAdjoint(rtol=rtol, atol=atol)
         try:
             return _BACKWARD[backward]()
         except KeyError:
@@ -236,13 +233,6 @@ def _resolve_backward(backward, *, rtol: float, atol: float) -> AbstractAdjoint:
         f"`solve_adjoint`, got {type(backward).__name__}"
     )
     raise TypeError(msg)
-
-
-def _valid_tol(rtol, atol) -> bool:
-    return all(
-        isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 and math.isfinite(v)
-        for v in (rtol, atol)
-    )
 
 
 def _system_axes(b, batch_axis):
@@ -283,7 +273,7 @@ def _implicit_solution_vjp(ct, ans, z_star, *leaves, xp, spec, needs_grad):
     bxp = namespace(ct)
     # Constants enter as constant Tensors, so that operators of a strict array library
     # (which refuse foreign operands) always dispatch to the Tensor.
-    leaves = [Tensor(a) if _is_array(a) else a for a in leaves]
+    leaves = [_constant(a) for a in leaves]
 
     def call(z, leaf_values):
         return spec.f(z, *tree_unflatten(spec.treedef, leaf_values))
@@ -349,8 +339,15 @@ def _implicit_solution_vjp(ct, ans, z_star, *leaves, xp, spec, needs_grad):
     return tuple(cts)
 
 
-def _is_array(a) -> bool:
-    return hasattr(a, "__array_namespace__") and not is_tensor(a)
+def _constant(a):
+    """A raw array as a constant Tensor (anything else unchanged).
+
+    Strict array libraries refuse ``raw_array op tensor``; wrapping every raw array that
+    meets traced values makes each operator dispatch to the Tensor.
+    """
+    if hasattr(a, "__array_namespace__") and not is_tensor(a):
+        return Tensor(a)
+    return a
 
 
 def _fmt(value) -> str:
@@ -360,10 +357,6 @@ def _fmt(value) -> str:
         return f"max {float(namespace(value).max(value)):.3g}"
     except Exception:  # pragma: no cover - display only
         return str(value)
-
-
-def _unbox_all(x):
-    return _raw(x) if is_tensor(x) else x
 
 
 def _solve(
@@ -408,8 +401,8 @@ def _solve(
     if traced and adjoint.unrolled:
         # Differentiate through the iterations: run the array-API solver on tensors
         # (raw arrays enter as constant tensors, so every operator dispatches to Tensor).
-        x0 = Tensor(x0) if _is_array(x0) else x0
-        args = tree_unflatten(treedef, [Tensor(a) if _is_array(a) else a for a in leaves])
+        x0 = _constant(x0)
+        args = tree_unflatten(treedef, [_constant(a) for a in leaves])
         try:
             return raw_solve(f, x0, args, xp=xp, **common)
         except NotImplementedError as exc:
@@ -421,7 +414,7 @@ def _solve(
             )
             raise NotImplementedError(msg) from exc
 
-    raw_leaves = [_unbox_all(a) for a in leaves]
+    raw_leaves = [_raw(a) for a in leaves]
     raw_args = tree_unflatten(treedef, raw_leaves)
 
     def checked(z, *a):
@@ -433,9 +426,7 @@ def _solve(
             try:
                 out = f(
                     Tensor(z),
-                    *tree_unflatten(
-                        treedef, [Tensor(v) if _is_array(v) else v for v in tree_flatten(a)[0]]
-                    ),
+                    *tree_unflatten(treedef, [_constant(v) for v in tree_flatten(a)[0]]),
                 )
             except Exception:
                 out = None
@@ -455,7 +446,7 @@ def _solve(
 
     res = raw_solve(
         checked,
-        _unbox_all(x0),
+        _raw(x0),
         raw_args,
         xp=None if xp is None else getattr(xp, "backend_namespace", xp),
         **common,
@@ -648,9 +639,9 @@ def jacobian_regularization(
         (n_probes, *raw_z.shape), seed, dtype=raw_z.dtype, device=getattr(raw_z, "device", None)
     )
     # Raw arrays enter as constant tensors (strict libraries refuse `raw op tensor`).
-    z = Tensor(z) if _is_array(z) else z
+    z = _constant(z)
     leaves, treedef = tree_flatten(tuple(args))
-    args = tree_unflatten(treedef, [Tensor(a) if _is_array(a) else a for a in leaves])
+    args = tree_unflatten(treedef, [_constant(a) for a in leaves])
     xp = z.__array_namespace__()
     total = None
     if method == "fd":
