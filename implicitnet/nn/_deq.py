@@ -150,7 +150,7 @@ class DEQ(Module):
     atol: float = static_field(default=0.0)
     maxiter: int = static_field(default=30)
     options: dict = static_field(default_factory=dict)  # noqa: RUF009 (static config)
-    backward_options: dict = static_field(default_factory=dict)  # noqa: RUF009 (static config)  # noqa: RUF009 (static config)
+    backward_options: dict = static_field(default_factory=dict)  # noqa: RUF009 (static config)
 
     def __post_init__(self):
         if not callable(self.cell):
