@@ -93,14 +93,16 @@ RUNS = [
 ]
 
 
-def run_case(name, lo, hi, *, repeats, rtol, maxiter, out):
+def run_case(name, lo, hi, *, repeats, rtol, maxiter, out, methods=None):
     WT, inj = make_problem(lo, hi)
     z_ref = reference(WT, inj)
     z0 = np.zeros_like(inj)
     g0 = np.linalg.norm(np.tanh(inj))
     # SciPy's fatol, set to implicitnet's threshold for the whole batch at z*.
     fatol = rtol * max(np.linalg.norm(np.tanh(z_ref @ WT + inj)), g0)
-    for _family, method, mode in RUNS:
+    for family, method, mode in RUNS:
+        if methods is not None and family not in methods and method not in methods:
+            continue
         kw = {"batch_axis": 0, "arg_batch_axes": 0} if mode == "per-sample" else {}
         opts = {}
         if method.startswith("scipy:"):
@@ -136,10 +138,23 @@ def main(argv=None):
     parser.add_argument("--rtol", type=float, default=1e-6)
     parser.add_argument("--maxiter", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="only the hard case")
+    parser.add_argument(
+        "--methods",
+        help="comma-separated families or methods to run (e.g. anderson,scipy:krylov); "
+        "a family name selects implicitnet's method and SciPy's of that family",
+    )
+    parser.add_argument("--cases", help="comma-separated cases: rho=0.9, rho=0.99, hard")
     ns = parser.parse_args(argv)
     cases = [("rho=0.9", -0.9, 0.9), ("rho=0.99", -0.99, 0.99), ("hard", -1.5, 0.9)]
     if ns.quick:
         cases = cases[2:]
+    if ns.cases:
+        wanted = ns.cases.split(",")
+        unknown = [c for c in wanted if c not in {name for name, _, _ in cases}]
+        if unknown:
+            parser.error(f"unknown case(s) {unknown}; known: rho=0.9, rho=0.99, hard")
+        cases = [c for c in cases if c[0] in wanted]
+    methods = set(ns.methods.split(",")) if ns.methods else None
     solvers.fixed_point(np.cos, np.ones(1))  # warm up imports
     print(
         "| case     | method             | mode       | status    |   nit |  nfev | calls | "
@@ -155,6 +170,7 @@ def main(argv=None):
             rtol=ns.rtol,
             maxiter=ns.maxiter,
             out=lambda s: print(s, flush=True),
+            methods=methods,
         )
 
 
