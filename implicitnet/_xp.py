@@ -14,6 +14,7 @@ __all__ = [
     "as_float_array",
     "default_float",
     "device",
+    "host_reader",
     "is_tensor",
     "namespace",
     "set_index",
@@ -193,6 +194,24 @@ def set_index(buf: Any, index: Any, value: Any, /, *, xp) -> Any:
             shape[axis] = size
         value = xp.reshape(value, tuple(shape))
     return xp.where(mask, value, buf)
+
+
+def host_reader(x: Any, /):
+    """A function that reads arrays of `x`'s library to the host as Python lists.
+
+    The same as :func:`to_host` with the backend looked up once: for loops that read a
+    small array of the same library every iteration.
+    """
+    from . import backends
+
+    convert = backends.backend_of(x).to_numpy
+
+    def read(a: Any, /) -> list:
+        while is_tensor(a):  # autodiff tensors, maybe nested: read through
+            a = a._implicitnet_data
+        return convert(a).tolist()
+
+    return read
 
 
 def to_host(x: Any, /) -> list:

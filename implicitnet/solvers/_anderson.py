@@ -23,14 +23,13 @@ class _AndersonState(NamedTuple):
     Y: Any  # (batch, m, n) ring buffer of x_j + beta g_j (the points that are mixed)
     G: Any  # (batch, m, n) ring buffer of the residuals g_j
     H: Any  # (batch, m, m) Gram matrix G G^T of the buffer
-    D: Any  # (batch, m) its diagonal
+    S: Any  # (batch, m) 1 / ||g_j|| per slot (1 where g_j = 0): the diagonal scaling
     valid: Any  # (batch, m) which slots hold usable history
     last: Any  # (batch, m) one-hot: slot of the last accepted iterate
     r_prev: Any  # (batch,) its residual norm (inf before the first step)
     r: Any  # (batch,) residual norm of the current iterate (computed by the last step)
     eye: Any  # (batch, m, m) boolean identity: constant, row j is slot j's one-hot mask
-    eye_f: Any  # (batch, m, m) the same identity in the floating dtype
-    lam: float  # regularisation actually used (at least 100 eps of the dtype)
+    lam_eye: Any  # (batch, m, m) lambda times the identity, in the floating dtype
     k: int  # steps taken (ring position), shared by the batch
 
 
@@ -83,8 +82,11 @@ class Anderson(AbstractIterativeSolver):
     change of variables ``alpha = S a``) and the regularisation ``C + lambda I``
     (symmetric positive definite), this is one batched ``linalg.solve`` of
     ``(C + lambda I) y = S 1`` for all systems at once, then
-    ``alpha = S y / (1^T S y)``. Unused slots of the ring buffer get an identity row
-    and ``S = 0``, so their coefficient is zero. The buffers hold ``x_j + beta g_j``
+    ``alpha = S y / (1^T S y)``. Unused slots of the ring buffer get ``S = 0``: their
+    rows and columns of ``C`` vanish but for ``lambda`` on the diagonal, so their
+    coefficient is exactly zero. ``S`` is kept per slot (``1 / ||g_j||``, known when the
+    slot is written), so the small system costs a handful of ``(m, m)`` operations and
+    the solve. The buffers hold ``x_j + beta g_j``
     (the points that are mixed) and ``g_j``; one slot of each and one row and column
     of ``H`` are rewritten per step (in place on raw arrays, out of place on autodiff
     tensors), so a step costs two products with the ``(m, n)`` buffers besides one
@@ -128,11 +130,13 @@ class Anderson(AbstractIterativeSolver):
         dtype = x.dtype
         dev = _dev(x)
         eye = xp.eye(m, dtype=xp.bool, device=dev)
+        lam = max(self.regularization, 100.0 * float(xp.finfo(dtype).eps))
+        lam_eye = lam * xp.eye(m, dtype=dtype, device=dev)
         return _AndersonState(
             Y=xp.zeros((rows, m, n), dtype=dtype, device=dev),
             G=xp.zeros((rows, m, n), dtype=dtype, device=dev),
             H=xp.zeros((rows, m, m), dtype=dtype, device=dev),
-            D=xp.zeros((rows, m), dtype=dtype, device=dev),
+            S=xp.zeros((rows, m), dtype=dtype, device=dev),
             valid=xp.zeros((rows, m), dtype=xp.bool, device=dev),
             last=xp.broadcast_to(eye[None, 0, :], (rows, m)),
             r_prev=xp.full((rows,), float("inf"), dtype=dtype, device=dev),
@@ -140,15 +144,14 @@ class Anderson(AbstractIterativeSolver):
             # Constants with a leading row axis (broadcast views) so that the driver's
             # row selection (`take`, `where`) applies to them like to the other leaves.
             eye=xp.broadcast_to(eye[None, :, :], (rows, m, m)),
-            eye_f=xp.broadcast_to(xp.eye(m, dtype=dtype, device=dev)[None, :, :], (rows, m, m)),
-            lam=max(self.regularization, 100.0 * float(xp.finfo(dtype).eps)),
+            lam_eye=xp.broadcast_to(lam_eye[None, :, :], (rows, m, m)),
             k=0,
         )
 
     def step(self, g, x, gx, state, *, xp):
         m = self.m
         every = slice(None)
-        eye = state.eye
+        r = state.r  # ||g(x)||, computed by the previous step
 
         # (x, g(x)) goes to ring slot p; row and column p of the Gram matrix are the
         # inner products of g(x) with the buffer.
@@ -160,23 +163,23 @@ class Anderson(AbstractIterativeSolver):
         # Safeguard: a residual much worse than that of the last accepted iterate (or
         # not finite) rejects the step that led here: only the last accepted slot
         # stays valid, so the next iterate is a plain step from there.
-        accept = state.r <= self.safeguard * state.r_prev
-        r_prev = xp.where(accept, state.r, state.r_prev)
+        accept = r <= self.safeguard * state.r_prev
+        r_prev = xp.where(accept, r, state.r_prev)
         acc = accept[:, None]
-        last = xp.where(acc, eye[:, p, :], state.last)  # (rows, m) one-hot
+        last = xp.where(acc, state.eye[:, p, :], state.last)  # (rows, m) one-hot
         # Accepted: slot p joins the history; rejected: only the last accepted slot.
         valid = xp.logical_or(last, xp.logical_and(acc, state.valid))
 
         if m == 1:
             # A fresh array: the iterate must not alias the value `f` returned.
             x_new = x + gx if self.beta == 1.0 else point
-            H, D = state.H, state.D
+            H, S = state.H, state.S
         else:
             h = xp.vecdot(G, gx[:, None, :])  # (rows, m): <g_j, g(x)>
             H = set_index(state.H, (every, p), h, xp=xp)
             H = set_index(H, (every, every, p), h, xp=xp)
-            D = set_index(state.D, (every, p), h[:, p], xp=xp)
-            alpha = _coefficients(H, D, valid, state.eye_f, state.lam, xp=xp)
+            S = set_index(state.S, (every, p), 1.0 / xp.where(r > 0, r, 1.0), xp=xp)
+            alpha = _coefficients(H, S, valid, state.lam_eye, xp=xp)
             # Ill-conditioned least squares: restart the history, take a plain step.
             ok = xp.sum(xp.abs(alpha), axis=-1, keepdims=True) <= self.max_coefficient
             valid = xp.where(ok, valid, last)
@@ -186,17 +189,19 @@ class Anderson(AbstractIterativeSolver):
         g_new = g(x_new)
         r_new = row_norms(g_new, xp=xp)
         new_state = _AndersonState(
-            Y, G, H, D, valid, last, r_prev, r_new, eye, state.eye_f, state.lam, state.k + 1
+            Y, G, H, S, valid, last, r_prev, r_new, state.eye, state.lam_eye, state.k + 1
         )
         return Step(x_new, g_new, new_state, r_new)
 
 
-def _coefficients(H, D, valid, eye, lam, *, xp):
-    """``alpha`` from the scaled, regularised Gram matrices (batched)."""
-    # S = diag(H)^(-1/2) on used slots (1 where the residual is exactly zero), 0 else
-    s = xp.where(valid, 1.0 / xp.sqrt(xp.where(D > 0, D, 1.0)), 0.0)
-    # Used slots get the regularisation lam on the diagonal, unused ones identity rows.
-    shift = eye * xp.where(valid, lam, xp.ones_like(D))[:, None, :]
-    C = H * (s[:, :, None] * s[:, None, :]) + shift
+def _coefficients(H, S, valid, lam_eye, *, xp):
+    """``alpha`` from the scaled, regularised Gram matrices (batched).
+
+    Unused slots get a zero scale: their rows and columns of ``C`` vanish except for
+    ``lambda`` on the diagonal, and their right-hand side is zero, so their
+    coefficient is exactly zero.
+    """
+    s = xp.where(valid, S, 0.0)
+    C = H * (s[:, :, None] * s[:, None, :]) + lam_eye
     y = s * small_solve(C, s, xp=xp)
     return y / xp.sum(y, axis=-1, keepdims=True)

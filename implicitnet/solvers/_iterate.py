@@ -21,7 +21,7 @@ from typing import Any
 
 from .._result import Result, Status, status_message
 from .._tree import tree_map
-from .._xp import to_host
+from .._xp import host_reader
 from ._base import row_norms
 
 __all__ = ["iterate"]
@@ -93,15 +93,17 @@ def iterate(
         g.inner = fn
         return g
 
+    read = host_reader(problem.x0)
+
     def host_norms(x, gx, r, g):
         """Residual norms (and norms of f(x) for a fixed-point problem) on the host."""
         if r is None:
             r = row_norms(gx, xp=xp)
         if not fixed:
-            return to_host(r), None
+            return read(r), None
         last_gx, last_f = g.inner.last
         fx = last_f if last_gx is gx else x + gx
-        both = to_host(xp.stack([r, row_norms(fx, xp=xp)]))
+        both = read(xp.stack([r, row_norms(fx, xp=xp)]))
         return both[0], both[1]
 
     # -- iteration 0 ------------------------------------------------------------------
@@ -111,14 +113,14 @@ def iterate(
     gx = g(x)
     r_list, s_list = host_norms(x, gx, None, g)
 
+    # Per system (full batch): final values, written when the system finishes.
     r0 = [v if v - v == 0.0 else 0.0 for v in r_list]
     best_r = [inf] * batch
-    best_it = [0] * batch
-    last_r = list(r_list)
     nit = [0] * batch
     nfev = [1] * batch
     status: list[Status | None] = [None] * batch
-    history = [list(r_list)]
+    history = [r_list]
+    last_r = r_list  # latest residual of every system (replaced, never mutated)
     for i, r in enumerate(r_list):
         if not r - r == 0.0:
             status[i] = Status.DIVERGED
@@ -130,10 +132,18 @@ def iterate(
     # Root problems: the threshold is fixed per system.
     thresh = [atol + rtol * v for v in r0]
 
+    # Per held row (aligned with `ids`): best residual, its iteration, r0 / threshold,
+    # and whether the row is live (False once frozen: finished, held fixed).
+    h_best = [best_r[i] for i in ids]
+    h_best_it = [0] * batch
+    h_r0 = list(r0)
+    h_thr = list(thresh)
+    h_act = [True] * batch
+    fev = 1  # evaluations charged to every system still iterating
+
     best_full = x  # best iterate of every system (rows of finished systems are final)
     best = x  # best iterate of the held systems
     x_full = x  # current iterate of every system (kept only for the callback)
-    frozen: list[bool] = [False] * batch  # freeze mode: rows held fixed
     any_frozen = False
     state = None
     it = 0
@@ -141,7 +151,7 @@ def iterate(
 
     def finish_rows(x_work, gx_work, state):
         """Drop (compact) or freeze the rows whose system has finished."""
-        nonlocal ids, g, best, best_full, any_frozen
+        nonlocal ids, g, best, best_full, any_frozen, h_best, h_best_it, h_r0, h_thr, h_act
         done = [status[i] is not None for i in ids]
         if not any(done):
             return x_work, gx_work, state
@@ -154,6 +164,11 @@ def iterate(
                 best_full = xp.take(xp.concat([best_full, best], axis=0), idx, axis=0)
             keep = [j for j, d in enumerate(done) if not d]
             ids = [ids[j] for j in keep]
+            h_best = [h_best[j] for j in keep]
+            h_best_it = [h_best_it[j] for j in keep]
+            h_r0 = [h_r0[j] for j in keep]
+            h_thr = [h_thr[j] for j in keep]
+            h_act = [True] * len(keep)
             if not keep:
                 return None, None, None
             keep_idx = xp.asarray(keep, dtype=xp.int64, device=dev)
@@ -167,20 +182,18 @@ def iterate(
             g = counted(problem.residual_function(index))
             best = take(best)
             return take(x_work), take(gx_work), tree_map(take, state)
-        newly = [d and not frozen[i] for i, d in zip(ids, done)]
+        newly = [d and a for d, a in zip(done, h_act)]
         if any(newly):
-            for i, d in enumerate(done):
-                frozen[i] = frozen[i] or d
+            h_act = [not d for d in done]
             any_frozen = True
-            m = _mask(frozen, 2, xp=xp, dev=dev)
+            m = _mask(done, 2, xp=xp, dev=dev)
             x_work = xp.where(m, best, x_work)
             gx_work = xp.where(m, xp.zeros_like(gx_work), gx_work)
         return x_work, gx_work, state
 
     if any(s is None for s in status):
         state = solver.init(g, x, gx, xp=xp)
-        init_calls = ncalls[0] - 1
-        nfev = [k + init_calls if s is None else k for k, s in zip(nfev, status)]
+        fev = ncalls[0]
         x, gx, state = finish_rows(x, gx, state)
     else:
         x = None
@@ -192,56 +205,66 @@ def iterate(
         x_new, gx_new, state_new, r_new = step.x, step.fx, step.state, step.fx_norm
         if any_frozen:
             # Hold frozen systems fixed (iterate, residual and solver state).
+            frozen = [not a for a in h_act]
             m2 = _mask(frozen, 2, xp=xp, dev=dev)
             x_new = xp.where(m2, x, x_new)
             gx_new = xp.where(m2, gx, gx_new)
             r_new = None
 
-            def hold(new, old):
+            def hold(new, old, frozen=frozen):
                 if _is_array_leaf(new) and new is not old:
                     return xp.where(_mask(frozen, new.ndim, xp=xp, dev=dev), old, new)
                 return new
 
             state_new = tree_map(hold, state_new, state)
-        calls = ncalls[0] - calls_before
+        fev += ncalls[0] - calls_before
         r_list, s_list = host_norms(x_new, gx_new, r_new, g)
 
-        improved = [False] * len(ids)
-        n_improved = 0
-        n_done = 0  # systems that finish at this iteration
-        for j, i in enumerate(ids):
-            if status[i] is not None:  # frozen
+        # Per-row decisions as list comprehensions over the held rows; the rare rows
+        # that finish are then classified one by one.
+        improved = [r < b for r, b in zip(r_list, h_best)]
+        if any_frozen:
+            improved = [c and a for c, a in zip(improved, h_act)]
+        n_improved = improved.count(True)
+        if n_improved:
+            h_best = [r if c else b for r, b, c in zip(r_list, h_best, improved)]
+            h_best_it = [it if c else t for t, c in zip(h_best_it, improved)]
+        # Finished: converged, or residual not below `factor` times the best (this
+        # includes a non-finite residual), or no new best for `window` iterations.
+        if fixed:
+            thr = [atol + rtol * (v if v > q else q) for v, q in zip(s_list, h_r0)]
+        else:
+            thr = h_thr
+        done = [r <= t or not r <= factor * b for r, t, b in zip(r_list, thr, h_best)]
+        if it - min(h_best_it) >= window:
+            done = [d or it - t >= window for d, t in zip(done, h_best_it)]
+        if any_frozen:
+            done = [d and a for d, a in zip(done, h_act)]
+        n_done = done.count(True)
+        for j in range(len(ids)) if n_done else ():
+            if not done[j]:
                 continue
+            i = ids[j]
             r = r_list[j]
-            nit[i] += 1
-            nfev[i] += calls
-            last_r[i] = r
-            b = best_r[i]
-            if r < b:
-                best_r[i] = b = r
-                best_it[i] = it
-                improved[j] = True
-                n_improved += 1
-            elif not r - r == 0.0:
-                status[i] = Status.DIVERGED
-                n_done += 1
-                continue
-            if fixed:
-                s = s_list[j]
-                r0i = r0[i]
-                thr = atol + rtol * (s if s > r0i else r0i)
-            else:
-                thr = thresh[i]
-            if r <= thr:
+            if r <= thr[j]:
                 status[i] = Status.SUCCESS
-            elif r > factor * b:
+            elif not r <= factor * h_best[j]:
                 status[i] = Status.DIVERGED
-            elif it - best_it[i] >= window:
-                status[i] = Status.STAGNATED
             else:
-                continue
-            n_done += 1
-        history.append(list(last_r))
+                status[i] = Status.STAGNATED
+            best_r[i] = h_best[j]
+            nit[i] = it
+            nfev[i] = fev
+
+        # History: the latest residual of every system.
+        if len(ids) == batch and not any_frozen:
+            last_r = r_list
+        else:
+            last_r = list(last_r)
+            for j, i in enumerate(ids):
+                if h_act[j]:
+                    last_r[i] = r_list[j]
+        history.append(last_r)
 
         if n_improved == len(ids):
             best = x_new
@@ -275,6 +298,11 @@ def iterate(
         else:
             idx = _scatter_index(ids, batch, xp=xp, dev=dev)
             best_full = xp.take(xp.concat([best_full, best], axis=0), idx, axis=0)
+        for j, i in enumerate(ids):
+            if h_act[j]:
+                best_r[i] = h_best[j]
+                nit[i] = it
+                nfev[i] = fev
     for i in range(batch):
         if status[i] is None:
             status[i] = Status.STOPPED if stopped else Status.MAXITER
