@@ -30,6 +30,10 @@ __all__ = ["iterate"]
 _SEVERITY = (Status.DIVERGED, Status.BREAKDOWN, Status.STAGNATED, Status.STOPPED, Status.MAXITER)
 
 
+# Iterations a finished row may wait in the working arrays for a compaction.
+_MAX_DEFERRAL = 8
+
+
 def overall_status(statuses: list[Status]) -> Status:
     """The status of a batch: success when every system converged, else the worst."""
     failed = {s for s in statuses if s != Status.SUCCESS}
@@ -133,7 +137,8 @@ def iterate(
     thresh = [atol + rtol * v for v in r0]
 
     # Per held row (aligned with `ids`): best residual, its iteration, r0 / threshold,
-    # and whether the row is live (False once frozen: finished, held fixed).
+    # and whether the row is live (False once its system finished: a frozen row, or one
+    # whose removal is deferred, see `finish_rows`).
     h_best = [best_r[i] for i in ids]
     h_best_it = [0] * batch
     h_r0 = list(r0)
@@ -145,17 +150,43 @@ def iterate(
     best = x  # best iterate of the held systems
     x_full = x  # current iterate of every system (kept only for the callback)
     any_frozen = False
+    masked = False  # some held rows are not live
+    pending_since = 0  # iteration of the oldest deferred removal
     state = None
     it = 0
     stopped = False
 
-    def finish_rows(x_work, gx_work, state):
-        """Drop (compact) or freeze the rows whose system has finished."""
-        nonlocal ids, g, best, best_full, any_frozen, h_best, h_best_it, h_r0, h_thr, h_act
+    def finish_rows(x_work, gx_work, state, *, force=False):
+        """Drop (compact) or freeze the rows whose system has finished.
+
+        Compaction copies every working array, so it is deferred while the finished
+        rows are few: when every finished row converged, fewer than an eighth of the
+        held rows have finished, and the oldest has waited fewer than
+        `_MAX_DEFERRAL` iterations, the finished rows stay in the working arrays for
+        now. Their results are final (iterate, residual, counts); the rows are merely
+        carried along, masked out of every decision, until the next compaction. A row
+        that diverged or stagnated leaves at once.
+        """
+        nonlocal ids, g, best, best_full, any_frozen, masked, pending_since
+        nonlocal h_best, h_best_it, h_r0, h_thr, h_act
         done = [status[i] is not None for i in ids]
         if not any(done):
             return x_work, gx_work, state
         if compact:
+            n_done = done.count(True)
+            newly = [i for i, d, a in zip(ids, done, h_act) if d and a]
+            if (
+                not force
+                and n_done < len(ids)
+                and 8 * n_done < len(ids)
+                and all(status[i] == Status.SUCCESS for i in newly)
+            ):
+                if not masked:
+                    pending_since = it
+                h_act = [not d for d in done]
+                masked = True
+                return x_work, gx_work, state
+            masked = False
             # Finished rows' best iterates go to `best_full` (one gather for all).
             if len(ids) == batch:
                 best_full = best
@@ -185,7 +216,7 @@ def iterate(
         newly = [d and a for d, a in zip(done, h_act)]
         if any(newly):
             h_act = [not d for d in done]
-            any_frozen = True
+            any_frozen = masked = True
             m = _mask(done, 2, xp=xp, dev=dev)
             x_work = xp.where(m, best, x_work)
             gx_work = xp.where(m, xp.zeros_like(gx_work), gx_work)
@@ -223,7 +254,7 @@ def iterate(
         # Per-row decisions as list comprehensions over the held rows; the rare rows
         # that finish are then classified one by one.
         improved = [r < b for r, b in zip(r_list, h_best)]
-        if any_frozen:
+        if masked:
             improved = [c and a for c, a in zip(improved, h_act)]
         n_improved = improved.count(True)
         if n_improved:
@@ -238,7 +269,7 @@ def iterate(
         done = [r <= t or not r <= factor * b for r, t, b in zip(r_list, thr, h_best)]
         if it - min(h_best_it) >= window:
             done = [d or it - t >= window for d, t in zip(done, h_best_it)]
-        if any_frozen:
+        if masked:
             done = [d and a for d, a in zip(done, h_act)]
         n_done = done.count(True)
         for j in range(len(ids)) if n_done else ():
@@ -257,7 +288,7 @@ def iterate(
             nfev[i] = fev
 
         # History: the latest residual of every system.
-        if len(ids) == batch and not any_frozen:
+        if len(ids) == batch and not masked:
             last_r = r_list
         else:
             last_r = list(last_r)
@@ -272,11 +303,13 @@ def iterate(
             best = xp.where(_mask(improved, 2, xp=xp, dev=dev), x_new, best)
 
         if callback is not None:
+            # Rows of finished systems show their final (best) iterate.
+            x_cb = xp.where(_mask(h_act, 2, xp=xp, dev=dev), x_new, best) if masked else x_new
             if len(ids) == batch:
-                x_full = x_new
+                x_full = x_cb
             else:
                 idx = _scatter_index(ids, batch, xp=xp, dev=dev)
-                x_full = xp.take(xp.concat([x_full, x_new], axis=0), idx, axis=0)
+                x_full = xp.take(xp.concat([x_full, x_cb], axis=0), idx, axis=0)
             cb_res = (
                 last_r[0]
                 if problem.batch_axis is None
@@ -285,8 +318,9 @@ def iterate(
             if callback(problem.to_user(x_full), cb_res):
                 stopped = True
 
-        if n_done:
-            x, gx, state = finish_rows(x_new, gx_new, state_new)
+        overdue = masked and not any_frozen and it - pending_since >= _MAX_DEFERRAL
+        if n_done or overdue:
+            x, gx, state = finish_rows(x_new, gx_new, state_new, force=overdue)
         else:
             x, gx, state = x_new, gx_new, state_new
         if stopped:
