@@ -30,9 +30,13 @@ _COMMON_DOC = """
         ``in_axes``), or None for an argument shared by every system; a single value
         applies to every element. When given, systems that have finished are removed
         from the active set and `{f}` is evaluated only on the others (with `x` and the
-        declared arguments sliced alike). When not given, `{f}` is evaluated on the
-        whole batch every iteration and finished systems are merely held fixed: shapes
-        are never used to guess which arguments carry the batch.
+        declared arguments sliced alike). Removal copies the solver's working arrays, so
+        converged systems are removed in groups: once an eighth of the systems still
+        held have converged, or the oldest of them has waited 8 iterations (a diverged
+        or stagnated system leaves at once). Until then their rows are still passed to
+        `{f}`, but their results are final when they converge. When not given, `{f}`
+        is evaluated on the whole batch every iteration and finished systems are merely
+        held fixed: shapes are never used to guess which arguments carry the batch.
     callback : callable, optional
         Called after every iteration as ``callback(x, residual)``: `x` the current
         iterate (shaped like `x0`), `residual` its residual norm (a float, or an
