@@ -62,9 +62,12 @@ class GMRES(AbstractLinearSolver):
     ``K_m(A, r0) = span{r0, A r0, ..., A^{m-1} r0}`` by Arnoldi, giving
     ``A V_m = V_{m+1} Hbar_m`` with ``Hbar_m`` upper Hessenberg, and picks
     ``x = x0 + V_m y`` minimising ``norm(beta e1 - Hbar_m y)``, ``beta = norm(r0)``
-    [1]_. The basis is orthogonalised by classical Gram-Schmidt applied twice (as
-    accurate as modified Gram-Schmidt with re-orthogonalisation, and two matrix products
-    per pass). Givens rotations reduce ``Hbar_m`` to triangular form one column at a
+    [1]_. The basis is orthogonalised by classical Gram-Schmidt (two batched matrix
+    products per pass) with selective re-orthogonalisation: per system, a running
+    estimate of the loss of orthogonality (``(loss + eps) * norm(A v) / h_{j+1,j}``
+    after one pass) triggers a second pass when it would exceed ``sqrt(eps)`` [2]_, so
+    the basis stays orthogonal to about ``sqrt(eps)`` at the cost of one pass on most
+    iterations. Givens rotations reduce ``Hbar_m`` to triangular form one column at a
     time; the last rotated right-hand side entry is the residual norm, so convergence is
     checked after every product with ``A`` without forming ``x``. At the end of a cycle
     the small least-squares problem is solved by one batched QR factorisation and the
@@ -80,6 +83,11 @@ class GMRES(AbstractLinearSolver):
     ----------
     .. [1] Y. Saad and M. H. Schultz, "GMRES: A generalized minimal residual algorithm
        for solving nonsymmetric linear systems", SIAM J. Sci. Stat. Comput. 7 (1986).
+    .. [2] J. W. Daniel, W. B. Gragg, L. Kaufman and G. W. Stewart, "Reorthogonalization
+       and stable algorithms for updating the Gram-Schmidt QR factorization", Math.
+       Comp. 30 (1976); L. Giraud, J. Langou and M. Rozloznik, "The loss of
+       orthogonality in the Gram-Schmidt orthogonalization process", Comput. Math.
+       Appl. 50 (2005).
 
     Examples
     --------
@@ -206,8 +214,31 @@ def gmres(
     return solver.solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
 
 
-def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Outcome:
-    """Restarted GMRES on the internal ``(B, n)`` layout."""
+def _gmres(
+    p: _Problem,
+    *,
+    tol,
+    restart: int,
+    maxiter: int,
+    callback,
+    xp,
+    exact_residual: bool = True,
+    greedy: bool = False,
+) -> _Outcome:
+    """Restarted GMRES on the internal ``(B, n)`` layout.
+
+    Internal options (for :class:`~implicitnet.solvers.NewtonKrylov`):
+
+    exact_residual
+        True: every cycle ends with the true residual ``b - A x`` (one product with
+        ``A``), which decides convergence and stagnation. False: the residual is taken
+        from the Arnoldi relation, ``r = V_{m+1} (beta e1 - Hbar y)``, at no product;
+        the returned `residual` is that estimate.
+    greedy
+        True: a system that reaches its tolerance keeps iterating (its residual only
+        decreases) as long as some other system of the batch still needs products with
+        ``A``, which are computed on the whole batch anyway.
+    """
     b = p.b
     B, n = b.shape
     dtype, dev = b.dtype, device(b)
@@ -224,17 +255,21 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
     history = [rnorm]
     total = 0
     Vbuf = xp.zeros((B, restart + 1, n), dtype=dtype, device=dev)
+    ones = xp.ones((B,), dtype=dtype, device=dev)
+    fzeros = xp.zeros((B,), dtype=dtype, device=dev)
+    tol_orth2 = eps  # (sqrt(eps))^2
 
     while total < maxiter:
         running = ~(converged | (code != 0))
         if not bool(xp.any(running)):
             break
         beta = rnorm
-        ones = xp.ones_like(beta)
-        v = xp.where(running[:, None], r / xp.where(running, beta, ones)[:, None], zeros)
+        v = r / xp.where(running, beta, ones)[:, None]
+        if not bool(xp.all(running)):
+            v = xp.where(running[:, None], v, zeros)
         # The basis lives in one preallocated (B, restart + 1, n) buffer, written one
         # vector at a time with `set_index` (in place on raw arrays, out of place on
-        # autodiff tensors); the projections onto all previous vectors are two batched
+        # autodiff tensors); the projections onto all previous vectors are batched
         # matrix products over its leading j + 1 rows. Nothing returned aliases it: the
         # update ``y V`` is a fresh array.
         V = set_index(Vbuf, (slice(None), 0), v, xp=xp)
@@ -244,53 +279,84 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
         u = xp.ones((B, 1), dtype=dtype, device=dev)
         columns = []
         # Per-iteration flags, reduced once per cycle (fewer small operations per step).
-        live_log, singular_log, bad_log = [], [], []
+        live_log, singular_log = [], []
+        bad_any = xp.zeros((B,), dtype=xp.bool, device=dev)
         g = beta  # rotated right-hand side entry at the current row
         est = rnorm
         live = running
+        orth = fzeros
         steps = min(restart, maxiter - total)
         for j in range(steps):
             z = V[:, j, :]
             Vj = V[:, : j + 1, :]
             w = matvec(z if precond is None else precond(z))
-            h0 = vector_norm(w, axis=-1, xp=xp)
-            bad = ~xp.isfinite(h0)
-            w = xp.where(bad[:, None], zeros, w)
-            h0 = xp.where(bad, xp.zeros_like(h0), h0)
-            # Arnoldi by classical Gram-Schmidt applied twice (CGS2): h = V^T w,
-            # w <- w - V h, then once more on the result. "Twice is enough": the basis is
-            # orthogonal to working precision, like modified Gram-Schmidt with
-            # re-orthogonalisation (Giraud, Langou, Rozloznik, Numer. Math. 2005), but
-            # each pass is one matrix product over all previous vectors and all systems,
-            # not a Python loop over vectors: what makes the batched solve fast.
+            # Arnoldi by classical Gram-Schmidt: one matrix product over all previous
+            # vectors and all systems per pass (not a Python loop over vectors: what
+            # makes the batched solve fast). A second pass follows only when needed
+            # (see below: "twice is enough").
             h = xp.vecdot(Vj, w[:, None, :])
-            w = w - (h[:, None, :] @ Vj)[:, 0, :]
-            h2 = xp.vecdot(Vj, w[:, None, :])
-            w = w - (h2[:, None, :] @ Vj)[:, 0, :]
-            h = h + h2
-            hn = vector_norm(w, axis=-1, xp=xp)
+            w1 = w - (h[:, None, :] @ Vj)[:, 0, :]
+            h0sq = xp.vecdot(w, w)
+            hnsq = xp.vecdot(w1, w1)
+            bad = ~xp.isfinite(h0sq)
+            # Selective second pass: the loss of orthogonality of the new vector after
+            # one pass is about (orth + eps) h0 / hn, with `orth` that of the basis so
+            # far (bounded by the same estimate, per system); a second pass when it
+            # would exceed sqrt(eps) for a system still iterating.
+            err = orth + eps
+            need = live & (err * err * h0sq > tol_orth2 * hnsq)
+            # One host synchronisation per iteration in the common case (both rare).
+            again = bool(xp.any(bad | need))
+            if again and bool(xp.any(bad)):
+                # A non-finite product: that system stops (status "diverged") and its
+                # row is zeroed so the others are unaffected.
+                bad_any = bad_any | (live & bad)
+                w = xp.where(bad[:, None], zeros, w)
+                h0sq = xp.where(bad, fzeros, h0sq)
+                h = xp.vecdot(Vj, w[:, None, :])
+                w1 = w - (h[:, None, :] @ Vj)[:, 0, :]
+                hnsq = xp.vecdot(w1, w1)
+                need = live & ~bad & (err * err * h0sq > tol_orth2 * hnsq)
+                again = bool(xp.any(need))
+            w = w1
+            h0 = xp.sqrt(h0sq)
+            hn = xp.sqrt(hnsq)
+            if again:
+                h2 = xp.vecdot(Vj, w[:, None, :])
+                w = w - (h2[:, None, :] @ Vj)[:, 0, :]
+                h = h + h2
+                hn1 = hn
+                hnsq = xp.vecdot(w, w)
+                hn = xp.sqrt(hnsq)
+                # What is left after two passes: err^2 h0 / hn, plus the rounding of
+                # the second pass, eps hn1 / hn.
+                loss = (err * err * h0 + eps * hn1) / xp.where(hn > 0, hn, ones)
+            else:
+                loss = err * h0 / xp.where(hn > 0, hn, ones)
+            orth = xp.where(live & (hn > 0), xp.maximum(orth, loss), orth)
             # Happy breakdown: A v_j lies in the Krylov space, which is then invariant
             # and the least-squares solution exact (SciPy's test: h_{j+1,j} <= eps ||A v||).
             happy = hn <= eps * h0
-            hn = xp.where(happy, xp.zeros_like(hn), hn)
-            v_next = xp.where(happy[:, None], zeros, w / xp.where(happy, ones, hn)[:, None])
+            hn = xp.where(happy, fzeros, hn)
+            v_next = w * (1.0 / xp.where(happy, ones, hn))[:, None]
             # New rotation from the pivot a = (Q h)_j = u . h and h_{j+1,j}:
             #   c = a / rho, s = h_{j+1,j} / rho, rho = sqrt(a^2 + h_{j+1,j}^2),
             # then g_{j+1} = -s g_j and |g_{j+1}| is the new residual norm. rho ~ 0 means
             # the triangular factor is singular: column j cannot reduce the residual.
             a = vdot(u, h, xp=xp)
-            rho = xp.sqrt(a * a + hn * hn)
+            rho = xp.sqrt(a * a + hnsq)
             singular = rho <= eps * h0
             safe_rho = xp.where(singular, ones, rho)
             c = xp.where(singular, ones, a / safe_rho)
-            s = xp.where(singular, xp.zeros_like(rho), hn / safe_rho)
+            s = xp.where(singular, fzeros, hn / safe_rho)
             g_next = -s * g
             est = xp.where(live, xp.abs(xp.where(singular, g, g_next)), est)
             live_log.append(live)
             singular_log.append(singular)
-            bad_log.append(bad)
             # A non-finite product zeroed w, so it counts as a happy breakdown here.
-            live = live & ~(happy | singular) & (est > tol)
+            live = live & ~(happy | singular)
+            if not greedy:
+                live = live & (est > tol)
             g = g_next
             u = xp.concat([-s[:, None] * u, c[:, None]], axis=1)
             columns.append(xp.concat([h, hn[:, None]], axis=1))
@@ -298,9 +364,12 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
             total += 1
             if callback is not None:
                 callback(est if p.batched else est[0])
-            if j + 1 == steps or not bool(xp.any(live)):
-                break
+            # The next vector is stored even at the end of the cycle: the residual from
+            # the Arnoldi relation needs all m + 1 of them.
             V = set_index(V, (slice(None), j + 1), v_next, xp=xp)
+            needed = live if not greedy else live & (est > tol)
+            if j + 1 == steps or not bool(xp.any(needed)):
+                break
 
         # Least squares on the cycle, min ||beta e1 - Hbar y|| over each system's own k
         # useful columns, by one batched QR. Columns past k are replaced by the unit
@@ -314,10 +383,10 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
         nfev = nfev + steps_taken
         # Krylov vectors used by each system: its live, non-singular iterations (a
         # prefix of the cycle, since a system that stops stays stopped).
-        k = xp.sum(xp.astype(was_live & ~xp.stack(singular_log, axis=0), nit.dtype), axis=0)
-        bad = xp.any(was_live & xp.stack(bad_log, axis=0), axis=0)
-        code = xp.where(bad, CODE_DIVERGED, code)
-        singular_seen = xp.any(was_live & xp.stack(singular_log, axis=0), axis=0) & ~bad
+        sing = xp.stack(singular_log, axis=0)
+        k = xp.sum(xp.astype(was_live & ~sing, nit.dtype), axis=0)
+        code = xp.where(bad_any, CODE_DIVERGED, code)
+        singular_seen = xp.any(was_live & sing, axis=0) & ~bad_any
         Hbar = xp.stack(
             [
                 xp.concat([col, xp.zeros((B, m - i - 1), dtype=dtype, device=dev)], axis=1)
@@ -334,16 +403,32 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
         if precond is not None:
             dx = precond(dx)
         x_new = x + dx
-        r_new = b - matvec(x_new)
-        nfev = nfev + xp.astype(running, nfev.dtype)
-        rnorm_new = vector_norm(r_new, axis=-1, xp=xp)
-        # Keep the better iterate (GMRES is monotone in exact arithmetic; rounding or a
-        # non-finite operator value may break that).
-        improved = running & (rnorm_new < rnorm)
-        code = xp.where(running & ~xp.isfinite(rnorm_new), CODE_DIVERGED, code)
-        x = xp.where(improved[:, None], x_new, x)
-        r = xp.where(improved[:, None], r_new, r)
-        rnorm = xp.where(improved, rnorm_new, rnorm)
+        if exact_residual:
+            r_new = b - matvec(x_new)
+            nfev = nfev + xp.astype(running, nfev.dtype)
+            rnorm_new = vector_norm(r_new, axis=-1, xp=xp)
+            # Keep the better iterate (GMRES is monotone in exact arithmetic; rounding
+            # or a non-finite operator value may break that).
+            improved = running & (rnorm_new < rnorm)
+            code = xp.where(running & ~xp.isfinite(rnorm_new), CODE_DIVERGED, code)
+        else:
+            # The residual of the Arnoldi relation, r = V_{m+1} t with
+            # t = beta e1 - Hbar y (no product with A). Its norm is the rotated
+            # estimate; it is formed only when another cycle follows.
+            improved = running & ~bad_any & (est < rnorm)
+            if total < maxiter:
+                e1 = xp.reshape(xp.eye(m + 1, 1, dtype=dtype, device=dev), (1, m + 1))
+                t = beta[:, None] * e1 - (Hbar @ y[:, :, None])[:, :, 0]
+                r_new = (t[:, None, :] @ V[:, : m + 1, :])[:, 0, :]
+                rnorm_new = vector_norm(r_new, axis=-1, xp=xp)
+            else:
+                r_new, rnorm_new = r, est
+        if bool(xp.all(improved)):
+            x, r, rnorm = x_new, r_new, rnorm_new
+        else:
+            x = xp.where(improved[:, None], x_new, x)
+            r = xp.where(improved[:, None], r_new, r)
+            rnorm = xp.where(improved, rnorm_new, rnorm)
         history[-1] = xp.where(running, rnorm, history[-1])
         converged = rnorm <= tol
         # A cycle that did not lower the true residual will not do better when repeated.
@@ -352,5 +437,23 @@ def _gmres(p: _Problem, *, tol, restart: int, maxiter: int, callback, xp) -> _Ou
         code = xp.where(stuck & singular_seen, CODE_BREAKDOWN, code)
 
     return _Outcome(
-        x=x, residual=rnorm, converged=converged, nit=nit, nfev=nfev, history=history, code=code
+        x=x,
+        residual=rnorm,
+        converged=converged,
+        nit=nit,
+        nfev=nfev,
+        history=history,
+        code=code,
+        stats={"iterations": total},
     )
+
+
+def _gmres_operator(matvec, b, bnorm, *, tol, restart: int, maxiter: int, xp, **options):
+    """GMRES on a ``(B, n)`` operator, no validation: the inner solver of Newton–Krylov.
+
+    `matvec` maps ``(B, n)`` to ``(B, n)`` arrays, `b` is finite with row norms
+    `bnorm`, `tol` the per-system threshold ``(B,)``; `options` are those of
+    :func:`_gmres`. Returns the :class:`_Outcome` (internal layout).
+    """
+    p = _Problem(b, None, matvec, None, tuple(b.shape), None, True, bnorm)
+    return _gmres(p, tol=tol, restart=restart, maxiter=maxiter, callback=None, xp=xp, **options)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .._xp import device, to_host, vector_norm
-from ._base import AbstractIterativeSolver, Step, _check_int, _check_real
+from .._xp import device
+from ._base import AbstractIterativeSolver, Step, _check_int, _check_real, row_norms
 
 __all__ = ["NewtonKrylov"]
 
@@ -35,9 +35,9 @@ class NewtonKrylov(AbstractIterativeSolver):
 
     Parameters
     ----------
-    restart : int, default: 20
+    restart : int, default: 10
         Krylov dimension of the inner GMRES between restarts.
-    inner_maxiter : int, default: 30
+    inner_maxiter : int, default: 20
         Maximum inner GMRES iterations per Newton step.
     eta0 : float, default: 0.5
         Forcing term of the first Newton step.
@@ -60,16 +60,22 @@ class NewtonKrylov(AbstractIterativeSolver):
 
         eta_k = min(eta_max, max(0.9 (r_k / r_{k-1})^2, 0.9 eta_{k-1}^2 if > 0.1))
 
-    The batch's inner solves share one GMRES call with the smallest ``eta`` of the
-    systems that take a new Newton step. (Per-system forcing terms, by scaling each
-    right-hand side, were measured to cost more function evaluations per system: every
-    GMRES iteration evaluates the function on the whole batch anyway, and looser inner
-    solves mean more Newton steps.) Every
-    GMRES iteration costs one evaluation of the function on the whole batch; the
-    trial point costs one more. The line search is lazy, as in :class:`Broyden`: a
-    rejected trial is replaced by a shorter one at the next iteration, reusing the
-    Newton direction. The Newton step needs host synchronisation inside GMRES; the
-    cheaper methods are better when the map is a good contraction.
+    The systems of a batch share one inner GMRES call (one batched function evaluation
+    per inner iteration), each with its own Krylov space and its own tolerance
+    ``eta_k r_k``. A system that reaches its tolerance keeps iterating until the end of
+    the restart cycle in which the last system reaches its own: the evaluations are
+    made on the whole batch anyway, and the extra accuracy saves Newton steps. The inner
+    solve makes no evaluation beyond its Krylov vectors: restarts take the residual
+    from the Arnoldi relation and the final residual is GMRES's estimate, not
+    recomputed. Products with the Jacobian are forward differences on the unit basis
+    vectors, ``g(x + h v) - g(x)`` with ``h = fd_step * max(1, ||x||)`` per system,
+    i.e. GMRES runs on ``h J`` and the step is scaled back by ``h`` (a per-system
+    factor, which changes no residual). Per Newton step this costs the inner iterations
+    plus one evaluation at the trial point. The line search is lazy, as in
+    :class:`Broyden`: a rejected trial is replaced by a shorter one at the next
+    iteration, reusing the Newton direction. Each inner iteration synchronises with the
+    host once (to decide on re-orthogonalisation and on stopping); the cheaper methods
+    are better when the map is a good contraction.
 
     References
     ----------
@@ -88,8 +94,8 @@ class NewtonKrylov(AbstractIterativeSolver):
     ([1.0, 1.0], <Status.SUCCESS: 'success'>)
     """
 
-    restart: int = 20
-    inner_maxiter: int = 30
+    restart: int = 10
+    inner_maxiter: int = 20
     eta0: float = 0.5
     eta_max: float = 0.9
     line_search: bool = True
@@ -121,11 +127,11 @@ class NewtonKrylov(AbstractIterativeSolver):
         )
 
     def step(self, g, x, gx, state, *, xp):
-        from ..linalg import gmres
+        from ..linalg._gmres import _gmres_operator
 
         dtype = x.dtype
         fresh = state.r_prev == float("inf")
-        r = vector_norm(gx, axis=-1, xp=xp)
+        r = row_norms(gx, xp=xp)
         if self.line_search:
             accept = r <= (1.0 - 1e-4 * state.t) * state.r_prev
         else:
@@ -146,47 +152,52 @@ class NewtonKrylov(AbstractIterativeSolver):
         eta = xp.where(unusable, state.eta, eta)
         eta = xp.where(accept, eta, state.eta)
 
-        acc = accept[:, None]
         d = state.d
         inner = state.inner
-        flags = to_host(
-            xp.stack(
-                [xp.astype(xp.any(accept), dtype), xp.min(xp.where(accept, eta, xp.ones_like(eta)))]
-            )
-        )
-        if flags[0]:
+        all_acc = bool(xp.all(accept))
+        if all_acc or bool(xp.any(accept)):
             eps = float(xp.finfo(dtype).eps)
             h_rel = self.fd_step if self.fd_step is not None else eps**0.5
-            xnorm = vector_norm(x, axis=-1, keepdims=True, xp=xp)
+            xnorm = row_norms(x, xp=xp)[:, None]
             size = h_rel * xp.maximum(xnorm, xp.ones_like(xnorm))
 
             def jvp(v):
-                # J v ~ (g(x + h v) - g(x)) / h with ||h v|| = h_rel * max(1, ||x||)
-                vnorm = vector_norm(v, axis=-1, keepdims=True, xp=xp)
-                nonzero = vnorm > 0
-                h = size / xp.where(nonzero, vnorm, xp.ones_like(vnorm))
-                return xp.where(nonzero, (g(x + h * v) - gx) / h, xp.zeros_like(v))
+                # GMRES calls this only on its basis vectors (unit rows, or zero rows for
+                # systems not iterating), so ``size * v`` has norm `size`: the forward
+                # difference g(x + size v) - g(x) is `size` times J v. GMRES runs on this
+                # operator diag(size) J and its solution is scaled back below (each
+                # system is scaled by its own number, which leaves the residuals and
+                # hence the tolerances unchanged).
+                return g(x + size * v) - gx
 
-            b = xp.where(acc, -gx, xp.zeros_like(gx))
-            sol = gmres(
+            b = -gx if all_acc else xp.where(accept[:, None], -gx, xp.zeros_like(gx))
+            bnorm = r if all_acc else xp.where(accept, r, xp.zeros_like(r))
+            tiny = 10 * eps
+            tol = xp.maximum(eta, xp.full_like(eta, tiny)) * bnorm
+            out = _gmres_operator(
                 jvp,
                 b,
-                rtol=max(float(flags[1]), 10 * eps),
-                atol=0.0,
+                bnorm,
+                tol=tol,
                 restart=self.restart,
                 maxiter=self.inner_maxiter,
-                batch_axis=0,
+                exact_residual=False,
+                greedy=True,
                 xp=xp,
             )
-            inner = inner + int(to_host(xp.max(sol.nit)))
-            step_dir = xp.where(xp.isfinite(sol.x), sol.x, xp.zeros_like(sol.x))
-            d = xp.where(acc, step_dir, d)
+            step_dir = size * out.x
+            inner = inner + out.stats["iterations"]
+            d = step_dir if all_acc else xp.where(accept[:, None], step_dir, d)
 
         one = xp.ones_like(t_half)
         t = xp.where(accept, one, t_half)
-        x_anchor = xp.where(acc, x, state.x_prev)
-        g_anchor = xp.where(acc, gx, state.g_prev)
-        r_anchor = xp.where(accept, r, state.r_prev)
-        x_new = x_anchor + t[:, None] * d
+        if all_acc:
+            x_anchor, g_anchor, r_anchor, x_new = x, gx, r, x + d
+        else:
+            acc = accept[:, None]
+            x_anchor = xp.where(acc, x, state.x_prev)
+            g_anchor = xp.where(acc, gx, state.g_prev)
+            r_anchor = xp.where(accept, r, state.r_prev)
+            x_new = x_anchor + t[:, None] * d
         new_state = _NKState(x_anchor, g_anchor, r_anchor, d, t, eta, inner)
         return Step(x_new, g(x_new), new_state)
