@@ -152,6 +152,59 @@ def test_internal_gmres_estimated_residual_and_greedy_batch(xp, greedy):
         assert int(nit[0]) < 8
 
 
+@pytest.mark.parametrize("greedy", [False, True])
+def test_internal_gmres_rows_that_stop_do_not_disturb_the_others(xp, greedy):
+    # Rows that stop early get zero basis vectors (the fast Gram-Schmidt path computes
+    # ||w - V h||^2 by Pythagoras and skips them): a row with a non-finite product
+    # ("diverged"), a row whose Krylov space is invariant after one step (A = 2 I) and
+    # a row with a zero right-hand side must leave the ordinary rows exactly as if each
+    # were solved alone.
+    rng = np.random.default_rng(1)
+    n = 20
+    mats = np.stack([np.eye(n) + 0.5 * rng.standard_normal((n, n)) / np.sqrt(n) for _ in range(5)])
+    mats[1] = 2.0 * np.eye(n)
+    b_np = rng.standard_normal((5, n))
+    b_np[3] = 0.0
+
+    def make_matvec(rows):
+        A_rows = xp.asarray(mats[rows])
+        poison = xp.asarray([[float("nan") if i == 2 else 0.0] for i in rows])
+
+        def matvec(v):
+            return (A_rows @ v[..., None])[..., 0] + poison
+
+        return matvec
+
+    def solve(rows):
+        b = xp.asarray(b_np[rows])
+        bnorm = xp.asarray(np.linalg.norm(b_np[rows], axis=1))
+        return _gmres_operator(
+            make_matvec(rows),
+            b,
+            bnorm,
+            tol=1e-10 * bnorm,
+            restart=6,
+            maxiter=40,
+            exact_residual=False,
+            greedy=greedy,
+            xp=xp,
+        )
+
+    both = solve([0, 1, 2, 3, 4])
+    code = np.asarray(both.code)
+    assert code[2] != 0 and code[[0, 1, 3, 4]].tolist() == [0, 0, 0, 0]
+    x = np.asarray(both.x)
+    assert np.all(np.isfinite(x))
+    assert np.array_equal(x[3], np.zeros(n))
+    np.testing.assert_allclose(x[1], b_np[1] / 2.0, rtol=1e-12)
+    for i in (0, 4):
+        ref = np.linalg.solve(mats[i], b_np[i])
+        np.testing.assert_allclose(x[i], ref, rtol=1e-8, atol=1e-10)
+    if not greedy:
+        alone = solve([0, 4])
+        np.testing.assert_allclose(x[[0, 4]], np.asarray(alone.x), rtol=1e-12, atol=1e-14)
+
+
 # -- Newton–Krylov ---------------------------------------------------------------------
 
 

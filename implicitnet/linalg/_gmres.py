@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._result import Result
-from .._xp import device, set_index, small_solve, vdot, vector_norm
+from .._xp import device, is_tensor, set_index, small_solve, vector_norm
 from ._base import (
     CODE_BREAKDOWN,
     CODE_DIVERGED,
@@ -62,17 +62,24 @@ class GMRES(AbstractLinearSolver):
     ``K_m(A, r0) = span{r0, A r0, ..., A^{m-1} r0}`` by Arnoldi, giving
     ``A V_m = V_{m+1} Hbar_m`` with ``Hbar_m`` upper Hessenberg, and picks
     ``x = x0 + V_m y`` minimising ``norm(beta e1 - Hbar_m y)``, ``beta = norm(r0)``
-    [1]_. The basis is orthogonalised by classical Gram-Schmidt (two batched matrix
-    products per pass) with selective re-orthogonalisation: per system, a running
-    estimate of the loss of orthogonality (``(loss + eps) * norm(A v) / h_{j+1,j}``
-    after one pass) triggers a second pass when it would exceed ``sqrt(eps)`` [2]_, so
-    the basis stays orthogonal to about ``sqrt(eps)`` at the cost of one pass on most
-    iterations. Givens rotations reduce ``Hbar_m`` to triangular form one column at a
-    time; the last rotated right-hand side entry is the residual norm, so convergence is
-    checked after every product with ``A`` without forming ``x``. At the end of a cycle
-    the small least-squares problem is solved by one batched QR factorisation and the
-    true residual ``b - A x`` is recomputed; a cycle that does not lower it stops the
-    system (``"stagnated"``, or ``"breakdown"`` when the Krylov space became singular).
+    [1]_. The basis is orthogonalised by classical Gram-Schmidt with selective
+    re-orthogonalisation: per system, a running estimate of the loss of orthogonality
+    (``(loss + eps) * norm(A v) / h_{j+1,j}`` after one pass) triggers a second pass
+    when it would exceed ``sqrt(eps)`` [2]_, so the basis stays orthogonal to about
+    ``sqrt(eps)`` at the cost of one pass on most iterations. A pass is two batched
+    matrix products: ``w = A v`` is written into the next slot of the basis, so the
+    first product gives both the projections ``h = V^T w`` and ``norm(w)``; then
+    ``h_{j+1,j}^2 = norm(w)^2 - norm(h)^2`` (Pythagoras), trusted while
+    ``(loss + eps) * norm(w)^2 < sqrt(eps) * h_{j+1,j}^2`` (which also rules out a
+    second pass), and the second product forms the next basis vector
+    ``(w - V h) / h_{j+1,j}`` directly. Otherwise (also for a zero or non-finite
+    product) ``w - V h`` and its norm are computed explicitly. Givens rotations reduce
+    ``Hbar_m`` to triangular form one column at a time; the last rotated right-hand side
+    entry is the residual norm, so convergence is checked after every product with ``A``
+    without forming ``x``. At the end of a cycle the small least-squares problem is
+    solved by one batched QR factorisation and the true residual ``b - A x`` is
+    recomputed; a cycle that does not lower it stops the system (``"stagnated"``, or
+    ``"breakdown"`` when the Krylov space became singular).
 
     With `batch_axis`, all systems advance together (one batched product with ``A``
     per iteration); each keeps its own rotations and its own iteration count, and a
@@ -254,10 +261,17 @@ def _gmres(
     nit = int_zeros(B, like=b, xp=xp)
     history = [rnorm]
     total = 0
-    Vbuf = xp.zeros((B, restart + 1, n), dtype=dtype, device=dev)
+    # Every slot of the basis buffer is written before it is read: no need to fill it
+    # (except for autodiff tensors, whose `set_index` is a `where` over the whole buffer).
+    alloc = xp.zeros if is_tensor(b) else xp.empty
+    Vbuf = alloc((B, restart + 1, n), dtype=dtype, device=dev)
     ones = xp.ones((B,), dtype=dtype, device=dev)
     fzeros = xp.zeros((B,), dtype=dtype, device=dev)
-    tol_orth2 = eps  # (sqrt(eps))^2
+    finf = xp.full((B,), float("inf"), dtype=dtype, device=dev)
+    no = xp.zeros((B,), dtype=xp.bool, device=dev)
+    tiny = float(xp.finfo(dtype).smallest_normal)
+    sqrt_eps = eps**0.5
+    every = slice(None)
 
     while total < maxiter:
         running = ~(converged | (code != 0))
@@ -270,104 +284,90 @@ def _gmres(
         # The basis lives in one preallocated (B, restart + 1, n) buffer, written one
         # vector at a time with `set_index` (in place on raw arrays, out of place on
         # autodiff tensors); the projections onto all previous vectors are batched
-        # matrix products over its leading j + 1 rows. Nothing returned aliases it: the
+        # matrix products over its leading rows. Nothing returned aliases it: the
         # update ``y V`` is a fresh array.
-        V = set_index(Vbuf, (slice(None), 0), v, xp=xp)
+        V = set_index(Vbuf, (every, 0), v, xp=xp)
         # Givens rotations G_{j-1} ... G_0 =: Q turn Hbar triangular. Only the last row u
         # of Q is needed while iterating (the pivot of the next rotation is u . h), and it
         # obeys u <- [-s u, c]: O(j) work per iteration, no Python loop over rotations.
         u = xp.ones((B, 1), dtype=dtype, device=dev)
-        columns = []
+        h_cols, hn_cols = [], []
         # Per-iteration flags, reduced once per cycle (fewer small operations per step).
         live_log, singular_log = [], []
-        bad_any = xp.zeros((B,), dtype=xp.bool, device=dev)
-        g = beta  # rotated right-hand side entry at the current row
-        est = rnorm
+        bad_any = no
+        est = rnorm  # residual estimate |g_j|, the rotated right-hand side entry
         live = running
+        # Rows that are not live get zero basis vectors (`livef`) and never ask for the
+        # careful path (`dead`).
+        livef = xp.astype(live, dtype)
+        dead = xp.where(live, fzeros, finf)
         orth = fzeros
         steps = min(restart, maxiter - total)
         for j in range(steps):
             z = V[:, j, :]
-            Vj = V[:, : j + 1, :]
             w = matvec(z if precond is None else precond(z))
-            # Arnoldi by classical Gram-Schmidt: one matrix product over all previous
-            # vectors and all systems per pass (not a Python loop over vectors: what
-            # makes the batched solve fast). A second pass follows only when needed
-            # (see below: "twice is enough").
-            h = xp.vecdot(Vj, w[:, None, :])
-            w1 = w - (h[:, None, :] @ Vj)[:, 0, :]
-            h0sq = xp.vecdot(w, w)
-            hnsq = xp.vecdot(w1, w1)
-            bad = ~xp.isfinite(h0sq)
-            # Selective second pass: the loss of orthogonality of the new vector after
-            # one pass is about (orth + eps) h0 / hn, with `orth` that of the basis so
-            # far (bounded by the same estimate, per system); a second pass when it
-            # would exceed sqrt(eps) for a system still iterating.
+            # Arnoldi by classical Gram-Schmidt. The product goes into the next slot of
+            # the basis, so one batched product over slots 0..j+1 gives both the
+            # projections h = V_j^T w and ||w||^2.
+            V = set_index(V, (every, j + 1), w, xp=xp)
+            Vk = V[:, : j + 2, :]
+            hh = xp.vecdot(Vk, w[:, None, :])
+            h = hh[:, : j + 1]
+            h0sq = hh[:, j + 1]
+            # ||w - V_j h||^2 by Pythagoras. Its error is about (orth + eps) h0^2, with
+            # `orth` the estimated loss of orthogonality of the basis so far (per
+            # system), so it is trusted while (orth + eps) h0^2 < sqrt(eps) hn^2: then
+            # also the loss after one pass, (orth + eps) h0 / hn, is below sqrt(eps) and
+            # no re-orthogonalisation is due. Otherwise (or for a non-finite or zero
+            # product) the careful path below forms w - V_j h explicitly.
+            hnsq = h0sq - xp.vecdot(h, h)
             err = orth + eps
-            need = live & (err * err * h0sq > tol_orth2 * hnsq)
-            # One host synchronisation per iteration in the common case (both rare).
-            again = bool(xp.any(bad | need))
-            if again and bool(xp.any(bad)):
-                # A non-finite product: that system stops (status "diverged") and its
-                # row is zeroed so the others are unaffected.
-                bad_any = bad_any | (live & bad)
-                w = xp.where(bad[:, None], zeros, w)
-                h0sq = xp.where(bad, fzeros, h0sq)
-                h = xp.vecdot(Vj, w[:, None, :])
-                w1 = w - (h[:, None, :] @ Vj)[:, 0, :]
-                hnsq = xp.vecdot(w1, w1)
-                need = live & ~bad & (err * err * h0sq > tol_orth2 * hnsq)
-                again = bool(xp.any(need))
-            w = w1
-            h0 = xp.sqrt(h0sq)
-            hn = xp.sqrt(hnsq)
-            if again:
-                h2 = xp.vecdot(Vj, w[:, None, :])
-                w = w - (h2[:, None, :] @ Vj)[:, 0, :]
-                h = h + h2
-                hn1 = hn
-                hnsq = xp.vecdot(w, w)
-                hn = xp.sqrt(hnsq)
-                # What is left after two passes: err^2 h0 / hn, plus the rounding of
-                # the second pass, eps hn1 / hn.
-                loss = (err * err * h0 + eps * hn1) / xp.where(hn > 0, hn, ones)
+            fast = bool(xp.all(err * h0sq - sqrt_eps * hnsq - dead < 0))
+            if fast:
+                # The next basis vector (w - V_j h) / hn as one batched product over
+                # slots 0..j+1, with coefficients [-h, 1] / hn (zero for rows not live).
+                hn = xp.sqrt(xp.maximum(hnsq, tiny))
+                inv = livef / hn
+                coef = xp.concat([-h, ones[:, None]], axis=1) * inv[:, None]
+                v_next = (coef[:, None, :] @ Vk)[:, 0, :]
+                orth = xp.maximum(orth, err * xp.sqrt(h0sq) * inv)
+                # New rotation from the pivot a = (Q h)_j = u . h and h_{j+1,j}:
+                # c = a / rho, s = h_{j+1,j} / rho, rho = sqrt(a^2 + h_{j+1,j}^2); the
+                # residual estimate becomes s |g_j|. Here rho >= hn > eps^(1/4) h0.
+                a = xp.vecdot(u, h)
+                irho = (a * a + hn * hn) ** -0.5
+                s = hn * irho
+                c = a * irho
+                est = xp.where(live, est * s, est)
+                singular = no
             else:
-                loss = err * h0 / xp.where(hn > 0, hn, ones)
-            orth = xp.where(live & (hn > 0), xp.maximum(orth, loss), orth)
-            # Happy breakdown: A v_j lies in the Krylov space, which is then invariant
-            # and the least-squares solution exact (SciPy's test: h_{j+1,j} <= eps ||A v||).
-            happy = hn <= eps * h0
-            hn = xp.where(happy, fzeros, hn)
-            v_next = w * (1.0 / xp.where(happy, ones, hn))[:, None]
-            # New rotation from the pivot a = (Q h)_j = u . h and h_{j+1,j}:
-            #   c = a / rho, s = h_{j+1,j} / rho, rho = sqrt(a^2 + h_{j+1,j}^2),
-            # then g_{j+1} = -s g_j and |g_{j+1}| is the new residual norm. rho ~ 0 means
-            # the triangular factor is singular: column j cannot reduce the residual.
-            a = vdot(u, h, xp=xp)
-            rho = xp.sqrt(a * a + hnsq)
-            singular = rho <= eps * h0
-            safe_rho = xp.where(singular, ones, rho)
-            c = xp.where(singular, ones, a / safe_rho)
-            s = xp.where(singular, fzeros, hn / safe_rho)
-            g_next = -s * g
-            est = xp.where(live, xp.abs(xp.where(singular, g, g_next)), est)
+                v_next, h, hn, s, c, est, orth, singular, bad, happy = _careful_step(
+                    V, w, h, h0sq, u, j, est, orth, err, live, livef, xp=xp
+                )
+                bad_any = bad_any | (live & bad)
+            u = xp.concat([u * -s[:, None], c[:, None]], axis=1)
+            h_cols.append(h)
+            hn_cols.append(hn)
             live_log.append(live)
             singular_log.append(singular)
-            # A non-finite product zeroed w, so it counts as a happy breakdown here.
-            live = live & ~(happy | singular)
+            changed = not fast
+            if not fast:
+                # A non-finite product zeroed w, so it counts as a happy breakdown here.
+                live = live & ~(happy | singular)
             if not greedy:
                 live = live & (est > tol)
-            g = g_next
-            u = xp.concat([-s[:, None] * u, c[:, None]], axis=1)
-            columns.append(xp.concat([h, hn[:, None]], axis=1))
+                changed = True
+            if changed:
+                livef = xp.astype(live, dtype)
+                dead = xp.where(live, fzeros, finf)
             history.append(est)
             total += 1
             if callback is not None:
                 callback(est if p.batched else est[0])
             # The next vector is stored even at the end of the cycle: the residual from
             # the Arnoldi relation needs all m + 1 of them.
-            V = set_index(V, (slice(None), j + 1), v_next, xp=xp)
-            needed = live if not greedy else live & (est > tol)
+            V = set_index(V, (every, j + 1), v_next, xp=xp)
+            needed = live & (est > tol) if greedy else live
             if j + 1 == steps or not bool(xp.any(needed)):
                 break
 
@@ -376,7 +376,7 @@ def _gmres(
         # vectors e_{i+1}: they are orthogonal to the first k columns (rows > k of
         # those are zero, Hbar being Hessenberg) and to e1, so their coefficients vanish
         # and the first k solve the truncated problem.
-        m = len(columns)
+        m = len(h_cols)
         was_live = xp.stack(live_log, axis=0)  # (m, B)
         steps_taken = xp.sum(xp.astype(was_live, nit.dtype), axis=0)
         nit = nit + steps_taken
@@ -389,8 +389,11 @@ def _gmres(
         singular_seen = xp.any(was_live & sing, axis=0) & ~bad_any
         Hbar = xp.stack(
             [
-                xp.concat([col, xp.zeros((B, m - i - 1), dtype=dtype, device=dev)], axis=1)
-                for i, col in enumerate(columns)
+                xp.concat(
+                    [hc, hn[:, None], xp.zeros((B, m - i - 1), dtype=dtype, device=dev)],
+                    axis=1,
+                )
+                for i, (hc, hn) in enumerate(zip(h_cols, hn_cols))
             ],
             axis=2,
         )
@@ -416,7 +419,7 @@ def _gmres(
             # t = beta e1 - Hbar y (no product with A). Its norm is the rotated
             # estimate; it is formed only when another cycle follows.
             improved = running & ~bad_any & (est < rnorm)
-            if total < maxiter:
+            if total < maxiter and bool(xp.any(improved & (est > tol))):
                 e1 = xp.reshape(xp.eye(m + 1, 1, dtype=dtype, device=dev), (1, m + 1))
                 t = beta[:, None] * e1 - (Hbar @ y[:, :, None])[:, :, 0]
                 r_new = (t[:, None, :] @ V[:, : m + 1, :])[:, 0, :]
@@ -446,6 +449,62 @@ def _gmres(
         code=code,
         stats={"iterations": total},
     )
+
+
+def _careful_step(V, w, h, h0sq, u, j, est, orth, err, live, livef, *, xp):
+    """One Arnoldi step the careful way (see :func:`_gmres`): w - V_j h formed
+    explicitly, a second Gram-Schmidt pass where the loss of orthogonality calls for it
+    [2]_, and the breakdown cases (non-finite, invariant subspace, singular rotation).
+
+    Returns ``(v_next, h, hn, s, c, est, orth, singular, bad, happy)``.
+    """
+    eps = float(xp.finfo(h0sq.dtype).eps)
+    ones = xp.ones_like(h0sq)
+    zeros = xp.zeros_like(h0sq)
+    Vj = V[:, : j + 1, :]
+    bad = ~xp.isfinite(h0sq)
+    if bool(xp.any(bad)):
+        # A non-finite product: that system stops (status "diverged") and its row is
+        # zeroed so the others are unaffected.
+        w = xp.where(bad[:, None], xp.zeros_like(w), w)
+        h0sq = xp.where(bad, zeros, h0sq)
+        h = xp.vecdot(Vj, w[:, None, :])
+    w = w - (h[:, None, :] @ Vj)[:, 0, :]
+    hnsq = xp.vecdot(w, w)
+    h0 = xp.sqrt(h0sq)
+    hn = xp.sqrt(hnsq)
+    # Selective second pass: the loss of orthogonality of the new vector after one pass
+    # is about (orth + eps) h0 / hn; a second pass when it would exceed sqrt(eps) for a
+    # system still iterating ("twice is enough").
+    need = live & (err * err * h0sq > eps * hnsq)
+    if bool(xp.any(need)):
+        h2 = xp.vecdot(Vj, w[:, None, :])
+        w = w - (h2[:, None, :] @ Vj)[:, 0, :]
+        h = h + h2
+        hn1 = hn
+        hnsq = xp.vecdot(w, w)
+        hn = xp.sqrt(hnsq)
+        # What is left after two passes: err^2 h0 / hn, plus the rounding of the second
+        # pass, eps hn1 / hn.
+        loss = (err * err * h0 + eps * hn1) / xp.where(hn > 0, hn, ones)
+    else:
+        loss = err * h0 / xp.where(hn > 0, hn, ones)
+    orth = xp.where(live & (hn > 0), xp.maximum(orth, loss), orth)
+    # Happy breakdown: A v_j lies in the Krylov space, which is then invariant and the
+    # least-squares solution exact (SciPy's test: h_{j+1,j} <= eps ||A v||).
+    happy = hn <= eps * h0
+    hn = xp.where(happy, zeros, hn)
+    v_next = w * (livef / xp.where(happy, ones, hn))[:, None]
+    # The rotation as in the fast path; rho ~ 0 means the triangular factor is
+    # singular: column j cannot reduce the residual.
+    a = xp.vecdot(u, h)
+    rho = xp.sqrt(a * a + hnsq)
+    singular = rho <= eps * h0
+    safe_rho = xp.where(singular, ones, rho)
+    c = xp.where(singular, ones, a / safe_rho)
+    s = xp.where(singular, zeros, hn / safe_rho)
+    est = xp.where(live & ~singular, est * s, est)
+    return v_next, h, hn, s, c, est, orth, singular, bad, happy
 
 
 def _gmres_operator(matvec, b, bnorm, *, tol, restart: int, maxiter: int, xp, **options):

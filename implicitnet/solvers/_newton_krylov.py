@@ -63,19 +63,19 @@ class NewtonKrylov(AbstractIterativeSolver):
     The systems of a batch share one inner GMRES call (one batched function evaluation
     per inner iteration), each with its own Krylov space and its own tolerance
     ``eta_k r_k``. A system that reaches its tolerance keeps iterating until the end of
-    the restart cycle in which the last system reaches its own: the evaluations are
-    made on the whole batch anyway, and the extra accuracy saves Newton steps. The inner
-    solve makes no evaluation beyond its Krylov vectors: restarts take the residual
-    from the Arnoldi relation and the final residual is GMRES's estimate, not
-    recomputed. Products with the Jacobian are forward differences on the unit basis
-    vectors, ``g(x + h v) - g(x)`` with ``h = fd_step * max(1, ||x||)`` per system,
-    i.e. GMRES runs on ``h J`` and the step is scaled back by ``h`` (a per-system
-    factor, which changes no residual). Per Newton step this costs the inner iterations
-    plus one evaluation at the trial point. The line search is lazy, as in
-    :class:`Broyden`: a rejected trial is replaced by a shorter one at the next
-    iteration, reusing the Newton direction. Each inner iteration synchronises with the
-    host once (to decide on re-orthogonalisation and on stopping); the cheaper methods
-    are better when the map is a good contraction.
+    the restart cycle in which the last system reaches its own: the evaluations are made
+    on the whole batch anyway, and the extra accuracy saves Newton steps. The inner
+    solve makes no evaluation beyond its Krylov vectors: restarts take the residual from
+    the Arnoldi relation (formed only when another cycle follows) and the final residual
+    is GMRES's estimate, not recomputed. Products with the Jacobian are forward
+    differences on the unit basis vectors, ``g(x + h v) - g(x)`` with
+    ``h = fd_step * max(1, ||x||)`` per system, i.e. GMRES runs on ``h J`` and the step
+    is scaled back by ``h`` (a per-system factor, which changes no residual). Per Newton
+    step this costs the inner iterations plus one evaluation at the trial point. The
+    line search is lazy, as in :class:`Broyden`: a rejected trial is replaced by a
+    shorter one at the next iteration, reusing the Newton direction. Each inner
+    iteration synchronises with the host twice (to decide on the Gram-Schmidt path and
+    on stopping); the cheaper methods are better when the map is a good contraction.
 
     References
     ----------
