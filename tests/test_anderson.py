@@ -91,3 +91,46 @@ def test_a_singular_history_restarts_instead_of_failing(xp):
     assert res.success
     x = np.asarray(backends.backend_of(res.x).to_numpy(res.x))
     np.testing.assert_allclose(x, [1.0, 0.5, 0.0], atol=1e-10)
+
+
+def test_rejected_steps_take_the_per_system_path_and_still_converge(xp, monkeypatch):
+    # One evaluation returns garbage (a spike far from the fixed point, as a bad model
+    # evaluation would): the safeguard rejects that step, the per-system path runs, and
+    # the solve goes on from the last accepted iterate to the right answer.
+    import implicitnet.solvers._anderson as anderson_module
+
+    calls = []
+    original = anderson_module._safeguard
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(anderson_module, "_safeguard", counting)
+    rng = np.random.default_rng(3)
+    n, batch = 12, 5
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = (Q * np.linspace(-0.9, 0.9, n)) @ Q.T
+    c = rng.standard_normal((batch, n))
+    A_x, c_x = xp.asarray(A), xp.asarray(c)
+    evaluations = []
+
+    def f(z, c):
+        evaluations.append(1)
+        out = xp.tanh(z @ A_x + c)
+        return out + 10.0 if len(evaluations) == 5 else out
+
+    res = fixed_point(
+        f,
+        xp.zeros((batch, n), dtype=xp.float64),
+        (c_x,),
+        method=Anderson(m=4),
+        rtol=1e-10,
+        maxiter=500,
+        batch_axis=0,
+        arg_batch_axes=0,
+    )
+    assert calls, "no step was rejected: the test does not reach the per-system path"
+    assert res.success
+    z = np.asarray(res.x)
+    np.testing.assert_allclose(z, np.tanh(z @ A + c), atol=1e-8)

@@ -30,6 +30,7 @@ class _AndersonState(NamedTuple):
     r: Any  # (batch,) residual norm of the current iterate (computed by the last step)
     eye: Any  # (batch, m, m) boolean identity: constant, row j is slot j's one-hot mask
     lam_eye: Any  # (batch, m, m) lambda times the identity, in the floating dtype
+    ones: Any  # (batch, m) ones in the floating dtype (sums as products: fewer calls)
     k: int  # steps taken (ring position), shared by the batch
 
 
@@ -90,8 +91,12 @@ class Anderson(AbstractIterativeSolver):
     (the points that are mixed) and ``g_j``; one slot of each and one row and column
     of ``H`` are rewritten per step (in place on raw arrays, out of place on autodiff
     tensors), so a step costs two products with the ``(m, n)`` buffers besides one
-    function evaluation; the safeguards cost none (a rejected step is detected at the
-    next one). On linear problems with ``m > n`` the method is equivalent to GMRES
+    function evaluation; the safeguards cost no evaluation (a rejected step is detected
+    at the next one) and, in the common case, almost no work: the coefficients are
+    computed as if every system accepted its step, and one host check per step
+    confirms that every step was accepted and every least-squares problem well
+    conditioned; only otherwise are the per-system rules applied (and the small
+    systems solved again). On linear problems with ``m > n`` the method is equivalent to GMRES
     [2]_.
 
     References
@@ -145,6 +150,7 @@ class Anderson(AbstractIterativeSolver):
             # row selection (`take`, `where`) applies to them like to the other leaves.
             eye=xp.broadcast_to(eye[None, :, :], (rows, m, m)),
             lam_eye=xp.broadcast_to(lam_eye[None, :, :], (rows, m, m)),
+            ones=xp.ones((rows, m), dtype=dtype, device=dev),
             k=0,
         )
 
@@ -164,13 +170,10 @@ class Anderson(AbstractIterativeSolver):
         # not finite) rejects the step that led here: only the last accepted slot
         # stays valid, so the next iterate is a plain step from there.
         accept = r <= self.safeguard * state.r_prev
-        r_prev = xp.where(accept, r, state.r_prev)
-        acc = accept[:, None]
-        last = xp.where(acc, state.eye[:, p, :], state.last)  # (rows, m) one-hot
-        # Accepted: slot p joins the history; rejected: only the last accepted slot.
-        valid = xp.logical_or(last, xp.logical_and(acc, state.valid))
+        onehot = state.eye[:, p, :]  # (rows, m): slot p
 
         if m == 1:
+            r_prev, last, valid = _safeguard(accept, r, onehot, state, xp=xp)
             # A fresh array: the iterate must not alias the value `f` returned.
             x_new = x + gx if self.beta == 1.0 else point
             H, S = state.H, state.S
@@ -179,22 +182,60 @@ class Anderson(AbstractIterativeSolver):
             H = set_index(state.H, (every, p), h, xp=xp)
             H = set_index(H, (every, every, p), h, xp=xp)
             S = set_index(state.S, (every, p), 1.0 / xp.where(r > 0, r, 1.0), xp=xp)
-            alpha = _coefficients(H, S, valid, state.lam_eye, xp=xp)
-            # Ill-conditioned least squares: restart the history, take a plain step.
-            ok = xp.sum(xp.abs(alpha), axis=-1, keepdims=True) <= self.max_coefficient
-            valid = xp.where(ok, valid, last)
-            alpha = xp.where(ok, alpha, xp.astype(last, alpha.dtype))
+            # The common case first: every system accepted its step (slot p joins its
+            # history) and every least-squares problem is well conditioned; one host
+            # check confirms it. Otherwise the safeguards decide, per system.
+            valid = xp.logical_or(state.valid, onehot)
+            alpha = _coefficients(H, S, valid, state.lam_eye, state.ones, xp=xp)
+            ok = self._well_conditioned(alpha, state.ones, xp=xp)
+            if bool(xp.all(xp.logical_and(accept, ok))):
+                r_prev, last = r, onehot
+            else:
+                r_prev, last, valid = _safeguard(accept, r, onehot, state, xp=xp)
+                alpha = _coefficients(H, S, valid, state.lam_eye, state.ones, xp=xp)
+                # Ill-conditioned least squares: restart the history, take a plain step.
+                ok = self._well_conditioned(alpha, state.ones, xp=xp)[:, None]
+                valid = xp.where(ok, valid, last)
+                alpha = xp.where(ok, alpha, xp.astype(last, alpha.dtype))
             # x_next = sum_j alpha_j (x_j + beta g_j)
             x_new = xp.matmul(alpha[:, None, :], Y)[:, 0, :]
         g_new = g(x_new)
         r_new = row_norms(g_new, xp=xp)
         new_state = _AndersonState(
-            Y, G, H, S, valid, last, r_prev, r_new, state.eye, state.lam_eye, state.k + 1
+            Y,
+            G,
+            H,
+            S,
+            valid,
+            last,
+            r_prev,
+            r_new,
+            state.eye,
+            state.lam_eye,
+            state.ones,
+            state.k + 1,
         )
         return Step(x_new, g_new, new_state, r_new)
 
+    def _well_conditioned(self, alpha, ones, *, xp):
+        """Per system: ``sum_j |alpha_j| <= max_coefficient`` (False when not finite)."""
+        return xp.vecdot(xp.abs(alpha), ones) <= self.max_coefficient
 
-def _coefficients(H, S, valid, lam_eye, *, xp):
+
+def _safeguard(accept, r, onehot, state, *, xp):
+    """``(r_prev, last, valid)`` after the acceptance test, per system.
+
+    Accepted: slot p (`onehot`) becomes the last accepted slot and joins the history;
+    rejected: only the last accepted slot stays valid.
+    """
+    r_prev = xp.where(accept, r, state.r_prev)
+    acc = accept[:, None]
+    last = xp.where(acc, onehot, state.last)  # (rows, m) one-hot
+    valid = xp.logical_or(last, xp.logical_and(acc, state.valid))
+    return r_prev, last, valid
+
+
+def _coefficients(H, S, valid, lam_eye, ones, *, xp):
     """``alpha`` from the scaled, regularised Gram matrices (batched).
 
     Unused slots get a zero scale: their rows and columns of ``C`` vanish except for
@@ -204,4 +245,4 @@ def _coefficients(H, S, valid, lam_eye, *, xp):
     s = xp.where(valid, S, 0.0)
     C = H * (s[:, :, None] * s[:, None, :]) + lam_eye
     y = s * small_solve(C, s, xp=xp)
-    return y / xp.sum(y, axis=-1, keepdims=True)
+    return y / xp.vecdot(y, ones)[:, None]
