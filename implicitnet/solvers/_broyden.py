@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .._xp import device, set_index
+from .._xp import device, is_tensor, set_index
 from ._base import AbstractIterativeSolver, Step, _check_int, _check_real, row_norms
 
 __all__ = ["Broyden"]
@@ -16,16 +16,41 @@ _SKIP = 1e-3
 
 
 class _BroydenState(NamedTuple):
-    D: Any  # (batch, m, n) directions d_0 .. d_{k-1} of the current memory (d_{k-1}: current)
-    G: Any  # (batch, m, m) their Gram matrix D D^T (entries between stored directions)
+    R: Any  # (batch, m, n) residuals g_0 .. g_{k-1} at the trial points of this memory
+    GR: Any  # (batch, m, m) their Gram matrix R R^T
+    C: Any  # (batch, m, m) row i: direction d_i = sum_l C_il g_l (lower triangular)
+    G: Any  # (batch, m, m) Gram matrix D D^T of the directions (lower triangle only)
     Minv: Any  # (batch, m, m) lower-triangular inverse of the updates' system (row i: update i)
     W: Any  # (batch, m) line search: step length along each direction; else 1 / 0 in use or not
-    x_prev: Any  # (batch, n) anchor: last accepted iterate
-    g_prev: Any  # (batch, n) its residual
-    r_prev: Any  # (batch,) its residual norm
+    anc: Any  # (batch,) slot of the anchor's residual (unless `clean`: then slot k - 1)
+    r_prev: Any  # (batch,) residual norm of the anchor (the last accepted iterate)
     r: Any  # (batch,) residual norm of the current iterate (computed by the last step)
-    t: Any  # (batch,) step length of the pending trial point x_prev + t d_{k-1}
+    t: Any  # (batch,) step length of the pending trial point x_anchor + t d_{k-1}
     k: int  # directions stored (0: before the first step), shared by the batch
+    clean: bool  # no trial rejected since the last restart (shared by the batch)
+
+
+def _set_head(buf, k, head, *, xp, column=False):
+    """`buf` ``(batch, m, m)`` with the first entries of its row (or column) `k` set.
+
+    ``buf[:, k, :h] = head`` (``buf[:, :h, k]`` with `column`) for `head` of shape
+    ``(batch, h)``: as :func:`~implicitnet._xp.set_index`, in place on raw arrays, out
+    of place on autodiff tensors.
+    """
+    h = head.shape[1]
+    every = slice(None)
+    if not (is_tensor(buf) or is_tensor(head)):
+        buf[(every, slice(0, h), k) if column else (every, k, slice(0, h))] = head
+        return buf
+    rest = buf[:, h:, k] if column else buf[:, k, h:]
+    index = (every, every, k) if column else (every, k)
+    return set_index(buf, index, xp.concat([head, rest], axis=1), xp=xp)
+
+
+def _one_hot(slot, m, *, xp):
+    """``(batch, m)`` rows with a 1 at column `slot` (a ``(batch,)`` float array)."""
+    cols = xp.arange(m, dtype=slot.dtype, device=device(slot))
+    return xp.astype(cols == slot[:, None], slot.dtype)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,9 +60,9 @@ class Broyden(AbstractIterativeSolver):
     Finds a zero of the residual ``g`` (``f(x) - x`` for a fixed-point problem,
     ``F(x)`` for a root problem) with quasi-Newton steps ``x <- x - t H g(x)``, where
     ``H`` approximates the inverse Jacobian, starts as ``-beta I`` and receives one
-    rank-one update per accepted step. Only the steps' directions are stored, `m` of
-    them per system (bounded memory: when all `m` are used, ``H`` restarts from
-    ``-beta I``).
+    rank-one update per accepted step. Only the residuals at the trial points are
+    stored, `m` of them per system (bounded memory: when all `m` are used, ``H``
+    restarts from ``-beta I``).
 
     Parameters
     ----------
@@ -77,19 +102,26 @@ class Broyden(AbstractIterativeSolver):
         rho = d_j . z / (d_j . d_j),
 
     and ``a_j = (d_{j+1} + (t - 1) d_j) / (t d_j . d_j)``: the updates are known from the
-    directions alone, which are the only vectors stored (Kelley's representation [2]_).
-    Applying ``H_j = (I + a_{j-1} s_{j-1}^T) ... (I + a_0 s_0^T) (-beta I)`` to ``g``
-    gives ``z = -beta g + sum_i e_i (d_{i+1} + (t_i - 1) d_i)``, where the coefficients
-    solve the lower-triangular system ``M e = -beta D g`` with ``D`` the stored
-    directions (rows), ``M_ii = d_i . d_i`` and
-    ``M_il = -(d_i . d_{l+1} + (t_l - 1) d_i . d_l)`` for ``l < i``. Each system keeps
-    the Gram matrix ``D D^T`` and ``M^{-1}``, which gains one row per step, so a step
-    costs two passes over the directions in use (``D g`` and a combination of them) and
-    one function evaluation; everything else is products of ``m x m`` matrices, the
-    new direction's Gram row included (``D d_{j+1}`` follows from ``D g`` and
-    ``D D^T``; its norm is computed directly). The direction is written into one slot
-    of a preallocated buffer (in place on raw arrays, out of place on autodiff
-    tensors); the slot position is shared by the batch.
+    directions alone (Kelley's representation [2]_). Applying
+    ``H_j = (I + a_{j-1} s_{j-1}^T) ... (I + a_0 s_0^T) (-beta I)`` to ``g`` gives
+    ``z = -beta g + sum_i e_i (d_{i+1} + (t_i - 1) d_i)``, where the coefficients solve
+    the lower-triangular system ``M e = -beta D g`` with ``D`` the directions (rows),
+    ``M_ii = d_i . d_i`` and ``M_il = -(d_i . d_{l+1} + (t_l - 1) d_i . d_l)`` for
+    ``l < i``. Each direction is a combination of the residuals met so far (``d_0`` is
+    ``beta g_a``, and ``d_{j+1}`` combines the earlier directions and ``g(x)``), so
+    what is stored is those residuals ``R`` (rows: ``g`` at the restart point and at
+    every trial point since), with ``D = C R`` for a lower-triangular ``C``. Each system
+    keeps ``C``, the Gram matrices ``R R^T`` and ``D D^T``, and ``M^{-1}``, each gaining
+    one row per step. A step writes ``g(x)`` into the next slot of a preallocated buffer
+    (in place on raw arrays, out of place on autodiff tensors; the slot position is
+    shared by the batch) and makes two passes over the residuals in use: ``R g``, from
+    which ``D g = C R g`` and the new direction's coefficients follow through products
+    of ``m x m`` matrices (its Gram row too: ``D d = C (R R^T) c``), and the new iterate
+    ``x + R^T c'`` (``c' = c``, the new direction, after an accepted trial; a rejected
+    one first steps back to its anchor, ``x - t d_j``, also a combination of residuals).
+    Neither the directions nor the anchors are formed as vectors. One host check per
+    step (did every system accept its trial?) lets the common case skip all
+    per-system selection.
 
     An update whose denominator ``d_j . (z + d_j)`` is below ``1e-3`` times
     ``d_j . d_j + |d_j . z|`` is skipped (``d_{j+1} = -z``): it would stretch the step
@@ -100,7 +132,7 @@ class Broyden(AbstractIterativeSolver):
     the same way; with the line search it stores the same direction again, with no
     update between the two. The line search is lazy: a trial point is evaluated once,
     as the iteration's evaluation, and a rejection is acted on at the next step (the
-    driver's best iterate is unaffected), so no extra host synchronisation is needed.
+    driver's best iterate is unaffected).
 
     References
     ----------
@@ -140,27 +172,33 @@ class Broyden(AbstractIterativeSolver):
         dev = device(x)
         dtype = x.dtype
         r = row_norms(gx, xp=xp)
+
+        def zeros(*shape):
+            return xp.zeros(shape, dtype=dtype, device=dev)
+
         return _BroydenState(
-            D=xp.zeros((rows, m, n), dtype=dtype, device=dev),
-            G=xp.zeros((rows, m, m), dtype=dtype, device=dev),
-            Minv=xp.zeros((rows, m, m), dtype=dtype, device=dev),
+            R=zeros(rows, m, n),
+            GR=zeros(rows, m, m),
+            C=zeros(rows, m, m),
+            G=zeros(rows, m, m),
+            Minv=zeros(rows, m, m),
             W=xp.ones((rows, m), dtype=dtype, device=dev),
-            x_prev=x,
-            g_prev=gx,
+            anc=zeros(rows),
             r_prev=r,
             r=r,
             t=xp.ones((rows,), dtype=dtype, device=dev),
             k=0,
+            clean=True,
         )
 
     def step(self, g, x, gx, state, *, xp):
         k, m, beta = state.k, self.m, self.beta
-        r, t = state.r, state.t
+        r, t, anc, clean = state.r, state.t, state.anc, state.clean
         line_search = self.line_search
         every = slice(None)
         if k == 0:  # first step: the anchor is x itself
             accept = None
-            x_a, g_a, r_a = x, gx, r
+            all_accepted = True
         else:
             if line_search:
                 accept = r <= (1.0 - 1e-4 * t) * state.r_prev
@@ -168,40 +206,58 @@ class Broyden(AbstractIterativeSolver):
                 accept = xp.logical_or(accept, t < 2.0 / 64)
             else:
                 accept = r <= self.safeguard * state.r_prev
-            acc = accept[:, None]
-            x_a = xp.where(acc, x, state.x_prev)
-            g_a = xp.where(acc, gx, state.g_prev)
-            r_a = xp.where(accept, r, state.r_prev)
+            # One host check: when every system accepted its trial (the common case)
+            # no per-system selection is needed.
+            all_accepted = bool(xp.all(accept))
+            if clean and not all_accepted:  # the anchors were the previous trials
+                anc = xp.full_like(r, float(k - 1))
+        R, GR, C, G, Minv, W = state.R, state.GR, state.C, state.G, state.Minv, state.W
 
-        D, G, Minv, W = state.D, state.G, state.Minv, state.W
         if k in (0, m):
             # First step, or the memory is full: every system (re)starts from
-            # H = -beta I with the plain step d = beta g from its anchor.
-            d = g_a if beta == 1.0 else beta * g_a
-            D = set_index(D, (every, 0), d, xp=xp)
-            G = set_index(G, (every, 0, 0), xp.vecdot(d, d), xp=xp)
+            # H = -beta I with the plain step d = beta g_a from its anchor.
+            if all_accepted:
+                x_a, g_a, r_a = x, gx, r
+            else:  # a rejected trial goes back to its anchor: x_a = x - t d_{m-1}
+                acc = accept[:, None]
+                g_old = xp.matmul(_one_hot(anc, m, xp=xp)[:, None, :], R)[:, 0, :]
+                g_a = xp.where(acc, gx, g_old)
+                back = xp.matmul(C[:, m - 1, :][:, None, :], R)[:, 0, :]
+                x_a = xp.where(acc, x, x - t[:, None] * back)
+                r_a = xp.where(accept, r, state.r_prev)
+            R = set_index(R, (every, 0), g_a, xp=xp)
+            gg = xp.vecdot(g_a, g_a)
+            GR = set_index(GR, (every, 0, 0), gg, xp=xp)
             if k:
+                C = xp.zeros_like(C)
                 Minv = xp.zeros_like(Minv)
                 t = xp.ones_like(t)
-                if not line_search:
-                    W = set_index(xp.zeros_like(W), (every, 0), 1.0, xp=xp)
-            x_new = x_a + d
+                if not (line_search or clean):
+                    W = xp.ones_like(W)
+            C = set_index(C, (every, 0, 0), beta, xp=xp)
+            G = set_index(G, (every, 0, 0), (beta * beta) * gg, xp=xp)
+            x_new = x_a + (g_a if beta == 1.0 else beta * g_a)
             g_new = g(x_new)
             r_new = row_norms(g_new, xp=xp)
-            new_state = _BroydenState(D, G, Minv, W, x_a, g_a, r_a, r_new, t, 1)
+            new_state = _BroydenState(R, GR, C, G, Minv, W, anc, r_a, r_new, t, 1, True)
             return Step(x_new, g_new, new_state, r_new)
 
-        # d_j (slot j = k - 1) led from the anchor to x. With H_j (from the stored
-        # directions) and z = H_j g(x): the good Broyden update j and the new direction
-        # from the new anchor, all through products with D and small matrices.
+        # d_j (slot j = k - 1) led from the anchor to x; g(x) goes into slot k. With H_j
+        # (from the stored directions) and z = H_j g(x): the good Broyden update j and
+        # the new direction, all through products with R and small matrices.
         j = k - 1
-        p = xp.vecdot(D[:, :k, :], gx[:, None, :])  # D g: first pass over the memory
+        R = set_index(R, (every, k), gx, xp=xp)
+        pr = xp.matmul(R[:, :k, :], gx[:, :, None])[:, :, 0]  # R g: first pass over R
+        GR = _set_head(GR, k, pr, xp=xp)
+        GR = _set_head(GR, k, pr, xp=xp, column=True)
+        GR = set_index(GR, (every, k, k), r * r, xp=xp)
+        p = xp.matmul(C[:, :k, :k], pr[:, :, None])[:, :, 0]  # D g (C_ik = 0 for i < k)
         q = -p if beta == 1.0 else (-beta) * p  # D H_0 g
-        if not line_search:
+        if not (line_search or clean):
             q = q * W[:, :k]  # directions from before a reset take no part
         n_j = G[:, j, j]
         if j:
-            e = (Minv[:, :j, :j] @ q[:, :j, None])[:, :, 0]  # the updates' coefficients
+            e = xp.matmul(Minv[:, :j, :j], q[:, :j, None])[:, :, 0]  # the updates' coefficients
             if line_search:
                 # z = -beta g + D^T c, c_i = e_{i-1} + (t_i - 1) e_i
                 zc = xp.zeros_like(e[:, :1])
@@ -216,22 +272,21 @@ class Broyden(AbstractIterativeSolver):
             dz = q[:, 0]
         den = n_j + dz  # s^T H_j y / t = d_j . (z + d_j)
         # Skip the update when the denominator is round-off relative to its terms.
-        update = xp.logical_and(accept, xp.abs(den) > _SKIP * (n_j + xp.abs(dz)))
+        update = xp.abs(den) > _SKIP * (n_j + xp.abs(dz))
+        if not all_accepted:
+            update = xp.logical_and(accept, update)
         inv_den = 1.0 / xp.where(update, den, 1.0)
         # New direction d = a z + b d_j (a = -1, b = 0 when the update is skipped).
         a = xp.where(update, -n_j * inv_den, -1.0)
         if line_search:
             b = xp.where(update, (1.0 - t) * dz * inv_den, 0.0)
-            a = xp.where(accept, a, 0.0)  # rejected: d = d_j, half the step
-            b = xp.where(accept, b, 1.0)
+            if all_accepted:
+                t_new = xp.ones_like(t)
+            else:
+                a = xp.where(accept, a, 0.0)  # rejected: d = d_j, half the step
+                b = xp.where(accept, b, 1.0)
+                t_new = xp.where(accept, 1.0, 0.5 * t)
             alpha = (-beta) * a
-            t_new = xp.where(accept, 1.0, 0.5 * t)
-        else:
-            a = xp.where(accept, a, 0.0)  # rejected: plain step from the anchor
-            alpha = xp.where(accept, (-beta) * a, beta)
-            t_new = t
-        # d = D^T (a c + b e_j) + alpha g_anchor: second pass over the memory
-        if line_search:
             first = 0
             if c is None:
                 coef = b[:, None]
@@ -239,36 +294,55 @@ class Broyden(AbstractIterativeSolver):
                 coef = a[:, None] * c
                 coef = xp.concat([coef[:, :j], (coef[:, j] + b)[:, None]], axis=1)
         else:
+            if all_accepted:
+                alpha = (-beta) * a
+            else:
+                a = xp.where(accept, a, 0.0)  # rejected: plain step from the anchor
+                alpha = xp.where(accept, (-beta) * a, beta)
+            t_new = t
             first = 1  # c_0 = 0
             coef = None if c is None else a[:, None] * c
+        # The new direction over the residuals: d = D^T coef + alpha g_anchor.
         if coef is None:
-            d = alpha[:, None] * g_a
-            grow = alpha[:, None] * p
+            cn = xp.zeros_like(C[:, k, : k + 1])
         else:
-            d = (coef[:, None, :] @ D[:, first:k, :])[:, 0, :] + alpha[:, None] * g_a
-            # Gram row of d: D d = G coef + alpha D g (garbage only where a system resets)
-            grow = (G[:, :k, first:k] @ coef[:, :, None])[:, :, 0] + alpha[:, None] * p
-        D = set_index(D, (every, k), d, xp=xp)
-        grow = xp.concat([grow, xp.vecdot(d, d)[:, None], G[:, k, k + 1 :]], axis=1)
-        G = set_index(G, (every, k), grow, xp=xp)
-        G = set_index(G, (every, every, k), grow, xp=xp)
+            cn = xp.matmul(coef[:, None, :], C[:, first:k, : k + 1])[:, 0, :]
+        if all_accepted:  # the anchor is slot k
+            cn = set_index(cn, (every, k), alpha, xp=xp)
+            if not clean:
+                anc = xp.full_like(r, float(k))
+            r_a = r
+        else:
+            anc = xp.where(accept, float(k), anc)
+            cn = cn + alpha[:, None] * _one_hot(anc, k + 1, xp=xp)
+            r_a = xp.where(accept, r, state.r_prev)
+        C = _set_head(C, k, cn, xp=xp)
+        # Row k of D D^T: D d = C (R d), R d = GR cn (d . d is its last entry).
+        rd = xp.matmul(GR[:, : k + 1, : k + 1], cn[:, :, None])
+        G = _set_head(G, k, xp.matmul(C[:, : k + 1, : k + 1], rd)[:, :, 0], xp=xp)
         # Row j of the triangular inverse (zero: no update j).
         inv_n = xp.where(update, 1.0 / xp.where(update, n_j, 1.0), 0.0)
         if j:
             mrow = G[:, j, 1:k]
             if line_search:
                 mrow = mrow + (W[:, :j] - 1.0) * G[:, j, :j]
-            mrow = (mrow[:, None, :] @ Minv[:, :j, :j])[:, 0, :] * inv_n[:, None]
-            mrow = xp.concat([mrow, inv_n[:, None], Minv[:, j, k:]], axis=1)
-        else:
-            mrow = xp.concat([inv_n[:, None], Minv[:, j, k:]], axis=1)
-        Minv = set_index(Minv, (every, j), mrow, xp=xp)
+            mrow = xp.matmul(mrow[:, None, :], Minv[:, :j, :j])[:, 0, :] * inv_n[:, None]
+            Minv = _set_head(Minv, j, mrow, xp=xp)
+        Minv = set_index(Minv, (every, j, j), inv_n, xp=xp)
         if line_search:
             W = set_index(W, (every, j), t, xp=xp)
-        else:  # a rejected trial resets that system's memory
+        elif not all_accepted:  # a rejected trial resets that system's memory
             W = set_index(xp.where(accept[:, None], W, 0.0), (every, k), 1.0, xp=xp)
-        x_new = x_a + (t_new[:, None] * d if line_search else d)
+        elif not clean:
+            W = set_index(W, (every, k), 1.0, xp=xp)
+        # Second pass over R: x_new = x_a + t_new d, with x_a = x - t d_j for a
+        # rejected trial.
+        cx = t_new[:, None] * cn if line_search else cn
+        if not all_accepted:
+            cx = cx - xp.where(accept, 0.0, t)[:, None] * C[:, j, : k + 1]
+        x_new = x + xp.matmul(cx[:, None, :], R[:, : k + 1, :])[:, 0, :]
         g_new = g(x_new)
         r_new = row_norms(g_new, xp=xp)
-        new_state = _BroydenState(D, G, Minv, W, x_a, g_a, r_a, r_new, t_new, k + 1)
+        clean = clean and all_accepted
+        new_state = _BroydenState(R, GR, C, G, Minv, W, anc, r_a, r_new, t_new, k + 1, clean)
         return Step(x_new, g_new, new_state, r_new)
