@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from implicitnet import Status
 from implicitnet.solvers import fixed_point
@@ -96,3 +98,40 @@ def test_callback_sees_finished_systems_frozen(backend, xp):
         # From the iteration a system finished on, the callback shows its final value.
         for x in seen[nit[i] - 1 :]:
             assert x[i] == final[i]
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), maxiter=st.integers(1, 12))
+def test_the_best_iterate_is_returned_per_system(backend, xp, seed, maxiter):
+    # Broyden on an expansive map: per-system residuals rise and fall, and no system
+    # converges within `maxiter`. Each system's result must be its own iterate of
+    # smallest residual (iteration 0, the starting point, included), recorded
+    # independently through the callback and the residual history.
+    rng = np.random.default_rng(seed)
+    n, batch = 8, 6
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = (Q * np.linspace(-2.5, 0.9, n)) @ Q.T
+    c = 2.0 * rng.standard_normal((batch, n))
+    A_x, c_x = backend.from_numpy(A), backend.from_numpy(c)
+    x0 = rng.standard_normal((batch, n))
+    seen = [x0]
+    res = fixed_point(
+        lambda z, c: xp.tanh(z @ A_x + c),
+        backend.from_numpy(x0),
+        (c_x,),
+        method="broyden",
+        rtol=1e-14,
+        maxiter=maxiter,
+        batch_axis=0,
+        arg_batch_axes=0,
+        callback=lambda x, r: seen.append(_to_np(backend, x).copy()),
+    )
+    history = _to_np(backend, res.history)  # (iterations + 1, batch)
+    x = _to_np(backend, res.x)
+    statuses = res.stats["statuses"]
+    for i in range(batch):
+        if statuses[i] == Status.SUCCESS:
+            continue
+        k = int(np.argmin(history[:, i]))
+        np.testing.assert_array_equal(x[i], seen[k][i])
+        assert float(_to_np(backend, res.residual)[i]) == history[k, i]
