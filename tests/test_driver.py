@@ -135,3 +135,20 @@ def test_the_best_iterate_is_returned_per_system(backend, xp, seed, maxiter):
         k = int(np.argmin(history[:, i]))
         np.testing.assert_array_equal(x[i], seen[k][i])
         assert float(_to_np(backend, res.residual)[i]) == history[k, i]
+
+
+def test_without_arg_batch_axes_the_solve_ends_when_every_system_has(backend, xp):
+    # Without `arg_batch_axes` finished systems are frozen, not removed; once the last
+    # one has finished the solve must end (not run on to `maxiter`).
+    s = backend.from_numpy(np.linspace(0.1, 0.8, 5)[:, None])
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return s * x + 1.0
+
+    res = fixed_point(f, xp.zeros((5, 1), dtype=xp.float64), rtol=1e-10, maxiter=500, batch_axis=0)
+    assert res.success
+    nfev = _to_np(backend, res.nfev)
+    assert len(calls) == res.stats["ncalls"] == int(nfev.max())
+    assert res.stats["iterations"] == int(_to_np(backend, res.nit).max())

@@ -323,7 +323,7 @@ def iterate(
             x, gx, state = finish_rows(x_new, gx_new, state_new, force=overdue)
         else:
             x, gx, state = x_new, gx_new, state_new
-        if stopped:
+        if stopped or (any_frozen and not any(h_act)):  # stopped, or every system frozen
             break
 
     if x is not None:  # systems still held: their best iterates go to `best_full`
