@@ -135,7 +135,8 @@ def compare_with_reference(W, b, options, *, xp, dtype, steps=11):
             gfun,
             np.zeros(W.shape[1]),
             m=solver.m,
-            beta=solver.beta,
+            # A fixed-point problem: the automatic `beta` (None) is 1.
+            beta=1.0 if solver.beta is None else solver.beta,
             steps=steps,
             line_search=solver.line_search,
             safeguard=solver.safeguard,

@@ -570,3 +570,117 @@ def test_set_index_in_place_on_arrays_and_differentiable_on_tensors(xp):
     mask[:, 1] = 0.0
     assert np.allclose(gb, 2 * b0 * mask) and np.allclose(gv, 2 * v0)
     assert b0[0, 1, 0] == 4.0  # the input was not modified
+
+
+# --- automatic beta on root problems ---------------------------------------------------
+
+
+def _rosenbrock_scaled(x, s):
+    # Rosenbrock's function as a root problem (Moré, Garbow, Hillstrom 1981, problem 1),
+    # one system per row, each scaled by its own factor s (rows: (2,) unknowns).
+    xp = inet.namespace(x, s)
+    return s * xp.stack([10.0 * (x[:, 1] - x[:, 0] ** 2), 1.0 - x[:, 0]], axis=1)
+
+
+@pytest.mark.parametrize("method", ["anderson", "broyden"])
+def test_root_default_beta_scales_with_the_problem(xp, method):
+    # With beta = 1 the first step x + F(x0) lands far away when F is large; the
+    # default scales it per system as SciPy does (0.5 max(|x0|, 1) / |F(x0)|), so the
+    # classic start (-1.2, 1) converges for any scale of F.
+    x0 = xp.asarray([[-1.2, 1.0]] * 3, dtype=xp.float64)
+    s = xp.asarray([[1.0], [1e-3], [1e4]], dtype=xp.float64)
+    res = root(
+        _rosenbrock_scaled,
+        x0,
+        (s,),
+        method=method,
+        rtol=1e-10,
+        maxiter=500,
+        batch_axis=0,
+        arg_batch_axes=0,
+    )
+    assert res.success, res.stats["statuses"]
+    assert_close(res.x, xp.ones((3, 2), dtype=xp.float64), rtol=1e-6, atol=1e-6, xp=xp)
+    # An explicit beta is used as given: beta = 1 is the plain step of the old default,
+    # which overshoots on the large-scale system.
+    plain = root(
+        _rosenbrock_scaled,
+        x0,
+        (s,),
+        method=method,
+        beta=1.0,
+        rtol=1e-10,
+        maxiter=500,
+        batch_axis=0,
+        arg_batch_axes=0,
+    )
+    assert plain.stats["statuses"][2] != inet.Status.SUCCESS
+
+
+# --- Moré–Garbow–Hillstrom root problems at their standard starting points -----------
+
+
+def _mgh_rosenbrock(x):
+    xp = inet.namespace(x)
+    return xp.stack([10.0 * (x[1] - x[0] ** 2), 1.0 - x[0]])
+
+
+def _mgh_powell_singular(x):
+    xp = inet.namespace(x)
+    return xp.stack(
+        [
+            x[0] + 10.0 * x[1],
+            5.0**0.5 * (x[2] - x[3]),
+            (x[1] - 2.0 * x[2]) ** 2,
+            10.0**0.5 * (x[0] - x[3]) ** 2,
+        ]
+    )
+
+
+def _mgh_brown_almost_linear(x):
+    xp = inet.namespace(x)
+    n = x.shape[0]
+    head = x[: n - 1] + xp.sum(x) - (n + 1)
+    return xp.concat([head, xp.reshape(xp.prod(x) - 1.0, (1,))])
+
+
+def _mgh_wood_gradient(x):
+    xp = inet.namespace(x)
+    return xp.stack(
+        [
+            -200.0 * x[0] * (x[1] - x[0] ** 2) - (1.0 - x[0]),
+            200.0 * (x[1] - x[0] ** 2) + 20.2 * (x[1] - 1.0) + 19.8 * (x[3] - 1.0),
+            -180.0 * x[2] * (x[3] - x[2] ** 2) - (1.0 - x[2]),
+            180.0 * (x[3] - x[2] ** 2) + 20.2 * (x[3] - 1.0) + 19.8 * (x[1] - 1.0),
+        ]
+    )
+
+
+MGH = {
+    "rosenbrock": (_mgh_rosenbrock, [-1.2, 1.0], [1.0, 1.0]),
+    "powell_singular": (_mgh_powell_singular, [3.0, -1.0, 0.0, 1.0], [0.0] * 4),
+    "brown_almost_linear": (_mgh_brown_almost_linear, [0.5] * 10, [1.0] * 10),
+    # The gradient of Wood's function also vanishes at saddle points: any root counts.
+    "wood_gradient": (_mgh_wood_gradient, [-3.0, -1.0, -3.0, -1.0], None),
+}
+MGH_SOLVED = (
+    [  # what each method solves at default settings (benchmarks/root_problems.py)
+        ("newton_krylov", name) for name in MGH
+    ]
+    + [("anderson", name) for name in MGH]
+    + [("broyden", name) for name in ("rosenbrock", "brown_almost_linear", "wood_gradient")]
+)
+
+
+@pytest.mark.parametrize(("method", "problem"), MGH_SOLVED)
+def test_mgh_root_problems_at_default_settings(xp, method, problem):
+    F, x0, solution = MGH[problem]
+    res = root(F, xp.asarray(x0, dtype=xp.float64), method=method, rtol=1e-10, maxiter=2000)
+    assert res.success, (res.status, res.nfev)
+    # Recomputed independently of the solver's own residual.
+    assert float(np.linalg.norm(to_np(F(res.x)))) <= 1e-8 * max(
+        1.0, float(np.linalg.norm(to_np(F(xp.asarray(x0, dtype=xp.float64)))))
+    )
+    # Powell's singular function has a singular Jacobian at its root: x converges slowly.
+    if solution is not None and problem != "powell_singular":
+        np.testing.assert_allclose(to_np(res.x), solution, atol=1e-5)

@@ -12,6 +12,7 @@ from ._base import (
     Step,
     _check_int,
     _check_real,
+    initial_beta,
     point_value,
     row_norms,
 )
@@ -31,6 +32,7 @@ class _AndersonState(NamedTuple):
     eye: Any  # (batch, m, m) boolean identity: constant, row j is slot j's one-hot mask
     lam_eye: Any  # (batch, m, m) lambda times the identity, in the floating dtype
     ones: Any  # (batch, m) ones in the floating dtype (sums as products: fewer calls)
+    beta: Any  # mixing: a float, or (batch,) (automatic, root problem)
     k: int  # steps taken (ring position), shared by the batch
 
 
@@ -52,9 +54,11 @@ class Anderson(AbstractIterativeSolver):
     m : int, default: 6
         Memory: the number of iterates mixed (the current one and ``m - 1`` before it;
         SciPy's ``M`` is ``m - 1``).
-    beta : float, default: 1.0
+    beta : float, optional
         Mixing (relaxation) parameter: the model Jacobian of the residual is
-        ``-I / beta``.
+        ``-I / beta``. Default: 1 for a fixed-point problem; for a root problem
+        ``0.5 * max(||x0||, 1) / ||F(x0)||`` per system (SciPy's default), so that the
+        first step does not depend on the scale of ``F``.
     regularization : float, default: 1e-8
         Tikhonov regularisation ``lambda`` of the least-squares problem, relative to
         the scale of the residuals (the Gram matrix is scaled to unit diagonal before
@@ -116,7 +120,7 @@ class Anderson(AbstractIterativeSolver):
     """
 
     m: int = 6
-    beta: float = 1.0
+    beta: float | None = None
     regularization: float = 1e-8
     safeguard: float = 10.0
     max_coefficient: float = 1e4
@@ -124,7 +128,8 @@ class Anderson(AbstractIterativeSolver):
     def __post_init__(self):
         super().__post_init__()
         _check_int(self.m, "m", minimum=1)
-        _check_real(self.beta, "beta", low=0.0, low_open=True)
+        if self.beta is not None:
+            _check_real(self.beta, "beta", low=0.0, low_open=True)
         _check_real(self.regularization, "regularization", low=0.0)
         _check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
         _check_real(self.max_coefficient, "max_coefficient", low=1.0, low_open=True)
@@ -151,6 +156,7 @@ class Anderson(AbstractIterativeSolver):
             eye=xp.broadcast_to(eye[None, :, :], (rows, m, m)),
             lam_eye=xp.broadcast_to(lam_eye[None, :, :], (rows, m, m)),
             ones=xp.ones((rows, m), dtype=dtype, device=dev),
+            beta=initial_beta(self.beta, g, x, gx, xp=xp),
             k=0,
         )
 
@@ -162,7 +168,12 @@ class Anderson(AbstractIterativeSolver):
         # (x, g(x)) goes to ring slot p; row and column p of the Gram matrix are the
         # inner products of g(x) with the buffer.
         p = state.k % m
-        point = point_value(g, x, gx, xp=xp) if self.beta == 1.0 else x + self.beta * gx
+        beta = state.beta
+        unit = isinstance(beta, float) and beta == 1.0
+        if unit:
+            point = point_value(g, x, gx, xp=xp)
+        else:
+            point = x + (beta if isinstance(beta, float) else beta[:, None]) * gx
         Y = set_index(state.Y, (every, p), point, xp=xp)
         G = set_index(state.G, (every, p), gx, xp=xp)
 
@@ -175,7 +186,7 @@ class Anderson(AbstractIterativeSolver):
         if m == 1:
             r_prev, last, valid = _safeguard(accept, r, onehot, state, xp=xp)
             # A fresh array: the iterate must not alias the value `f` returned.
-            x_new = x + gx if self.beta == 1.0 else point
+            x_new = x + gx if unit else point
             H, S = state.H, state.S
         else:
             h = xp.vecdot(G, gx[:, None, :])  # (rows, m): <g_j, g(x)>
@@ -213,6 +224,7 @@ class Anderson(AbstractIterativeSolver):
             state.eye,
             state.lam_eye,
             state.ones,
+            beta,
             state.k + 1,
         )
         return Step(x_new, g_new, new_state, r_new)

@@ -86,6 +86,8 @@ class AbstractIterativeSolver(AbstractSolver):
 
     ``state = init(g, x, gx, *, xp)``
         `g` is the residual function, `x` the starting point and ``gx = g(x)``.
+        ``g.kind`` says which problem `g` comes from: ``"fixed_point"`` (``g(x) =
+        f(x) - x``) or ``"root"`` (``g(x) = F(x)``).
     ``Step(x_next, g(x_next), state) = step(g, x, gx, state, *, xp)``
         One iteration. The step may call `g` as often as it needs (every call counts
         one function evaluation per system) and must return the residual at the iterate
@@ -191,6 +193,26 @@ def point_value(g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
     if last is not None and last[0] is gx:
         return last[1]
     return x + gx
+
+
+def initial_beta(beta: float | None, g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
+    """The step length ``beta`` of a plain step ``x + beta g(x)`` (Anderson, Broyden).
+
+    A given `beta` is used as it is. ``None`` means 1 for a fixed-point problem (the
+    plain step is Picard's) and, for a root problem, SciPy's scaling
+    ``0.5 max(||x0||, 1) / ||F(x0)||`` for each system (1 where ``F(x0)`` is zero or
+    not finite): a first step of about half the size of the starting point, whatever
+    the scale of ``F``. Returns a Python float, or an array with one value per row.
+    """
+    if beta is not None:
+        return float(beta)
+    if getattr(g, "kind", "fixed_point") == "fixed_point":
+        return 1.0
+    xn = row_norms(x, xp=xp)
+    gn = row_norms(gx, xp=xp)
+    usable = xp.logical_and(gn > 0, xp.isfinite(gn))
+    scale = 0.5 * xp.maximum(xn, xp.ones_like(xn)) / xp.where(usable, gn, xp.ones_like(gn))
+    return xp.where(usable, scale, xp.ones_like(scale))
 
 
 def row_norms(x: Any, *, xp: Any) -> Any:

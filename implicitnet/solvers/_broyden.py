@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._xp import device, is_tensor, set_index
-from ._base import AbstractIterativeSolver, Step, _check_int, _check_real, row_norms
+from ._base import (
+    AbstractIterativeSolver,
+    Step,
+    _check_int,
+    _check_real,
+    initial_beta,
+    row_norms,
+)
 
 __all__ = ["Broyden"]
 
@@ -26,6 +33,7 @@ class _BroydenState(NamedTuple):
     r_prev: Any  # (batch,) residual norm of the anchor (the last accepted iterate)
     r: Any  # (batch,) residual norm of the current iterate (computed by the last step)
     t: Any  # (batch,) step length of the pending trial point x_anchor + t d_{k-1}
+    beta: Any  # H_0 = -beta I: a float, or (batch,) (automatic, root problem)
     k: int  # directions stored (0: before the first step), shared by the batch
     clean: bool  # no trial rejected since the last restart (shared by the batch)
 
@@ -69,9 +77,11 @@ class Broyden(AbstractIterativeSolver):
     m : int, default: 10
         Number of directions stored per system (``H`` holds at most ``m - 1``
         updates; with ``m=1`` every step is a plain step).
-    beta : float, default: 1.0
-        Initial inverse Jacobian ``-beta I``; the first step is ``x + beta * g(x)``
-        (Picard's step on a fixed-point problem).
+    beta : float, optional
+        Initial inverse Jacobian ``-beta I``; the first step is ``x + beta * g(x)``.
+        Default: 1 for a fixed-point problem (the first step is Picard's); for a root
+        problem ``0.5 * max(||x0||, 1) / ||F(x0)||`` per system (SciPy's default), so
+        that the first step does not depend on the scale of ``F``.
     line_search : bool, default: False
         Backtracking on the residual norm: a trial ``x + t d`` is accepted when
         ``||g(x + t d)|| <= (1 - 1e-4 t) ||g(x)||``; otherwise `t` is halved. When `t`
@@ -153,14 +163,15 @@ class Broyden(AbstractIterativeSolver):
 
     stagnation_window: int = 150
     m: int = 10
-    beta: float = 1.0
+    beta: float | None = None
     line_search: bool = False
     safeguard: float = 10.0
 
     def __post_init__(self):
         super().__post_init__()
         _check_int(self.m, "m", minimum=1)
-        _check_real(self.beta, "beta", low=0.0, low_open=True)
+        if self.beta is not None:
+            _check_real(self.beta, "beta", low=0.0, low_open=True)
         _check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
         if not isinstance(self.line_search, bool):
             msg = f"`line_search` must be True or False, got {self.line_search!r}"
@@ -187,12 +198,15 @@ class Broyden(AbstractIterativeSolver):
             r_prev=r,
             r=r,
             t=xp.ones((rows,), dtype=dtype, device=dev),
+            beta=initial_beta(self.beta, g, x, gx, xp=xp),
             k=0,
             clean=True,
         )
 
     def step(self, g, x, gx, state, *, xp):
-        k, m, beta = state.k, self.m, self.beta
+        k, m, beta = state.k, self.m, state.beta
+        unit = isinstance(beta, float) and beta == 1.0
+        bcol = beta if isinstance(beta, float) else beta[:, None]  # against (rows, .)
         r, t, anc, clean = state.r, state.t, state.anc, state.clean
         line_search = self.line_search
         every = slice(None)
@@ -236,10 +250,10 @@ class Broyden(AbstractIterativeSolver):
                     W = xp.ones_like(W)
             C = set_index(C, (every, 0, 0), beta, xp=xp)
             G = set_index(G, (every, 0, 0), (beta * beta) * gg, xp=xp)
-            x_new = x_a + (g_a if beta == 1.0 else beta * g_a)
+            x_new = x_a + (g_a if unit else bcol * g_a)
             g_new = g(x_new)
             r_new = row_norms(g_new, xp=xp)
-            new_state = _BroydenState(R, GR, C, G, Minv, W, anc, r_a, r_new, t, 1, True)
+            new_state = _BroydenState(R, GR, C, G, Minv, W, anc, r_a, r_new, t, beta, 1, True)
             return Step(x_new, g_new, new_state, r_new)
 
         # d_j (slot j = k - 1) led from the anchor to x; g(x) goes into slot k. With H_j
@@ -252,7 +266,7 @@ class Broyden(AbstractIterativeSolver):
         GR = _set_head(GR, k, pr, xp=xp, column=True)
         GR = set_index(GR, (every, k, k), r * r, xp=xp)
         p = xp.matmul(C[:, :k, :k], pr[:, :, None])[:, :, 0]  # D g (C_ik = 0 for i < k)
-        q = -p if beta == 1.0 else (-beta) * p  # D H_0 g
+        q = -p if unit else (-bcol) * p  # D H_0 g
         if not (line_search or clean):
             q = q * W[:, :k]  # directions from before a reset take no part
         n_j = G[:, j, j]
@@ -344,5 +358,5 @@ class Broyden(AbstractIterativeSolver):
         g_new = g(x_new)
         r_new = row_norms(g_new, xp=xp)
         clean = clean and all_accepted
-        new_state = _BroydenState(R, GR, C, G, Minv, W, anc, r_a, r_new, t_new, k + 1, clean)
+        new_state = _BroydenState(R, GR, C, G, Minv, W, anc, r_a, r_new, t_new, beta, k + 1, clean)
         return Step(x_new, g_new, new_state, r_new)

@@ -95,6 +95,7 @@ def iterate(
             return fn(x)
 
         g.inner = fn
+        g.kind = problem.kind
         return g
 
     read = host_reader(problem.x0)
