@@ -575,45 +575,31 @@ def test_set_index_in_place_on_arrays_and_differentiable_on_tensors(xp):
 # --- automatic beta on root problems ---------------------------------------------------
 
 
-def _rosenbrock_scaled(x, s):
-    # Rosenbrock's function as a root problem (Moré, Garbow, Hillstrom 1981, problem 1),
-    # one system per row, each scaled by its own factor s (rows: (2,) unknowns).
+def _broyden_tridiagonal_scaled(x, s):
+    # Broyden's tridiagonal function (Moré, Garbow, Hillstrom 1981, problem 30), one
+    # system per row, each scaled by its own factor s. Its Jacobian is positive definite
+    # near the start, so a plain step x + beta F(x) with beta > 0 goes uphill.
     xp = inet.namespace(x, s)
-    return s * xp.stack([10.0 * (x[:, 1] - x[:, 0] ** 2), 1.0 - x[:, 0]], axis=1)
+    z = xp.zeros((x.shape[0], 1), dtype=x.dtype)
+    left = xp.concat([z, x[:, :-1]], axis=1)
+    right = xp.concat([x[:, 1:], z], axis=1)
+    return s * ((3.0 - 2.0 * x) * x - left - 2.0 * right + 1.0)
 
 
 @pytest.mark.parametrize("method", ["anderson", "broyden"])
-def test_root_default_beta_scales_with_the_problem(xp, method):
-    # With beta = 1 the first step x + F(x0) lands far away when F is large; the
-    # default scales it per system as SciPy does (0.5 max(|x0|, 1) / |F(x0)|), so the
-    # classic start (-1.2, 1) converges for any scale of F.
-    x0 = xp.asarray([[-1.2, 1.0]] * 3, dtype=xp.float64)
+def test_root_default_beta_adapts_to_scale_and_sign(xp, method):
+    # The default first step is chosen per system from the starting point (SciPy's
+    # scaling, or the linearised-optimal step when that one goes uphill), so the
+    # standard start converges whatever the scale of F; beta = 1, the plain step of the
+    # old default, goes uphill and fails on the large-scale system.
+    x0 = -xp.ones((3, 20), dtype=xp.float64)
     s = xp.asarray([[1.0], [1e-3], [1e4]], dtype=xp.float64)
-    res = root(
-        _rosenbrock_scaled,
-        x0,
-        (s,),
-        method=method,
-        rtol=1e-10,
-        maxiter=500,
-        batch_axis=0,
-        arg_batch_axes=0,
-    )
+    kw = dict(rtol=1e-10, maxiter=500, batch_axis=0, arg_batch_axes=0)
+    res = root(_broyden_tridiagonal_scaled, x0, (s,), method=method, **kw)
     assert res.success, res.stats["statuses"]
-    assert_close(res.x, xp.ones((3, 2), dtype=xp.float64), rtol=1e-6, atol=1e-6, xp=xp)
-    # An explicit beta is used as given: beta = 1 is the plain step of the old default,
-    # which overshoots on the large-scale system.
-    plain = root(
-        _rosenbrock_scaled,
-        x0,
-        (s,),
-        method=method,
-        beta=1.0,
-        rtol=1e-10,
-        maxiter=500,
-        batch_axis=0,
-        arg_batch_axes=0,
-    )
+    assert float(np.max(np.abs(to_np(_broyden_tridiagonal_scaled(res.x, s)) / to_np(s)))) < 1e-8
+    # An explicit beta is used as given.
+    plain = root(_broyden_tridiagonal_scaled, x0, (s,), method=method, beta=1.0, **kw)
     assert plain.stats["statuses"][2] != inet.Status.SUCCESS
 
 
@@ -656,19 +642,22 @@ def _mgh_wood_gradient(x):
     )
 
 
+def _mgh_broyden_tridiagonal(x):
+    return _broyden_tridiagonal_scaled(x[None, :], 1.0)[0, :]
+
+
 MGH = {
     "rosenbrock": (_mgh_rosenbrock, [-1.2, 1.0], [1.0, 1.0]),
     "powell_singular": (_mgh_powell_singular, [3.0, -1.0, 0.0, 1.0], [0.0] * 4),
     "brown_almost_linear": (_mgh_brown_almost_linear, [0.5] * 10, [1.0] * 10),
     # The gradient of Wood's function also vanishes at saddle points: any root counts.
     "wood_gradient": (_mgh_wood_gradient, [-3.0, -1.0, -3.0, -1.0], None),
+    "broyden_tridiagonal": (_mgh_broyden_tridiagonal, [-1.0] * 20, None),
 }
-MGH_SOLVED = (
-    [  # what each method solves at default settings (benchmarks/root_problems.py)
-        ("newton_krylov", name) for name in MGH
-    ]
+MGH_SOLVED = (  # what each method solves at default settings (benchmarks/root_problems.py)
+    [("newton_krylov", name) for name in MGH]
     + [("anderson", name) for name in MGH]
-    + [("broyden", name) for name in ("rosenbrock", "brown_almost_linear", "wood_gradient")]
+    + [("broyden", name) for name in ("brown_almost_linear", "broyden_tridiagonal")]
 )
 
 

@@ -56,9 +56,12 @@ class Anderson(AbstractIterativeSolver):
         SciPy's ``M`` is ``m - 1``).
     beta : float, optional
         Mixing (relaxation) parameter: the model Jacobian of the residual is
-        ``-I / beta``. Default: 1 for a fixed-point problem; for a root problem
-        ``0.5 * max(||x0||, 1) / ||F(x0)||`` per system (SciPy's default), so that the
-        first step does not depend on the scale of ``F``.
+        ``-I / beta``. Default: 1 for a fixed-point problem; for a root problem, per
+        system, SciPy's ``0.5 * max(||x0||, 1) / ||F(x0)||`` (a first step about half the
+        size of `x0` whatever the scale of ``F``), or, when one directional difference
+        (one extra evaluation) shows that this step would go uphill
+        (``F0 . J F0 > 0``), the step that minimises the linearised residual along
+        ``F0``, ``-(F0 . J F0) / ||J F0||^2``.
     regularization : float, default: 1e-8
         Tikhonov regularisation ``lambda`` of the least-squares problem, relative to
         the scale of the residuals (the Gram matrix is scaled to unit diagonal before

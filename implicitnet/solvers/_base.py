@@ -199,20 +199,34 @@ def initial_beta(beta: float | None, g: Callable, x: Any, gx: Any, *, xp: Any) -
     """The step length ``beta`` of a plain step ``x + beta g(x)`` (Anderson, Broyden).
 
     A given `beta` is used as it is. ``None`` means 1 for a fixed-point problem (the
-    plain step is Picard's) and, for a root problem, SciPy's scaling
-    ``0.5 max(||x0||, 1) / ||F(x0)||`` for each system (1 where ``F(x0)`` is zero or
-    not finite): a first step of about half the size of the starting point, whatever
-    the scale of ``F``. Returns a Python float, or an array with one value per row.
+    plain step is Picard's). For a root problem it is chosen per system from the
+    starting point, at the cost of one evaluation of ``F``: SciPy's scaling
+    ``0.5 max(||x0||, 1) / ||F(x0)||`` (a first step about half the size of `x0`,
+    whatever the scale of ``F``), unless one directional difference
+    ``J F0 ~ (F(x0 + h F0) - F0) / h`` shows that this step goes uphill
+    (``F0 . J F0 > 0``: the model Jacobian ``-I / beta`` has the wrong sign); then
+    ``beta = -(F0 . J F0) / ||J F0||^2``, the step that minimises the linearised
+    residual along ``F0``. Returns a Python float, or an array with one value per row
+    (1 where ``F(x0)`` is zero or not finite).
     """
     if beta is not None:
         return float(beta)
     if getattr(g, "kind", "fixed_point") == "fixed_point":
         return 1.0
+    one = xp.ones_like(gx[:, 0])
     xn = row_norms(x, xp=xp)
     gn = row_norms(gx, xp=xp)
     usable = xp.logical_and(gn > 0, xp.isfinite(gn))
-    scale = 0.5 * xp.maximum(xn, xp.ones_like(xn)) / xp.where(usable, gn, xp.ones_like(gn))
-    return xp.where(usable, scale, xp.ones_like(scale))
+    gn_safe = xp.where(usable, gn, one)
+    scipy_beta = xp.where(usable, 0.5 * xp.maximum(xn, one) / gn_safe, one)
+    # One forward difference along F0, of norm sqrt(eps) max(||x0||, 1).
+    h = float(xp.finfo(x.dtype).eps) ** 0.5 * xp.maximum(xn, one) / gn_safe
+    jf = (g(x + h[:, None] * gx) - gx) / h[:, None]
+    curvature = xp.vecdot(gx, jf)  # F0 . J F0
+    jf2 = xp.vecdot(jf, jf)
+    uphill = xp.logical_and(usable, xp.logical_and(curvature > 0, jf2 > 0))
+    best = -curvature / xp.where(uphill, jf2, one)
+    return xp.where(xp.logical_and(uphill, xp.isfinite(best)), best, scipy_beta)
 
 
 def row_norms(x: Any, *, xp: Any) -> Any:

@@ -79,9 +79,12 @@ class Broyden(AbstractIterativeSolver):
         updates; with ``m=1`` every step is a plain step).
     beta : float, optional
         Initial inverse Jacobian ``-beta I``; the first step is ``x + beta * g(x)``.
-        Default: 1 for a fixed-point problem (the first step is Picard's); for a root
-        problem ``0.5 * max(||x0||, 1) / ||F(x0)||`` per system (SciPy's default), so
-        that the first step does not depend on the scale of ``F``.
+        Default: 1 for a fixed-point problem; for a root problem, per system,
+        SciPy's ``0.5 * max(||x0||, 1) / ||F(x0)||`` (a first step about half the
+        size of `x0` whatever the scale of ``F``), or, when one directional difference
+        (one extra evaluation) shows that this step would go uphill
+        (``F0 . J F0 > 0``), the step that minimises the linearised residual along
+        ``F0``, ``-(F0 . J F0) / ||J F0||^2``.
     line_search : bool, default: False
         Backtracking on the residual norm: a trial ``x + t d`` is accepted when
         ``||g(x + t d)|| <= (1 - 1e-4 t) ||g(x)||``; otherwise `t` is halved. When `t`
