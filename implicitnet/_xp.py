@@ -230,9 +230,4 @@ def to_host(x: Any, /) -> list:
     sync on GPU backends: solver drivers call it once per iteration, on a small array of
     residual norms, and nowhere else in a hot loop.
     """
-    from . import backends
-
-    data = getattr(x, "_implicitnet_data", None)
-    if data is not None:
-        x = data
-    return backends.backend_of(x).to_numpy(x).tolist()
+    return host_reader(x)(x)

@@ -30,7 +30,9 @@ __all__ = ["iterate"]
 _SEVERITY = (Status.DIVERGED, Status.BREAKDOWN, Status.STAGNATED, Status.STOPPED, Status.MAXITER)
 
 
-# Iterations a finished row may wait in the working arrays for a compaction.
+# Compaction of finished rows is deferred while fewer than 1/_DEFER_FRACTION of the held
+# rows have finished, for at most _MAX_DEFERRAL iterations.
+_DEFER_FRACTION = 8
 _MAX_DEFERRAL = 8
 
 
@@ -179,7 +181,7 @@ def iterate(
             if (
                 not force
                 and n_done < len(ids)
-                and 8 * n_done < len(ids)
+                and _DEFER_FRACTION * n_done < len(ids)
                 and all(status[i] == Status.SUCCESS for i in newly)
             ):
                 if not masked:
