@@ -1,8 +1,10 @@
 """Sphinx configuration for the implicitnet documentation.
 
 Build with ``sphinx-build -W -b html docs docs/_build/html`` (see ``contributing.md``).
-Nothing here reaches the network at build time: intersphinx is enabled with an empty
-mapping, and MathJax is only loaded by the reader's browser.
+Nothing here reaches the network, at build time or when a reader opens a page:
+intersphinx is enabled with an empty mapping, and MathJax is served from the built site
+itself (copied there from the ``sphinx-mathjax-offline`` package of the ``docs`` extra),
+never from a CDN.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 from the package index, copied into _static
     "numpydoc",
 ]
 
@@ -42,6 +45,13 @@ default_role = "code"  # `x` in docstrings is an argument name, as in numpydoc s
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 myst_dmath_double_inline = True
+
+# -- Mathematics: MathJax bundled with the site --------------------------------------
+# `sphinx-mathjax-offline` copies MathJax into ``_static/mathjax`` of the built site;
+# the path below points the pages at that copy (relative to ``_static``), so formulas
+# render without a network. tests/test_docs.py checks that no page loads a remote script.
+
+mathjax_path = "mathjax/tex-chtml.js"
 
 # -- API reference -------------------------------------------------------------------
 

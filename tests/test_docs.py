@@ -645,7 +645,13 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.slow  # a full build with autosummary: tens of seconds
 def test_sphinx_build_passes_with_warnings_as_errors(tmp_path):
-    for mod in ("sphinx", "pydata_sphinx_theme", "numpydoc", "myst_parser"):
+    for mod in (
+        "sphinx",
+        "pydata_sphinx_theme",
+        "numpydoc",
+        "myst_parser",
+        "sphinx-mathjax-offline",
+    ):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"the docs extra is not installed (no `{mod}`): pip install '.[docs]'")
     proc = subprocess.run(
@@ -659,3 +665,14 @@ def test_sphinx_build_passes_with_warnings_as_errors(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, f"sphinx-build -W failed:\n{proc.stdout}\n{proc.stderr}"
+    # Formulas render offline: MathJax is served from the site, and no page loads a
+    # script or a style sheet from another host.
+    html = tmp_path / "html"
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    remote = re.compile(r"<(?:script|link)\b[^>]*(?:src|href)=\"(?:https?:)?//", re.IGNORECASE)
+    pages = sorted(html.rglob("*.html"))
+    assert pages
+    offenders = [str(p.relative_to(html)) for p in pages if remote.search(p.read_text("utf-8"))]
+    assert not offenders, f"pages that load remote scripts or styles: {offenders[:5]}"
+    math_page = (html / "theory" / "equilibrium.html").read_text("utf-8")
+    assert "_static/mathjax/tex-chtml.js" in math_page
