@@ -16,7 +16,7 @@ from typing import Any
 from . import backends, nn, optim
 from . import data as _data
 from ._result import ConvergenceWarning
-from ._xp import namespace
+from ._xp import device, is_tensor, namespace, vector_norm
 from .autodiff import value_and_grad
 
 __all__ = [
@@ -59,6 +59,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "dtype": "float64",
     "backend": "numpy",
     "data": None,
+    "classes": 10,
     "limit": None,
 }
 
@@ -67,9 +68,13 @@ def load_data(config: dict, *, backend: Any) -> _data.Dataset:
     """The training and test data of `config` (digits, or an MNIST-format directory)."""
     flatten = config["model"] == "mlp"
     kw = {"flatten": flatten, "dtype": config["dtype"], "backend": backend}
+    classes = int(config.get("classes") or 10)
     if config.get("data"):
-        ds = _data.load_mnist(config["data"], **kw)
+        ds = _data.load_mnist(config["data"], num_classes=classes, **kw)
     else:
+        if classes != 10:
+            msg = f"the digits have 10 classes, not {classes} (--classes applies to --data)"
+            raise ValueError(msg)
         ds = _data.load_digits(seed=0, **kw)
     limit = config.get("limit")
     if limit:
@@ -147,6 +152,57 @@ def _mean(a) -> float:
     return float(xp.mean(xp.astype(a, xp.float64)))
 
 
+def _raw(a):
+    while is_tensor(a):  # read through autodiff tensors: figures are not differentiated
+        a = a._implicitnet_data
+    return a
+
+
+def _relative_residuals(res):
+    """Per-sample ``||f(z) - z|| / ||z||`` of a batched forward result (an array).
+
+    The forward test is relative (``||f(z) - z|| <= rtol * scale``, with a scale of the
+    size of ``z`` once the iterate has settled), so this, not the absolute residual, is
+    the figure to read against ``rtol``. A zero state counts with norm 1.
+    """
+    z = _raw(res.x)
+    r = _raw(res.residual)
+    xp = namespace(z)
+    n = int(z.shape[0])
+    size = vector_norm(xp.reshape(z, (n, -1)), axis=1, xp=xp)
+    size = xp.where(size > 0, size, xp.ones_like(size))
+    return xp.astype(r, size.dtype) / size
+
+
+def _nonfinite_parameter(model) -> str | None:
+    """The path name of the first parameter of `model` holding inf or NaN (else None)."""
+    for name, leaf in nn.named_leaves(model).items():
+        a = _raw(leaf)
+        xp = namespace(a)
+        if not xp.isdtype(a.dtype, ("real floating", "complex floating")):
+            continue
+        if not bool(xp.all(xp.isfinite(a))):
+            return name
+    return None
+
+
+def _finite_probe(model):
+    # 0.0 when every floating parameter is finite, NaN otherwise: added to the loss, the
+    # one host read per batch checks both. (Counted with isfinite, which never warns.)
+    bad = None
+    for leaf in nn.named_leaves(model).values():
+        a = _raw(leaf)
+        xp = namespace(a)
+        if not xp.isdtype(a.dtype, "real floating"):
+            continue
+        count = xp.sum(xp.astype(xp.logical_not(xp.isfinite(a)), xp.int64))
+        bad = count if bad is None else bad + count
+    if bad is None:
+        return None
+    zero = xp.zeros((), dtype=xp.float64, device=device(bad))
+    return xp.where(bad > 0, zero + math.nan, zero)
+
+
 def _loss(model, xb, yb, mask):
     logits, res = model(xb, mask=mask)
     return nn.cross_entropy(logits, yb), (logits, res)
@@ -182,10 +238,17 @@ def train_epoch(
     """One pass over the training set: ``(model, opt_state, metrics)``.
 
     `metrics` holds the mean training loss and accuracy, the mean forward iterations
-    and final residual per sample, the mean backward iterations, the number of
+    and final residual per sample (absolute, ``fwd_residual``, and relative to the
+    state's norm, ``fwd_rel_residual``), the mean backward iterations, the number of
     samples whose forward solve did not converge and of adjoint solves that did not,
     and the seconds taken. `progress` (optional) is called with the number of samples
     done after every batch, and may return a dict of figures to show.
+
+    Raises
+    ------
+    FloatingPointError
+        If the loss or a parameter becomes infinite or NaN; the message names the
+        epoch, the batch and the parameter. Nothing after that batch is trained.
     """
     loss_grad = value_and_grad(_loss, has_aux=True)
     be = backends.backend_of(ds.x_train)
@@ -194,8 +257,14 @@ def train_epoch(
     backward_failures = 0
     backward_seen = False
     t0 = time.perf_counter()
-    for xb, yb in _data.batches(
-        ds.x_train, ds.y_train, int(config["batch_size"]), seed=int(config["seed"]), epoch=epoch
+    for batch, (xb, yb) in enumerate(
+        _data.batches(
+            ds.x_train,
+            ds.y_train,
+            int(config["batch_size"]),
+            seed=int(config["seed"]),
+            epoch=epoch,
+        )
     ):
         n = int(xb.shape[0])
         mask = model.mask(n, rng, like=xb)
@@ -204,9 +273,16 @@ def train_epoch(
             (loss, (logits, res)), grads = loss_grad(model, xb, yb, mask)
         backward_failures += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
         model, opt_state = optimizer.update(model, grads, opt_state)
-        loss = float(loss)
-        if not math.isfinite(loss):
-            msg = f"the training loss became {loss} in epoch {epoch + 1}; try a smaller --lr"
+        probe = _finite_probe(model)
+        checked = float(_raw(loss) if probe is None else _raw(loss) + probe)
+        loss = float(_raw(loss))
+        if not math.isfinite(checked):
+            where = f"in epoch {epoch + 1}, batch {batch + 1}"
+            if not math.isfinite(loss):
+                msg = f"the training loss became {loss} {where}"
+            else:
+                name = _nonfinite_parameter(model)
+                msg = f"parameter {name!r} became inf or NaN {where}"
             raise FloatingPointError(msg)
         bwd = res.stats.get("backward")
         if bwd is not None:
@@ -219,6 +295,7 @@ def train_epoch(
             acc=nn.accuracy(logits, yb),
             fwd=_mean(res.nit),
             res=_mean(res.residual),
+            rel=_mean(_relative_residuals(res)),
             bwd=_mean(bwd["nit"]) if bwd is not None else math.nan,
         )
         if progress is not None:
@@ -232,6 +309,7 @@ def train_epoch(
             "train_acc": stats.mean("acc"),
             "fwd_iter": stats.mean("fwd"),
             "fwd_residual": stats.mean("res"),
+            "fwd_rel_residual": stats.mean("rel"),
             "bwd_iter": stats.mean("bwd") if backward_seen else None,
             "unconverged": unconverged,
             "bwd_failures": backward_failures,
@@ -258,12 +336,14 @@ def evaluate(model, x, y, *, batch_size: int = 512) -> dict:
             loss=float(nn.cross_entropy(logits, yb)),
             fwd=_mean(res.nit),
             res=_mean(res.residual),
+            rel=_mean(_relative_residuals(res)),
         )
     return {
         "accuracy": stats.mean("acc"),
         "loss": stats.mean("loss"),
         "fwd_iter": stats.mean("fwd"),
         "fwd_residual": stats.mean("res"),
+        "fwd_rel_residual": stats.mean("rel"),
         "max_residual": worst,
         "unconverged": unconverged,
         "samples": stats.n,

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from typing import Any
@@ -76,6 +77,7 @@ _FIXED_ON_RESUME = (
     "seed",
     "dtype",
     "limit",
+    "classes",
 )
 
 
@@ -224,17 +226,32 @@ def _add_train_parser(sub) -> None:
         "instead of the embedded digits",
     )
     io.add_argument(
+        "--classes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="number of classes of the --data set (default: 10); a label outside "
+        "0..N-1 is an error",
+    )
+    io.add_argument(
         "--save",
         metavar="PATH",
         default=None,
         help="checkpoint (.npz) written atomically after every epoch: parameters, "
-        "optimizer state, configuration, epoch and random state",
+        "optimizer state, configuration, epoch and random state; an existing file is "
+        "refused unless it is the --resume checkpoint or --overwrite is given",
     )
     io.add_argument(
         "--resume",
         metavar="PATH",
         default=None,
-        help="continue the run saved in this checkpoint (exactly as if uninterrupted)",
+        help="continue the run saved in this checkpoint (exactly as if uninterrupted), "
+        "saving to the same file after every epoch unless --save names another",
+    )
+    io.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --save replace an existing file (which is otherwise refused)",
     )
     io.add_argument(
         "--plot", metavar="PATH", default=None, help="write a PNG of the curves (needs matplotlib)"
@@ -304,6 +321,7 @@ def _config_from(ns, checkpoint_config: dict | None) -> dict:
             "dtype",
             "backend",
             "data",
+            "classes",
             "limit",
         )
         if getattr(ns, k, None) is not None
@@ -342,6 +360,8 @@ def _read_checkpoint(path: str) -> tuple[dict, Any]:
     for key in ("config", "epoch", "rng", "history", "in_shape", "num_classes"):
         if key not in meta:
             raise _Failure(f"{path}: corrupt checkpoint (no {key!r} entry)")
+    if not isinstance(meta["config"], dict):
+        raise _Failure(f"{path}: corrupt checkpoint (its 'config' entry is not a mapping)")
     return meta, None
 
 
@@ -380,14 +400,16 @@ class _Progress:
         self.bar.close()
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def _epoch_line(row: dict, epochs: int, rtol: float) -> str:
+    # The forward residual is shown relative to the state's norm, beside the rtol it
+    # is tested against (the absolute figure is in the --json output).
     width = len(str(epochs))
     bwd = "-" if row["bwd_iter"] is None else f"{row['bwd_iter']:.1f}"
     line = (
         f"epoch {row['epoch']:>{width}}/{epochs}  loss {row['loss']:.4f}  "
         f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
-        f"fwd {row['fwd_iter']:4.1f} it (res {row['fwd_residual']:.1e})  bwd {bwd:>4} it  "
-        f"{row['seconds']:.1f} s"
+        f"fwd {row['fwd_iter']:4.1f} it (rel res {row['fwd_rel_residual']:.1e}, "
+        f"rtol {rtol:.0e})  bwd {bwd:>4} it  {row['seconds']:.1f} s"
     )
     notes = []
     if row.get("unconverged"):
@@ -448,11 +470,62 @@ def _write_plot(path: str, history: list, title: str) -> None:
 
 
 def _check_writable(path: str, flag: str) -> None:
+    """Fail now, not after an epoch, if `path` cannot be written as a checkpoint or plot."""
+    from .backends import _io
+
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise _Failure(f"{flag} {path}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise _Failure(f"{flag} {path}: is a directory")
+    try:
+        _io.check_writable(path)
+    except OSError as exc:
+        raise _Failure(
+            f"{flag} {path}: cannot write in {directory} ({exc.strerror or exc})"
+        ) from None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _check_save_target(ns) -> None:
+    """Refuse to replace an existing file with --save, unless asked to (exit code 2)."""
+    path = ns.save
+    if not os.path.lexists(path) or os.path.isdir(path) or ns.overwrite:
+        return
+    if ns.resume is not None and _same_file(path, ns.resume):
+        return  # continuing a run in its own checkpoint
+    q = shlex.quote(path)
+    raise _Usage(
+        f"--save {path}: the file already exists; continue that run with "
+        f"`implicitnet train --resume {q}`, or add --overwrite to replace it"
+    )
+
+
+def _resume_command(ns, checkpoint: str, save: str | None) -> str:
+    """The command line that continues this run from `checkpoint`."""
+    words = ["implicitnet", "train", "--resume", checkpoint]
+    if save is not None and not _same_file(save, checkpoint):
+        words += ["--save", save]
+    for flag in ("json", "no_progress"):
+        if getattr(ns, flag):
+            words.append("--" + flag.replace("_", "-"))
+    if ns.plot is not None:
+        words += ["--plot", ns.plot]
+    return shlex.join(words)
+
+
+class _Stopped(Exception):
+    """Training ended early (interruption, non-finite values): `status`, `message`."""
+
+    def __init__(self, status: str, message: str, code: int):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
 
 
 def _cmd_train(ns) -> int:
@@ -466,14 +539,23 @@ def _cmd_train(ns) -> int:
     )
 
     meta = None
+    if ns.overwrite and ns.save is None:
+        raise _Usage("--overwrite replaces the file named by --save; give --save PATH")
     if ns.resume is not None:
         meta, _ = _read_checkpoint(ns.resume)
+        # Checkpoints from before --classes: the model's class count is the one trained.
+        meta["config"].setdefault("classes", meta["num_classes"])
     config = _config_from(ns, None if meta is None else meta["config"])
+    # A resumed run goes on saving to its own checkpoint unless --save names another.
+    save = ns.save if ns.save is not None else ns.resume
+    save_flag = "--save" if ns.save is not None else "--resume"
+    if ns.save is not None:
+        _check_save_target(ns)
     if ns.plot is not None:
         _check_plot_available()
         _check_writable(ns.plot, "--plot")
-    if ns.save is not None:
-        _check_writable(ns.save, "--save")
+    if save is not None:
+        _check_writable(save, save_flag)
     be = _backend_module(config["backend"])
     ds = _load_data(config, be)
     in_shape = tuple(int(s) for s in ds.x_train.shape[1:])
@@ -504,11 +586,41 @@ def _cmd_train(ns) -> int:
         model, opt_state = tree["model"], tree["optimizer"]
         history = list(meta["history"])
     epochs = int(config["epochs"])
+    # The newest checkpoint of this run, and the epoch it holds.
+    saved, saved_epoch = (ns.resume, start) if meta is not None else (None, 0)
+
+    def summary(status: str, elapsed: float, message: str | None = None) -> dict:
+        out = {
+            "summary": True,
+            "status": status,
+            "epochs": history[-1]["epoch"] if history else 0,
+            "of": epochs,
+            "ran": len(history) - (len(meta["history"]) if meta is not None else 0),
+            "test_acc": history[-1]["test_acc"] if history else None,
+            "seconds": elapsed,
+            "seed": config["seed"],
+            "model": config["model"],
+            "solver": config["solver"],
+            "backward": config["backward"],
+            "saved": saved,
+            "saved_epoch": saved_epoch if saved is not None else None,
+            "plot": ns.plot,
+        }
+        if message is not None:
+            out["message"] = message
+        if saved is not None and saved_epoch < epochs and status != "diverged":
+            out["resume"] = _resume_command(ns, saved, save)
+        return out
+
     if start >= epochs:
-        print(
+        message = (
             f"nothing to do: {ns.resume} has already run {start} of {epochs} epochs "
             "(give a larger --epochs to train on)"
         )
+        if ns.json:
+            print(json.dumps(_jsonable(summary("nothing_to_do", 0.0, message))), flush=True)
+        else:
+            print(message, flush=True)
         return 0
     stop = epochs if ns.stop_after is None else min(epochs, start + ns.stop_after)
     disable = True if ns.no_progress else None
@@ -524,45 +636,70 @@ def _cmd_train(ns) -> int:
             flush=True,
         )
     t_run = time.perf_counter()
-    for epoch in range(start, stop):
-        bar = _Progress(n_train, f"epoch {epoch + 1}/{epochs}", disable)
-        try:
-            model, opt_state, metrics = train_epoch(
-                model, optimizer, opt_state, ds, config, epoch, rng, progress=bar
-            )
-        except FloatingPointError as exc:
-            raise _Failure(str(exc)) from None
-        finally:
-            bar.close()
-        test = evaluate(model, ds.x_test, ds.y_test)
-        row = {
-            "epoch": epoch + 1,
-            **metrics,
-            "test_acc": test["accuracy"],
-            "test_loss": test["loss"],
-            "test_fwd_iter": test["fwd_iter"],
-        }
-        row["seconds"] = metrics["seconds"] + test["seconds"]
-        history.append(row)
-        if ns.json:
-            print(json.dumps(_jsonable(row)), flush=True)
-        else:
-            print(_epoch_line(row, epochs), flush=True)
-        if ns.save is not None:
-            meta_out = {
-                "format": CHECKPOINT_FORMAT,
-                "implicitnet": __version__,
-                "config": config,
-                "epoch": epoch + 1,
-                "rng": rng.bit_generator.state,
-                "history": _jsonable(history),
-                "in_shape": list(in_shape),
-                "num_classes": ds.num_classes,
-            }
+    epoch = start
+    try:
+        for epoch in range(start, stop):
+            bar = _Progress(n_train, f"epoch {epoch + 1}/{epochs}", disable)
             try:
-                nn.save(ns.save, {"model": model, "optimizer": opt_state}, metadata=meta_out)
-            except OSError as exc:
-                raise _Failure(f"--save {ns.save}: {exc.strerror or exc}") from None
+                model, opt_state, metrics = train_epoch(
+                    model, optimizer, opt_state, ds, config, epoch, rng, progress=bar
+                )
+            finally:
+                bar.close()
+            test = evaluate(model, ds.x_test, ds.y_test)
+            row = {
+                "epoch": epoch + 1,
+                **metrics,
+                "test_acc": test["accuracy"],
+                "test_loss": test["loss"],
+                "test_fwd_iter": test["fwd_iter"],
+            }
+            row["seconds"] = metrics["seconds"] + test["seconds"]
+            history.append(row)
+            if ns.json:
+                print(json.dumps(_jsonable(row)), flush=True)
+            else:
+                print(_epoch_line(row, epochs, config["rtol"]), flush=True)
+            if save is not None:
+                meta_out = {
+                    "format": CHECKPOINT_FORMAT,
+                    "implicitnet": __version__,
+                    "config": config,
+                    "epoch": epoch + 1,
+                    "rng": rng.bit_generator.state,
+                    "history": _jsonable(history),
+                    "in_shape": list(in_shape),
+                    "num_classes": ds.num_classes,
+                }
+                try:
+                    nn.save(save, {"model": model, "optimizer": opt_state}, metadata=meta_out)
+                except OSError as exc:
+                    raise _Failure(f"{save_flag} {save}: {exc.strerror or exc}") from None
+                saved, saved_epoch = save, epoch + 1
+    except (KeyboardInterrupt, FloatingPointError) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if interrupted:
+            status, what = "interrupted", f"interrupted in epoch {epoch + 1} of {epochs}"
+        else:  # resuming would diverge again: point at the last finite state instead
+            status, what = "diverged", f"error: {exc} (try a smaller --lr)"
+        if save is None:
+            where = "nothing was saved (no --save)"
+        elif saved is None:
+            where = "no epoch had finished, so nothing was saved" + (
+                ": start again with the same command" if interrupted else ""
+            )
+        elif interrupted:
+            where = (
+                f"{saved} holds epoch {saved_epoch}; resume with "
+                f"`{_resume_command(ns, saved, save)}`"
+            )
+        else:
+            where = f"{saved} holds epoch {saved_epoch}, the last finite state"
+        message = f"{what}; {where}"
+        if ns.json:
+            out = summary(status, time.perf_counter() - t_run, message)
+            print(json.dumps(_jsonable(out)), flush=True)
+        raise _Stopped(status, message, 1) from None
     elapsed = time.perf_counter() - t_run
     if ns.plot is not None and history:
         _write_plot(
@@ -572,35 +709,25 @@ def _cmd_train(ns) -> int:
             f"seed {config['seed']}",
         )
     done = history[-1]["epoch"] if history else 0
-    summary = {
-        "summary": True,
-        "epochs": done,
-        "test_acc": history[-1]["test_acc"] if history else None,
-        "seconds": elapsed,
-        "seed": config["seed"],
-        "model": config["model"],
-        "solver": config["solver"],
-        "backward": config["backward"],
-        "saved": ns.save,
-        "plot": ns.plot,
-    }
+    result = summary("done" if done == epochs else "stopped", elapsed)
     if ns.json:
-        print(json.dumps(_jsonable(summary)), flush=True)
+        print(json.dumps(_jsonable(result)), flush=True)
     else:
-        ran = len(history) - (len(meta["history"]) if meta is not None else 0)
         extra = []
-        if ns.save:
-            extra.append(f"saved to {ns.save}")
+        if save:
+            extra.append(f"saved to {save}")
         if ns.plot:
             extra.append(f"plot in {ns.plot}")
         status = "done" if done == epochs else f"stopped after epoch {done} of {epochs}"
         print(
-            f"{status}: test accuracy {100 * summary['test_acc']:.2f}% after {done} "
+            f"{status}: test accuracy {100 * result['test_acc']:.2f}% after {done} "
             f"epoch{'' if done == 1 else 's'} "
-            f"({ran} in this run, {elapsed:.1f} s), seed {config['seed']}"
+            f"({result['ran']} in this run, {elapsed:.1f} s), seed {config['seed']}"
             + (f"; {', '.join(extra)}" if extra else ""),
             flush=True,
         )
+        if "resume" in result:
+            print(f"continue with: {result['resume']}", flush=True)
     return 0
 
 
@@ -620,6 +747,7 @@ def _cmd_evaluate(ns) -> int:
 
     meta, _ = _read_checkpoint(ns.path)
     config = dict(meta["config"])
+    config.setdefault("classes", meta["num_classes"])
     for key in ("data", "backend", "solver", "rtol", "maxiter"):
         if getattr(ns, key) is not None:
             config[key] = getattr(ns, key)
@@ -651,8 +779,8 @@ def _cmd_evaluate(ns) -> int:
     )
     print(
         f"test accuracy {100 * out['accuracy']:.2f}%  loss {out['loss']:.4f}  "
-        f"fwd {out['fwd_iter']:.1f} it (mean res {out['fwd_residual']:.1e}, max "
-        f"{out['max_residual']:.1e}, {out['unconverged']} unconverged)  "
+        f"fwd {out['fwd_iter']:.1f} it (mean rel res {out['fwd_rel_residual']:.1e}, max "
+        f"abs res {out['max_residual']:.1e}, {out['unconverged']} unconverged)  "
         f"solver {config['solver']} rtol {config['rtol']:g}  {out['seconds']:.2f} s"
     )
     return 0
@@ -692,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
     except _Failure as exc:
         print(f"implicitnet {ns.command}: error: {exc}", file=sys.stderr)
         return 1
+    except _Stopped as exc:
+        print(f"implicitnet {ns.command}: {exc.message}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         print(f"implicitnet {ns.command}: interrupted", file=sys.stderr)
         return 1

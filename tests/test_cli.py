@@ -91,10 +91,10 @@ def test_save_then_resume_continues_exactly(capsys, tmp_path):
     code, out_a, err = _run(capsys, [*common, "--save", str(part), "--stop-after", "1"])
     assert code == 0, err
     assert nn.load_metadata(part)["epoch"] == 1
-    code, out_b, err = _run(
-        capsys, ["train", "--resume", str(part), "--save", str(part), "--json", "--no-progress"]
-    )
+    # --resume alone goes on saving to the checkpoint it continues.
+    code, out_b, err = _run(capsys, ["train", "--resume", str(part), "--json", "--no-progress"])
     assert code == 0, err
+    assert nn.load_metadata(part)["epoch"] == 2
     # Same parameters and optimizer state, bit for bit, and the same reported numbers.
     a, b = _arrays(full), _arrays(part)
     assert sorted(a) == sorted(b)
@@ -137,8 +137,9 @@ def test_interrupted_save_leaves_the_previous_checkpoint(capsys, tmp_path, monke
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_io, "_write_npz", dying_write)
-    code, _, err = _run(capsys, ["train", *QUICK, "--epochs", "1", "--save", str(path)])
-    assert code == 1 and "interrupted" in err
+    code, _, err = _run(capsys, ["train", "--resume", str(path), "--epochs", "2", "--no-progress"])
+    assert code == 1 and "interrupted in epoch 2 of 2" in err
+    assert f"{path} holds epoch 1" in err and f"implicitnet train --resume {path}" in err
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]  # no temporary file left
     monkeypatch.undo()
@@ -343,3 +344,289 @@ def test_unexpected_errors_are_one_line_unless_debug(capsys, monkeypatch):
     assert "RuntimeError: something broke" in err and "--debug" in err
     with pytest.raises(RuntimeError, match="something broke"):
         main(["--debug", "train", *QUICK, "--epochs", "1"])
+
+
+# -- Nothing saved is lost ---------------------------------------------------------------
+
+
+def test_save_refuses_to_replace_an_existing_checkpoint(capsys, tmp_path):
+    path, other = tmp_path / "ck.npz", tmp_path / "other.npz"
+    assert main(["train", *QUICK, "--epochs", "1", "--save", str(path)]) == 0
+    assert main(["train", *QUICK, "--epochs", "1", "--save", str(other), "--seed", "1"]) == 0
+    capsys.readouterr()
+    before = path.read_bytes()
+    # A new run onto the finished one is refused, before any training, saying how to go on.
+    code, out, err = _run(capsys, ["train", *QUICK, "--epochs", "2", "--save", str(path)])
+    err = _one_error_line(code, out, err, 2)
+    assert out == "" and path.read_bytes() == before
+    assert f"implicitnet train --resume {path}" in err and "--overwrite" in err
+    # So is a resumed run saving onto another existing checkpoint.
+    argv = ["train", "--resume", str(other), "--epochs", "2", "--save", str(path)]
+    _one_error_line(*_run(capsys, argv), 2)
+    assert path.read_bytes() == before
+    # --overwrite replaces it; --overwrite without --save is a usage error.
+    argv = ["train", *QUICK, "--epochs", "1", "--seed", "3", "--save", str(path), "--overwrite"]
+    assert _run(capsys, argv)[0] == 0
+    assert nn.load_metadata(path)["config"]["seed"] == 3
+    err = _one_error_line(*_run(capsys, ["train", *QUICK, "--overwrite"]), 2)
+    assert "--save" in err
+
+
+def test_resume_with_save_elsewhere_leaves_the_original(capsys, tmp_path):
+    part, branch = tmp_path / "part.npz", tmp_path / "branch.npz"
+    assert main(["train", *QUICK, "--epochs", "2", "--stop-after", "1", "--save", str(part)]) == 0
+    capsys.readouterr()
+    before = part.read_bytes()
+    argv = ["train", "--resume", str(part), "--save", str(branch), "--no-progress", "--json"]
+    code, out, err = _run(capsys, argv)
+    assert code == 0, err
+    summary = _json_lines(out)[-1]
+    assert summary["status"] == "done" and summary["saved"] == str(branch)
+    assert part.read_bytes() == before
+    assert nn.load_metadata(branch)["epoch"] == 2
+
+
+def _unwritable_dir(tmp_path):
+    """A directory this process cannot create files in (root ignores permission bits)."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        if os.path.isdir("/sys") and not os.access("/sys", os.W_OK | os.X_OK):
+            return "/sys"
+        try:
+            with open("/sys/.implicitnet-probe", "wb"):
+                pass
+        except OSError:
+            return "/sys"
+        pytest.skip("running as root without a read-only file system to write to")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return str(locked)
+
+
+def test_unwritable_save_location_fails_before_training(capsys, tmp_path):
+    directory = _unwritable_dir(tmp_path)
+    path = os.path.join(directory, "ck.npz")
+    code, out, err = _run(capsys, ["train", *QUICK, "--epochs", "1", "--save", path])
+    err = _one_error_line(code, out, err, 1)
+    assert out == ""  # not a single epoch was run
+    assert f"--save {path}: cannot write in {directory}" in err
+
+
+def test_a_partial_file_left_by_a_killed_save_is_removed(capsys, tmp_path):
+    import subprocess
+    import sys
+
+    from implicitnet.backends import _io
+
+    path = tmp_path / "ck.npz"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)  # that process has exited
+    stale = _io.partial_path(path, pid=dead_pid)
+    live = _io.partial_path(path, pid=os.getppid())  # a running process: left alone
+    for p in (stale, live):
+        with open(p, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+    assert main(["train", *QUICK, "--epochs", "1", "--save", str(path)]) == 0
+    capsys.readouterr()
+    assert not os.path.exists(stale) and os.path.exists(live)
+    assert nn.load_metadata(path)["epoch"] == 1
+
+
+def test_json_output_is_json_lines_in_every_case(capsys, tmp_path):
+    path = tmp_path / "ck.npz"
+    common = ["train", *QUICK, "--json"]
+    runs = [
+        ([*common, "--epochs", "2", "--stop-after", "1", "--save", str(path)], 0, "stopped"),
+        (["train", "--resume", str(path), "--json", "--no-progress"], 0, "done"),
+        (["train", "--resume", str(path), "--json", "--no-progress"], 0, "nothing_to_do"),
+    ]
+    for argv, expected, status in runs:
+        code, out, err = _run(capsys, argv)
+        assert code == expected, err
+        rows = _json_lines(out)  # every line parses
+        assert rows[-1]["summary"] and rows[-1]["status"] == status
+    assert rows[-1]["epochs"] == 2 and rows[-1]["ran"] == 0
+    assert "nothing to do" in rows[-1]["message"]
+    # The stopped run says how to continue, in the summary and in text mode.
+    code, out, _ = _run(capsys, [*common, "--epochs", "2", "--stop-after", "1"])
+    assert "resume" not in _json_lines(out)[-1]  # nothing saved, nothing to resume
+    other = tmp_path / "other.npz"
+    argv = ["train", *QUICK, "--epochs", "2", "--stop-after", "1", "--save", str(other)]
+    code, out, _ = _run(capsys, argv)
+    assert code == 0 and f"continue with: implicitnet train --resume {other}" in out
+
+
+class _PoisonAfter:
+    """Adam whose update makes the head's bias NaN after `after` steps."""
+
+    def __init__(self, inner, after):
+        self.inner, self.after, self.steps = inner, after, 0
+
+    def init(self, model):
+        return self.inner.init(model)
+
+    def update(self, model, grads, state):
+        model, state = self.inner.update(model, grads, state)
+        self.steps += 1
+        if self.steps > self.after:
+            head = model.head.replace(bias=np.full_like(model.head.bias, np.nan))
+            model = model.replace(head=head)
+        return model, state
+
+
+def test_non_finite_parameters_stop_training(capsys, tmp_path, monkeypatch):
+    from implicitnet import _train
+
+    real = _train.build_optimizer
+    # QUICK has 5 batches per epoch: the first update of epoch 2 turns a parameter NaN.
+    monkeypatch.setattr(_train, "build_optimizer", lambda c, n: _PoisonAfter(real(c, n), 5))
+    path = tmp_path / "ck.npz"
+    argv = ["train", *QUICK, "--epochs", "3", "--save", str(path), "--json"]
+    code, out, err = _run(capsys, argv)
+    err = _one_error_line(code, out, err, 1)
+    assert "parameter 'head.bias' became inf or NaN in epoch 2, batch 1" in err
+    assert f"{path} holds epoch 1, the last finite state" in err and "--lr" in err
+    rows = _json_lines(out)
+    assert [r.get("epoch") for r in rows[:-1]] == [1]
+    assert rows[-1]["status"] == "diverged" and rows[-1]["saved_epoch"] == 1
+    assert "resume" not in rows[-1]
+    assert nn.load_metadata(path)["epoch"] == 1
+    assert all(np.isfinite(a).all() for a in _arrays(path).values())
+
+
+def test_a_diverging_learning_rate_stops_with_a_clear_message(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "implicitnet",
+            "train",
+            *QUICK,
+            "--limit",
+            "64",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e300",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "inf or NaN" in proc.stderr or "loss became" in proc.stderr
+    assert _json_lines(proc.stdout)[-1]["status"] == "diverged"
+
+
+def test_epoch_line_shows_the_relative_residual_beside_rtol(capsys):
+    code, out, err = _run(capsys, ["train", *QUICK, "--epochs", "1", "--rtol", "1e-4"])
+    assert code == 0, err
+    line = out.strip().splitlines()[1]
+    assert "rel res " in line and "rtol 1e-04" in line
+    code, out, err = _run(capsys, ["train", *QUICK, "--epochs", "1", "--json"])
+    row = _json_lines(out)[0]
+    # Converged samples pass a relative test: their relative residual is below rtol.
+    assert row["unconverged"] == 0 and 0 < row["fwd_rel_residual"] <= 1e-3
+    assert row["fwd_rel_residual"] < row["fwd_residual"]
+
+
+# -- Killed runs (real subprocesses) -------------------------------------------------------
+
+
+def _start_training(tmp_path, path, epochs):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "implicitnet", "train", *QUICK, "--epochs", str(epochs)]
+    argv += ["--save", str(path), "--json"]
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+
+
+def _wait_for_epochs(proc, n):
+    """Read `n` epoch lines of a running `--json` training (the checkpoint of epoch
+    ``n - 1`` is then complete: each epoch's save precedes the next epoch)."""
+    lines = []
+    for _ in range(n):
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        lines.append(json.loads(line))
+    return lines
+
+
+def _resume(argv_text, cwd):
+    import shlex
+    import subprocess
+    import sys
+
+    words = shlex.split(argv_text)
+    assert words[:2] == ["implicitnet", "train"]
+    return subprocess.run(
+        [sys.executable, "-m", "implicitnet", *words[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends POSIX signals to a subprocess")
+def test_sigint_prints_the_command_that_resumes(tmp_path):
+    import signal
+
+    path, full = tmp_path / "ck.npz", tmp_path / "full.npz"
+    proc = _start_training(tmp_path, path, epochs=4)
+    try:
+        _wait_for_epochs(proc, 2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "interrupted in epoch" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "interrupted" and summary["saved_epoch"] >= 1
+    command = f"implicitnet train --resume {path} --json --no-progress"
+    assert summary["resume"] == command and f"resume with `{command}`" in err
+    resumed = _resume(summary["resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _json_lines(resumed.stdout)[-1]["epochs"] == 4
+    # The interrupted-and-resumed run ends where an uninterrupted one does.
+    assert main(["train", *QUICK, "--epochs", "4", "--save", str(full)]) == 0
+    a, b = _arrays(full), _arrays(path)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends POSIX signals to a subprocess")
+def test_sigkill_leaves_a_checkpoint_that_resumes(tmp_path):
+    import signal
+
+    path = tmp_path / "ck.npz"
+    proc = _start_training(tmp_path, path, epochs=4)
+    try:
+        _wait_for_epochs(proc, 2)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert nn.load_metadata(path)["epoch"] >= 1  # a complete checkpoint, maybe of epoch 2
+    resumed = _resume(f"implicitnet train --resume {path} --json --no-progress", tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _json_lines(resumed.stdout)[-1]["epochs"] == 4
+    assert nn.load_metadata(path)["epoch"] == 4
+    # A save cut short by the kill left a temporary file; the next save removed it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"]

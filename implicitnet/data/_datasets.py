@@ -167,10 +167,21 @@ def read_idx(path: str | os.PathLike, *, backend="numpy", device=None):
     return be.from_numpy(_host.read_idx(path), device=device)
 
 
+def _check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        msg = f"`num_classes` must be an integer, got {type(num_classes).__name__}"
+        raise TypeError(msg)
+    if num_classes < 1:
+        msg = f"`num_classes` must be at least 1, got {num_classes}"
+        raise ValueError(msg)
+    return int(num_classes)
+
+
 def load_idx(
     images_path: str | os.PathLike,
     labels_path: str | os.PathLike,
     *,
+    num_classes: int = 10,
     flatten: bool = False,
     dtype=None,
     backend="numpy",
@@ -183,7 +194,9 @@ def load_idx(
     images_path : str or path-like
         IDX file of shape ``(n, height, width)``; uint8 pixels are scaled to [0, 1].
     labels_path : str or path-like
-        IDX file of ``n`` integer labels.
+        IDX file of ``n`` integer labels, each in ``0 .. num_classes - 1``.
+    num_classes : int, default: 10
+        Number of classes the labels declare (10 for MNIST and Fashion-MNIST).
     flatten : bool, default: False
         Return images as ``(n, height * width)`` instead of ``(n, 1, height, width)``.
     dtype : dtype or str, optional
@@ -202,9 +215,11 @@ def load_idx(
     ------
     ValueError
         If a file is malformed, the images are not 3-D, the labels are not 1-D integers,
-        or their counts differ. Messages name the file.
+        a label lies outside ``0 .. num_classes - 1``, or the counts differ. Messages
+        name the file.
     """
     be = _backend(backend)
+    num_classes = _check_num_classes(num_classes)
     images = _host.read_idx(images_path)
     labels = _host.read_idx(labels_path)
     if images.ndim != 3:
@@ -225,6 +240,15 @@ def load_idx(
             f"images in {os.fspath(images_path)}"
         )
         raise ValueError(msg)
+    if labels.shape[0] > 0:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            msg = (
+                f"{os.fspath(labels_path)}: label {bad} lies outside 0..{num_classes - 1} "
+                f"(the {num_classes} classes declared; give `num_classes` for more)"
+            )
+            raise ValueError(msg)
     scale = 255.0 if images.dtype.name == "uint8" else 1.0
     x = _images(_host.astype(images, _dtype_name(dtype), scale), flatten=flatten)
     y = labels.astype("int64")
@@ -250,6 +274,7 @@ def _find(directory: str, stem: str) -> str:
 def load_mnist(
     directory: str | os.PathLike,
     *,
+    num_classes: int = 10,
     flatten: bool = False,
     dtype=None,
     backend="numpy",
@@ -263,28 +288,36 @@ def load_mnist(
         Directory holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
         ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally with
         a ``.gz`` suffix), as MNIST and Fashion-MNIST are distributed.
+    num_classes : int, default: 10
+        Number of classes; every label must lie in ``0 .. num_classes - 1``.
     flatten, dtype, backend, device
         As in :func:`load_idx`.
 
     Returns
     -------
     Dataset
-        The train and test sets; ``num_classes`` is ``max(label) + 1``.
+        The train and test sets, with `num_classes`.
 
     Raises
     ------
     FileNotFoundError
         If `directory` or one of the four files is missing.
     ValueError
-        If a file is malformed (see :func:`load_idx`).
+        If a file is malformed or holds a label outside the classes (see
+        :func:`load_idx`); the message names the file.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         msg = f"{directory}: not a directory"
         raise FileNotFoundError(msg)
-    kw = {"flatten": flatten, "dtype": dtype, "backend": backend, "device": device}
+    num_classes = _check_num_classes(num_classes)
+    kw = {
+        "num_classes": num_classes,
+        "flatten": flatten,
+        "dtype": dtype,
+        "backend": backend,
+        "device": device,
+    }
     x_train, y_train = load_idx(*(_find(directory, s) for s in _MNIST_NAMES["train"]), **kw)
     x_test, y_test = load_idx(*(_find(directory, s) for s in _MNIST_NAMES["test"]), **kw)
-    be = _backend(backend)
-    top = max(int(be.to_numpy(y).max()) for y in (y_train, y_test) if y.shape[0] > 0)
-    return Dataset(x_train, y_train, x_test, y_test, num_classes=top + 1)
+    return Dataset(x_train, y_train, x_test, y_test, num_classes=num_classes)
