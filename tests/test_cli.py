@@ -215,12 +215,28 @@ def test_data_directory_of_idx_files(capsys, tmp_path):
             "16",
             "--lr",
             "2e-2",
+            "--classes",
+            "3",
             "--no-progress",
             "--json",
         ],
     )
     assert code == 0, err
     assert _json_lines(out)[-1]["test_acc"] > 0.6
+
+
+def test_idx_label_outside_the_classes_is_one_line_naming_the_file(capsys, tmp_path):
+    images = np.zeros((4, 6, 6), dtype=np.uint8)
+    for stem, labels in (("train", [0, 1, 12, 2]), ("t10k", [0, 1, 2, 3])):
+        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte", images, 0x08)
+        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", np.array(labels, np.uint8), 0x08)
+    err = _one_error_line(*_run(capsys, ["train", "--data", str(tmp_path)]), 1)
+    assert str(tmp_path / "train-labels-idx1-ubyte") in err and "label 12" in err
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([0, 1, 2, 2], np.uint8), 0x08)
+    err = _one_error_line(*_run(capsys, ["train", "--data", str(tmp_path), "--classes", "3"]), 1)
+    assert "t10k-labels-idx1-ubyte" in err and "label 3 lies outside 0..2" in err
+    # The digits have ten classes; --classes is for --data.
+    _one_error_line(*_run(capsys, ["train", "--classes", "5"]), 1)
 
 
 def _one_error_line(code, out, err, expected_code):

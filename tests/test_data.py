@@ -107,7 +107,37 @@ def test_load_idx_and_mnist_directory(tmp_path, backend, xp, dtype):
     assert_close(y, xp.asarray(labels.astype(np.int64)), rtol=0, xp=xp)
     ds = data.load_mnist(tmp_path, flatten=True, dtype=dtype, backend=backend.name)
     assert ds.x_train.shape == (5, 42) and ds.x_test.shape == (2, 42)
+    assert ds.num_classes == 10  # MNIST's, whatever labels a small file happens to hold
+    ds = data.load_mnist(tmp_path, num_classes=6, backend=backend.name)
     assert ds.num_classes == 6
+
+
+@pytest.mark.parametrize(("label", "num_classes"), [(10, 10), (255, 10), (3, 3), (-1, 10)])
+def test_labels_outside_the_classes_name_the_file(tmp_path, label, num_classes):
+    imgs = np.zeros((3, 2, 2), dtype=np.uint8)
+    labels = np.array([0, label, 1], dtype=np.int8 if label < 0 else np.uint8)
+    code = 0x09 if label < 0 else 0x08
+    (tmp_path / "images").write_bytes(_idx_bytes(imgs, 0x08))
+    (tmp_path / "labels").write_bytes(_idx_bytes(labels, code))
+    with pytest.raises(
+        ValueError, match=rf"label {label} lies outside 0\.\.{num_classes - 1}"
+    ) as info:
+        data.load_idx(tmp_path / "images", tmp_path / "labels", num_classes=num_classes)
+    assert str(tmp_path / "labels") in str(info.value)
+    # The same files in an MNIST directory: the error names the labels file.
+    for stem in ("train", "t10k"):
+        (tmp_path / f"{stem}-images-idx3-ubyte").write_bytes(_idx_bytes(imgs, 0x08))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(labels[::-1], code))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(3, np.uint8), 0x08))
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte"):
+        data.load_mnist(tmp_path, num_classes=num_classes)
+
+
+def test_num_classes_is_checked():
+    with pytest.raises(ValueError, match="`num_classes`"):
+        data.load_mnist(".", num_classes=0)
+    with pytest.raises(TypeError, match="`num_classes`"):
+        data.load_idx("images", "labels", num_classes=2.5)
 
 
 def test_load_idx_rejects_mismatches(tmp_path):

@@ -369,3 +369,42 @@ def test_load_errors(tmp_path):
         nn.load(good, like=nn.Linear.create(4, 2, seed=0))
     with pytest.raises(ValueError, match="dtype"):
         nn.load(good, like=nn.Linear.create(3, 2, seed=0, dtype="float32"))
+
+
+# --- printing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_print_model_is_a_short_summary(backend, dtype):
+    model = nn.mlp_deq(64, 10, width=64, seed=0, dtype=dtype, backend=backend.name)
+    text = repr(model)
+    assert str(model) == text
+    lines = text.splitlines()
+    assert lines[0] == f"DEQClassifier: {model.num_parameters():,} parameters ({dtype})"
+    assert len(lines) < 20 and max(map(len, lines)) < 100  # not every array
+    assert "injection: Linear(weight (64, 64), bias (64,))" in text
+    assert "head: Linear(weight (10, 64), bias (10,))" in text
+    assert "method='anderson'" in text and "rtol=" in text
+    # Shapes, never values: no number of the weights appears.
+    first = float(backend.to_numpy(model.injection.weight)[0, 0])
+    assert f"{first:.4f}" not in text
+    conv = nn.conv_deq(1, 10, channels=8, groups=4, image_size=8, seed=0, backend=backend.name)
+    assert "conv: Conv2d(weight (8, 1, 3, 3), bias (8,), stride=1, padding=1)" in repr(conv)
+
+
+def test_print_keeps_a_module_s_own_repr():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Named(nn.Module):
+        w: object
+
+        def __repr__(self):
+            return "Named!"
+
+    assert repr(Named(w=np.ones(2))) == "Named!"
+    seq = nn.Sequential((nn.Linear.create(3, 2, seed=0), nn.ReLU()))
+    assert repr(seq).splitlines()[1:] == [
+        "  layers.0: Linear(weight (2, 3), bias (2,))",
+        "  layers.1: ReLU",
+    ]

@@ -246,7 +246,7 @@ def load_idx(
             bad = low if low < 0 else high
             msg = (
                 f"{os.fspath(labels_path)}: label {bad} lies outside 0..{num_classes - 1} "
-                f"(the {num_classes} classes declared; give `num_classes` for more)"
+                f"(the {num_classes} classes declared)"
             )
             raise ValueError(msg)
     scale = 255.0 if images.dtype.name == "uint8" else 1.0
