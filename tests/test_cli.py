@@ -521,9 +521,9 @@ def test_a_diverging_learning_rate_stops_with_a_clear_message(tmp_path):
 
     # A subprocess: the overflow inside Adam is a RuntimeWarning, an error under pytest.
     data = _tiny_idx_data(tmp_path / "data")
+    argv = ["train", *data, "--epochs", "3", "--lr", "1e300", "--json"]
     proc = subprocess.run(
-        [sys.executable, "-m", "implicitnet", "train", *data, "--epochs", "3", "--lr", "1e300"]
-        + ["--json"],
+        [sys.executable, "-m", "implicitnet", *argv],
         capture_output=True,
         text=True,
         timeout=300,
