@@ -409,7 +409,7 @@ def _epoch_line(row: dict, epochs: int, rtol: float) -> str:
         f"epoch {row['epoch']:>{width}}/{epochs}  loss {row['loss']:.4f}  "
         f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
         f"fwd {row['fwd_iter']:4.1f} it (rel res {row['fwd_rel_residual']:.1e}, "
-        f"rtol {rtol:.0e})  bwd {bwd:>4} it  {row['seconds']:.1f} s"
+        f"rtol {rtol:.1e})  bwd {bwd:>4} it  {row['seconds']:.1f} s"
     )
     notes = []
     if row.get("unconverged"):
@@ -481,8 +481,9 @@ def _check_writable(path: str, flag: str) -> None:
     try:
         _io.check_writable(path)
     except OSError as exc:
+        hint = "; give --save PATH to save elsewhere" if flag == "--resume" else ""
         raise _Failure(
-            f"{flag} {path}: cannot write in {directory} ({exc.strerror or exc})"
+            f"{flag} {path}: cannot write in {directory} ({exc.strerror or exc}){hint}"
         ) from None
 
 
@@ -502,8 +503,8 @@ def _check_save_target(ns) -> None:
         return  # continuing a run in its own checkpoint
     q = shlex.quote(path)
     raise _Usage(
-        f"--save {path}: the file already exists; continue that run with "
-        f"`implicitnet train --resume {q}`, or add --overwrite to replace it"
+        f"--save {path}: the file already exists; to continue the run saved there, use "
+        f"`implicitnet train --resume {q}`; to replace it, add --overwrite"
     )
 
 

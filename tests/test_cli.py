@@ -539,7 +539,7 @@ def test_epoch_line_shows_the_relative_residual_beside_rtol(capsys):
     code, out, err = _run(capsys, ["train", *QUICK, "--epochs", "1", "--rtol", "1e-4"])
     assert code == 0, err
     line = out.strip().splitlines()[1]
-    assert "rel res " in line and "rtol 1e-04" in line
+    assert "rel res " in line and "rtol 1.0e-04" in line
     code, out, err = _run(capsys, ["train", *QUICK, "--epochs", "1", "--json"])
     row = _json_lines(out)[0]
     # Converged samples pass a relative test: their relative residual is below rtol.
