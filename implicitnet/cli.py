@@ -675,7 +675,11 @@ def _cmd_train(ns) -> int:
                 try:
                     nn.save(save, {"model": model, "optimizer": opt_state}, metadata=meta_out)
                 except OSError as exc:
-                    raise _Failure(f"{save_flag} {save}: {exc.strerror or exc}") from None
+                    message = f"{save_flag} {save}: {exc.strerror or exc}"
+                    if ns.json:
+                        out = summary("failed", time.perf_counter() - t_run, message)
+                        print(json.dumps(_jsonable(out)), flush=True)
+                    raise _Failure(message) from None
                 saved, saved_epoch = save, epoch + 1
     except (KeyboardInterrupt, FloatingPointError) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)

@@ -658,3 +658,23 @@ def test_sigkill_leaves_a_checkpoint_that_resumes(tmp_path):
     assert nn.load_metadata(path)["epoch"] == EPOCHS_KILLED
     # A save cut short by the kill left a temporary file; the next save removed it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "data"]
+
+
+def test_a_failing_save_ends_the_json_output_with_a_summary(capsys, tmp_path, monkeypatch):
+    import errno
+
+    from implicitnet.backends import _io
+
+    def disk_full(fh, arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_io, "_write_npz", disk_full)
+    path = tmp_path / "ck.npz"
+    argv = ["train", *QUICK, "--epochs", "2", "--save", str(path), "--json"]
+    code, out, err = _run(capsys, argv)
+    err = _one_error_line(code, out, err, 1)
+    assert f"--save {path}: No space left on device" in err
+    rows = _json_lines(out)
+    assert rows[0]["epoch"] == 1 and rows[-1]["status"] == "failed"
+    assert rows[-1]["saved"] is None and "No space left" in rows[-1]["message"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no partial file left

@@ -71,8 +71,9 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Any = None) -> None:
     ----------
     path : str or path-like
         Destination file. It is written in full to a temporary file in the same
-        directory, flushed to disk, then renamed over `path`: an interrupted save
-        leaves the previous file intact.
+        directory (``.NAME.HOST-PID.partial``), flushed to disk, then renamed over
+        `path`: an interrupted save leaves the previous file intact, and a temporary
+        file left by a killed process is removed by the next save of `path`.
     tree : pytree of arrays
         A model, an optimizer state, or a dict of them. Array names are the leaves'
         path names (see :func:`named_leaves`).
