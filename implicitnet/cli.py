@@ -547,6 +547,8 @@ def _cmd_train(ns) -> int:
         # Checkpoints from before --classes: the model's class count is the one trained.
         meta["config"].setdefault("classes", meta["num_classes"])
     config = _config_from(ns, None if meta is None else meta["config"])
+    if not config.get("data") and int(config.get("classes") or 10) != 10:
+        raise _Usage(f"--classes {config['classes']}: the digits have 10 classes; it is for --data")
     # A resumed run goes on saving to its own checkpoint unless --save names another.
     save = ns.save if ns.save is not None else ns.resume
     save_flag = "--save" if ns.save is not None else "--resume"
