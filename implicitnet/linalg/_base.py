@@ -295,6 +295,11 @@ def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
     history = xp.stack(out.history, axis=0)
     x = problem.to_user(out.x, xp=xp)
     stats = dict(out.stats or {})
+    # ||b - A x|| / ||b||, the quantity the test compares with `rtol` (0 for b = 0).
+    has_b = problem.bnorm > 0
+    relative = xp.where(
+        has_b, out.residual / xp.where(has_b, problem.bnorm, xp.ones_like(problem.bnorm)), 0.0
+    )
     if problem.batched:
         stats["status"] = code
         return Result(
@@ -308,6 +313,7 @@ def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
             history=history,
             converged=converged,
             stats=stats,
+            relative_residual=relative,
         )
     return Result(
         x=x,
@@ -320,6 +326,7 @@ def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
         history=history[:, 0],
         converged=success,
         stats=stats,
+        relative_residual=float(relative[0]),
     )
 
 
