@@ -496,10 +496,20 @@ def _careful_step(V, w, h, h0sq, u, j, est, orth, err, live, livef, *, xp):
     hn = xp.where(happy, zeros, hn)
     v_next = w * (livef / xp.where(happy, ones, hn))[:, None]
     # The rotation as in the fast path; rho ~ 0 means the triangular factor is
-    # singular: column j cannot reduce the residual.
+    # singular: column j cannot reduce the residual. "~ 0" must allow for the rounding
+    # error of the pivot a = u . h, which is not one eps h0: `a` sums j + 1 products of
+    # projections (dot products of n terms) with rotation factors that carry the
+    # rounding of every earlier rotation, and its last bits depend on the summation
+    # order of the dot products (BLAS kernel, CPU). A pivot of a few eps h0 taken as
+    # non-singular makes the least-squares solve divide by it, and the cycle returns
+    # garbage. So: singular below (j + 2 + sqrt(n)) eps h0 and, at a happy breakdown
+    # (hn = 0, the pivot is a alone and claims an exact solution), below sqrt(eps) h0:
+    # an invariant Krylov space on which A is that ill-conditioned is numerically
+    # singular, and the rounding of `a` is amplified by the earlier rotations.
     a = xp.vecdot(u, h)
     rho = xp.sqrt(a * a + hnsq)
-    singular = rho <= eps * h0
+    floor = xp.where(happy, eps**0.5 * h0, (j + 2 + Vj.shape[-1] ** 0.5) * eps * h0)
+    singular = rho <= floor
     safe_rho = xp.where(singular, ones, rho)
     c = xp.where(singular, ones, a / safe_rho)
     s = xp.where(singular, zeros, hn / safe_rho)
