@@ -119,7 +119,7 @@ class GMRES(AbstractLinearSolver):
 
     def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
         """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp)
+        xp = resolve_namespace(b, x0, xp, A)
         problem = prepare(A, b, x0, self.M, batch_axis, xp=xp)
         maxiter = 10 * self.restart if self.maxiter is None else self.maxiter
         out = _gmres(
@@ -156,9 +156,10 @@ def gmres(
         ``A(v)`` returns ``A @ v`` for an array ``v`` shaped like `b`. A 2-D array is
         the matrix itself (acting on each system); with ``batch_axis=0`` and a 2-D `b`,
         a 3-D array ``(batch, n, n)`` holds one matrix per system.
-    b : array
-        Right-hand side. Without `batch_axis` an N-D `b` is one system of ``b.size``
-        unknowns (flattened, and the solution reshaped back).
+    b : array, or a Python number or (nested) list of numbers
+        Right-hand side (numbers and lists become an array of the namespace of `A`, or
+        NumPy's; a 0-D `b` is one equation). Without `batch_axis` an N-D `b` is one
+        system of ``b.size`` unknowns (flattened, and the solution reshaped back).
     x0 : array, optional
         Initial guess, shaped like `b`. Default: zeros.
     rtol, atol : float
@@ -190,7 +191,7 @@ def gmres(
     ------
     ValueError
         If `b` or `x0` is non-finite or misshapen, `A` has the wrong shape, or
-        `restart` is not positive.
+        `restart` or `maxiter` is not positive.
     TypeError
         If `A` is neither callable, an array nor has a ``matvec``.
 

@@ -85,7 +85,7 @@ def _solve(
             except TypeError as exc:
                 msg = f"`x0` must be an array (or pass `xp`): {exc}"
                 raise TypeError(msg) from exc
-    x0 = as_float_array(x0, xp=xp)
+    x0 = as_float_array(x0, xp=xp, name="x0")
     for value, label in ((rtol, "rtol"), (atol, "atol")):
         if isinstance(value, bool) or not isinstance(value, int | float):
             msg = f"`{label}` must be a real number, got {value!r}"

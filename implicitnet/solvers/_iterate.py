@@ -376,7 +376,7 @@ def iterate(
                 if problem.batch_axis is None
                 else xp.asarray(last_r, dtype=dtype, device=dev)
             )
-            if callback(problem.to_user(x_full), cb_res):
+            if _wants_stop(callback(problem.to_user(x_full), cb_res)):
                 stopped = True
 
         overdue = masked and not any_frozen and it - pending_since >= _MAX_DEFERRAL
@@ -415,6 +415,21 @@ def iterate(
         xp=xp,
         scale=best_s,
     )
+
+
+def _wants_stop(answer: Any) -> bool:
+    """The callback's answer as a bool; an array of several values is refused."""
+    if answer is None or isinstance(answer, bool):
+        return bool(answer)
+    shape = getattr(answer, "shape", None)
+    if shape is not None and tuple(shape) not in ((), (1,)):
+        msg = (
+            f"`callback` must return True, False or None, got an array of shape "
+            f"{tuple(shape)}; when batched, `residual` holds one norm per system: reduce "
+            "the test to one answer, e.g. `return bool(xp.all(residual < tol))`"
+        )
+        raise TypeError(msg)
+    return bool(answer)
 
 
 def _mask(flags: list[bool], ndim: int, *, xp, dev):
