@@ -106,6 +106,14 @@ class Result:
         system when batched.
     residual : float or array
         Final residual norm; one per system when batched.
+    relative_residual : float or array
+        `residual` divided by the scale of the relative test at `x`, so that with
+        ``atol=0`` a system converged exactly when ``relative_residual <= rtol``: for a
+        fixed point ``||f(x) - x|| / max(||f(x0) - x0||, min(||f(x)||, 100 s0))`` with
+        ``s0 = max(||f(x0)||, ||f(x0) - x0||)``; for a root problem
+        ``||F(x)|| / ||F(x0)||``; for a linear solve ``||b - A x|| / ||b||``. One per
+        system when batched; NaN when a solver does not report it. See the theory page
+        on the stopping test.
     history : array
         Residual norm per iteration, entry 0 the initial one: shape ``(nit + 1,)``, or
         ``(iterations, batch)`` when batched.
@@ -125,6 +133,7 @@ class Result:
     history: Any = None
     converged: Any = None
     stats: dict = field(default_factory=dict)
+    relative_residual: Any = float("nan")
 
     def __post_init__(self):
         self.status = Status(self.status)
@@ -154,6 +163,7 @@ class Result:
             f"      nit: {short(self.nit)}",
             f"     nfev: {short(self.nfev)}",
             f" residual: {short(self.residual)}",
+            f" relative: {short(self.relative_residual)}",
             f"        x: {short(self.x)}",
         ]
         return "Result(\n" + "\n".join(lines) + "\n)"

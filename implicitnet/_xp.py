@@ -113,18 +113,46 @@ def default_float(xp):
     return xp.float64
 
 
-def as_float_array(x: Any, *, xp, dtype=None):
-    """`x` as an array of a real floating dtype; integers become the default float."""
+def as_float_array(x: Any, *, xp, dtype=None, name: str | None = None):
+    """`x` as an array of a real floating dtype; integers become the default float.
+
+    With `name` (the argument's name, for messages), the dtype must also be one the
+    solvers support: float32 or float64 (or a bool/integer dtype, converted), never an
+    object array, float16 or an extended precision.
+    """
     if not (hasattr(x, "__array_namespace__") or is_tensor(x)):
         x = xp.asarray(x)
     if dtype is not None:
         return x if x.dtype == dtype else xp.astype(x, dtype)
+    if name is not None:
+        _check_solver_dtype(x, name, xp=xp)
     if xp.isdtype(x.dtype, "real floating"):
         return x
     if xp.isdtype(x.dtype, "complex floating"):
-        msg = f"complex arrays are not supported, got dtype {x.dtype}"
+        where = "" if name is None else f"`{name}`: "
+        msg = f"{where}complex arrays are not supported, got dtype {x.dtype}"
         raise TypeError(msg)
     return xp.astype(x, default_float(xp))
+
+
+def _check_solver_dtype(x: Any, name: str, *, xp) -> None:
+    """Raise our own `TypeError` for a dtype no solver supports (see `as_float_array`)."""
+    dt = x.dtype
+    if xp.isdtype(dt, ("bool", "integral", "complex floating")):
+        return
+    if xp.isdtype(dt, "real floating"):
+        if dt in (xp.float32, xp.float64):
+            return
+        msg = (
+            f"`{name}` has dtype {dt}; the solvers compute in float32 or float64: "
+            f"convert `{name}` first, e.g. with `xp.astype({name}, xp.float32)`"
+        )
+        raise TypeError(msg)
+    msg = (
+        f"`{name}` must be an array of numbers, got dtype {dt} (an object array, e.g. "
+        "holding None?); build it from floats, e.g. `xp.asarray(values, dtype=xp.float64)`"
+    )
+    raise TypeError(msg)
 
 
 def vector_norm(x: Any, /, *, axis=None, keepdims: bool = False, xp):

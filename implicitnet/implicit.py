@@ -256,6 +256,7 @@ class _Spec:
     adjoint: AbstractAdjoint
     batch_axis: int | None
     stats: dict
+    forward: Result
 
 
 @primitive(name="implicit_solution")
@@ -271,6 +272,19 @@ def _implicit_solution_vjp(ct, ans, z_star, *leaves, xp, spec, needs_grad):
         raise NotImplementedError(msg)
     ct = _raw(ct)
     bxp = namespace(ct)
+    fwd = spec.forward
+    if not fwd.success:
+        # The implicit function theorem holds at a fixed point (a root); at an iterate
+        # that is not one, the "gradient" below is that of no function of the inputs.
+        warnings.warn(
+            f"differentiating through a forward solve that did not converge: "
+            f"{fwd.status.value}, residual {_fmt(fwd.residual)} after {_fmt(fwd.nit)} "
+            "iterations; the implicit gradient assumes a solution and is unreliable here. "
+            "Check `result.success`, raise `maxiter` or loosen `rtol`, or make the map "
+            "contractive.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     # Constants enter as constant Tensors, so that operators of a strict array library
     # (which refuse foreign operands) always dispatch to the Tensor.
     leaves = [_constant(a) for a in leaves]
@@ -453,7 +467,7 @@ def _solve(
     )
     if not traced:
         return res
-    spec = _Spec(kind, f, treedef, adjoint, batch_axis, res.stats)
+    spec = _Spec(kind, f, treedef, adjoint, batch_axis, res.stats, res)
     z = _implicit_solution(res.x, *leaves, spec=spec)
     return dataclasses.replace(res, x=z)
 
@@ -469,7 +483,9 @@ _DOC_TAIL = """
         through the solver's iterations (:class:`UnrolledAdjoint`; memory grows with
         them). After a backward pass, ``result.stats["backward"]`` holds the adjoint
         solve's ``nit``, ``nmatvec``, ``residual``, ``success`` and ``status``; an
-        adjoint solve that does not converge warns (:class:`ConvergenceWarning`).
+        adjoint solve that does not converge warns (:class:`ConvergenceWarning`), and
+        so does a gradient taken (implicitly or by phantom steps) through a forward
+        solve that did not converge.
 """
 
 

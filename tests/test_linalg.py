@@ -286,6 +286,25 @@ def test_gmres_singular_breakdown(backend, xp):
     assert_close(res.x[0], xp.asarray(1.0), rtol=1e-12, xp=xp)
 
 
+def test_gmres_singular_symmetric_reaches_the_least_squares_residual(backend, xp):
+    """A numerically singular symmetric system, b outside the range: GMRES reaches the
+    least-squares residual (the part of b in the null space) and keeps it, instead of
+    dividing by the rounding-level pivot of the happy breakdown that follows."""
+    rng = np.random.default_rng(0)
+    n = 8
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    d = rng.uniform(0.5, 2.0, n)
+    d[0] = 0.0
+    A_np = (Q * d) @ Q.T
+    b_np = rng.standard_normal(n)
+    least = abs(float(Q[:, 0] @ b_np))
+    res = inet.linalg.gmres(xp.asarray(A_np), xp.asarray(b_np), restart=n, maxiter=50)
+    assert not res.success
+    assert res.status in ("breakdown", "stagnated")
+    assert np.all(np.isfinite(backend.to_numpy(res.x)))
+    assert res.residual == pytest.approx(least, rel=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(ALL))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ill_conditioned_reports_not_converged(backend, xp, name, dtype):

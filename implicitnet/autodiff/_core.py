@@ -61,8 +61,10 @@ class Tensor:
     **Operand order with raw arrays.** A tensor's operators accept raw arrays and Python
     scalars on either side, and so do the functions of the differentiable namespace
     (``xp.multiply(raw, t)``, ``implicitnet.ops.add(raw, t)``, ...). ``raw + t`` with
-    the raw array on the *left* works on NumPy and CuPy (``__array_ufunc__ = None``
-    makes them defer to the tensor's reflected operator), but **not on
+    the raw array on the *left* works on NumPy and CuPy (the tensor's
+    ``__array_ufunc__`` turns NumPy's operator into the tensor's reflected one; any
+    other NumPy function applied to a traced tensor raises ``TypeError`` saying to use
+    the differentiable namespace), but **not on
     array-api-strict**: its operators raise ``TypeError`` for a foreign operand
     instead of returning ``NotImplemented``, so Python never asks the tensor. Inside
     the transforms this cannot happen with the function's arguments, because
@@ -87,8 +89,22 @@ class Tensor:
     __slots__ = ("_args", "_implicitnet_data", "_kwargs", "_level", "_prim")
 
     _implicitnet_tensor = True
-    __array_ufunc__ = None  # NumPy defers to our reflected operators
     __array_priority__ = 1000
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # NumPy calls this for ``raw op tensor`` (its operators are ufuncs) and for a
+        # NumPy function applied to a tensor. The first is the tensor's own operator;
+        # the second would leave the tape, so it is refused with a pointer to the
+        # differentiable namespace.
+        name = ufunc.__name__.removeprefix("cupy_")  # CuPy's ufuncs are "cupy_add", ...
+        names = _UFUNC_OPERATORS.get(name)
+        if names is not None and method == "__call__" and not kwargs and len(inputs) == 2:
+            a, b = inputs
+            if type(a) is Tensor:
+                return getattr(a, names[0])(b)
+            return getattr(b, names[1])(a)
+        what = name if method == "__call__" else f"{name}.{method}"
+        raise TypeError(_numpy_message(f"numpy.{what}"))
 
     def __init__(self, data, level: int = 0, prim=None, args: tuple = (), kwargs=None):
         self._implicitnet_data = data
@@ -174,6 +190,9 @@ class Tensor:
         return _raw(self).__dlpack_device__()
 
     def __array__(self, dtype=None, copy=None):
+        if self._level:
+            # A traced value turned into a NumPy array loses its gradient silently.
+            raise TypeError(_numpy_message("a NumPy conversion"))
         raw = _raw(self)
         if not hasattr(raw, "__array__"):
             msg = f"cannot convert a tensor of {type(raw).__module__} to a NumPy array"
@@ -192,6 +211,36 @@ class Tensor:
         return f"Tensor({_raw(self)!r}, {kind})"
 
     __hash__ = None  # like arrays: == is elementwise
+
+
+# NumPy ufuncs behind the operators, and the tensor methods for each operand order
+# (``a < t`` reflects to ``t > a``).
+_UFUNC_OPERATORS = {
+    "add": ("__add__", "__radd__"),
+    "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"),
+    "divide": ("__truediv__", "__rtruediv__"),
+    "true_divide": ("__truediv__", "__rtruediv__"),
+    "floor_divide": ("__floordiv__", "__rfloordiv__"),
+    "remainder": ("__mod__", "__rmod__"),
+    "power": ("__pow__", "__rpow__"),
+    "matmul": ("__matmul__", "__rmatmul__"),
+    "equal": ("__eq__", "__eq__"),
+    "not_equal": ("__ne__", "__ne__"),
+    "less": ("__lt__", "__gt__"),
+    "less_equal": ("__le__", "__ge__"),
+    "greater": ("__gt__", "__lt__"),
+    "greater_equal": ("__ge__", "__le__"),
+}
+
+
+def _numpy_message(what: str) -> str:
+    return (
+        f"{what} was applied to an implicitnet Tensor (a value under `grad`/`vjp`); "
+        "NumPy cannot record it, so its gradient would be lost. Write the function "
+        "with the namespace of its inputs, `xp = inet.namespace(z)` and then `xp.tanh(z)`, "
+        "`xp.sum(z)`, ..., or with `implicitnet.ops` (`inet.ops.tanh(z)`)"
+    )
 
 
 def _raw(x):

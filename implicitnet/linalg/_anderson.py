@@ -98,7 +98,7 @@ class Anderson(AbstractLinearSolver):
 
     def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
         """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp)
+        xp = resolve_namespace(b, x0, xp, A)
         problem = prepare(A, b, x0, None, batch_axis, xp=xp)
         m = self.m
         finfo = xp.finfo(problem.b.dtype)
@@ -184,8 +184,9 @@ def anderson(
     ----------
     A : callable, array or object with ``matvec``
         The operator, as for :func:`gmres`; for an adjoint, ``A(u) = u - vjp(u)``.
-    b : array
-        Right-hand side.
+    b : array, or a Python number or (nested) list of numbers
+        Right-hand side (numbers and lists become an array of the namespace of `A`, or
+        NumPy's; a 0-D `b` is one equation).
     x0 : array, optional
         Initial guess. Default: zeros.
     rtol, atol : float

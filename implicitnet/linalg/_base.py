@@ -40,8 +40,10 @@ class AbstractLinearSolver(abc.ABC):
             2-D array (the matrix; or a 3-D array ``(batch, n, n)``, one matrix per
             system, when `b` is ``(batch, n)`` with ``batch_axis=0``), or an object
             with a ``matvec`` method.
-        b : array
-            Right-hand side.
+        b : array, or a Python number or (nested) list of numbers
+            Right-hand side (a 0-D `b` is one equation in one unknown). Numbers and
+            lists become an array of the namespace of `A` (NumPy's when `A` is not an
+            array), as in SciPy.
         x0 : array, optional
             Initial guess, shaped like `b`. Default: zeros.
         batch_axis : int, optional
@@ -66,7 +68,7 @@ def _check_tolerances(obj: Any) -> None:
         if not (value >= 0 and math.isfinite(value)):
             msg = f"`{name}` must be finite and non-negative, got {value!r}"
             raise ValueError(msg)
-    _check_int(obj.maxiter, "maxiter", minimum=0, optional=True)
+    _check_int(obj.maxiter, "maxiter", minimum=1, optional=True)
     cb = getattr(obj, "callback", None)
     if cb is not None and not callable(cb):
         msg = f"`callback` must be callable or None, got {type(cb).__name__}"
@@ -190,11 +192,8 @@ def _all_finite(x, *, xp) -> bool:
 
 def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
     """Validate the inputs of a linear solve and bring them to the ``(B, n)`` layout."""
-    b = as_float_array(b, xp=xp)
+    b = as_float_array(b, xp=xp, name="b")
     dtype = b.dtype
-    if b.ndim == 0:
-        msg = "`b` must have at least one dimension, got a 0-D array"
-        raise ValueError(msg)
     if not _all_finite(b, xp=xp):
         msg = "`b` contains non-finite values (nan or inf)"
         raise ValueError(msg)
@@ -245,9 +244,39 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
     return _Problem(b2, x2, matvec, precond, shape, perm, batched, bnorm)
 
 
-def resolve_namespace(b, x0, xp):
-    """The namespace of a linear solve (from `b` and `x0`)."""
-    return namespace(b, x0) if xp is None else xp
+def resolve_namespace(b, x0, xp, A=None):
+    """The namespace of a linear solve (from `b`, `x0` and an array `A`).
+
+    As in :func:`implicitnet.solvers.fixed_point`, `b` (and `x0`) may be Python numbers
+    or (nested) lists of them: the namespace is then that of the array operator `A`, or
+    NumPy's.
+    """
+    if xp is not None:
+        return xp
+    arrays = [v for v in (b, x0) if v is not None and not _is_python_numbers(v)]
+    if not arrays:
+        if is_tensor(A) or hasattr(A, "__array_namespace__"):
+            return namespace(A)
+        from .. import backends
+
+        return backends.get_backend("numpy").namespace()
+    try:
+        return namespace(*arrays)
+    except TypeError as exc:
+        which = "`b`" if arrays[0] is b else "`x0`"
+        msg = f"{which} must be an array or a (nested) list of numbers (or pass `xp`): {exc}"
+        raise TypeError(msg) from exc
+
+
+def _is_python_numbers(x) -> bool:
+    """Whether `x` is a real Python number or a non-empty nested list/tuple of them."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int | float):
+        return True
+    if isinstance(x, list | tuple) and x:
+        return all(_is_python_numbers(v) for v in x)
+    return False
 
 
 def tolerance(problem: _Problem, rtol: float, atol: float, *, xp):
@@ -295,6 +324,11 @@ def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
     history = xp.stack(out.history, axis=0)
     x = problem.to_user(out.x, xp=xp)
     stats = dict(out.stats or {})
+    # ||b - A x|| / ||b||, the quantity the test compares with `rtol` (0 for b = 0).
+    has_b = problem.bnorm > 0
+    relative = xp.where(
+        has_b, out.residual / xp.where(has_b, problem.bnorm, xp.ones_like(problem.bnorm)), 0.0
+    )
     if problem.batched:
         stats["status"] = code
         return Result(
@@ -308,6 +342,7 @@ def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
             history=history,
             converged=converged,
             stats=stats,
+            relative_residual=relative,
         )
     return Result(
         x=x,
@@ -320,6 +355,7 @@ def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
         history=history[:, 0],
         converged=success,
         stats=stats,
+        relative_residual=float(relative[0]),
     )
 
 

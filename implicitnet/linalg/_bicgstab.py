@@ -92,7 +92,7 @@ class BiCGSTAB(AbstractLinearSolver):
 
     def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
         """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp)
+        xp = resolve_namespace(b, x0, xp, A)
         problem = prepare(A, b, x0, self.M, batch_axis, xp=xp)
         maxiter = 100 if self.maxiter is None else self.maxiter
         tol = tolerance(problem, self.rtol, self.atol, xp=xp)
@@ -145,8 +145,9 @@ def bicgstab(
     ----------
     A : callable, array or object with ``matvec``
         The operator, as for :func:`gmres`.
-    b : array
-        Right-hand side.
+    b : array, or a Python number or (nested) list of numbers
+        Right-hand side (numbers and lists become an array of the namespace of `A`, or
+        NumPy's; a 0-D `b` is one equation).
     x0 : array, optional
         Initial guess. Default: zeros.
     rtol, atol : float

@@ -119,7 +119,7 @@ class GMRES(AbstractLinearSolver):
 
     def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
         """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp)
+        xp = resolve_namespace(b, x0, xp, A)
         problem = prepare(A, b, x0, self.M, batch_axis, xp=xp)
         maxiter = 10 * self.restart if self.maxiter is None else self.maxiter
         out = _gmres(
@@ -156,9 +156,10 @@ def gmres(
         ``A(v)`` returns ``A @ v`` for an array ``v`` shaped like `b`. A 2-D array is
         the matrix itself (acting on each system); with ``batch_axis=0`` and a 2-D `b`,
         a 3-D array ``(batch, n, n)`` holds one matrix per system.
-    b : array
-        Right-hand side. Without `batch_axis` an N-D `b` is one system of ``b.size``
-        unknowns (flattened, and the solution reshaped back).
+    b : array, or a Python number or (nested) list of numbers
+        Right-hand side (numbers and lists become an array of the namespace of `A`, or
+        NumPy's; a 0-D `b` is one equation). Without `batch_axis` an N-D `b` is one
+        system of ``b.size`` unknowns (flattened, and the solution reshaped back).
     x0 : array, optional
         Initial guess, shaped like `b`. Default: zeros.
     rtol, atol : float
@@ -190,7 +191,7 @@ def gmres(
     ------
     ValueError
         If `b` or `x0` is non-finite or misshapen, `A` has the wrong shape, or
-        `restart` is not positive.
+        `restart` or `maxiter` is not positive.
     TypeError
         If `A` is neither callable, an array nor has a ``matvec``.
 
@@ -496,10 +497,20 @@ def _careful_step(V, w, h, h0sq, u, j, est, orth, err, live, livef, *, xp):
     hn = xp.where(happy, zeros, hn)
     v_next = w * (livef / xp.where(happy, ones, hn))[:, None]
     # The rotation as in the fast path; rho ~ 0 means the triangular factor is
-    # singular: column j cannot reduce the residual.
+    # singular: column j cannot reduce the residual. "~ 0" must allow for the rounding
+    # error of the pivot a = u . h, which is not one eps h0: `a` sums j + 1 products of
+    # projections (dot products of n terms) with rotation factors that carry the
+    # rounding of every earlier rotation, and its last bits depend on the summation
+    # order of the dot products (BLAS kernel, CPU). A pivot of a few eps h0 taken as
+    # non-singular makes the least-squares solve divide by it, and the cycle returns
+    # garbage. So: singular below (j + 2 + sqrt(n)) eps h0 and, at a happy breakdown
+    # (hn = 0, the pivot is a alone and claims an exact solution), below sqrt(eps) h0:
+    # an invariant Krylov space on which A is that ill-conditioned is numerically
+    # singular, and the rounding of `a` is amplified by the earlier rotations.
     a = xp.vecdot(u, h)
     rho = xp.sqrt(a * a + hnsq)
-    singular = rho <= eps * h0
+    floor = xp.where(happy, eps**0.5 * h0, (j + 2 + Vj.shape[-1] ** 0.5) * eps * h0)
+    singular = rho <= floor
     safe_rho = xp.where(singular, ones, rho)
     c = xp.where(singular, ones, a / safe_rho)
     s = xp.where(singular, zeros, hn / safe_rho)

@@ -85,7 +85,7 @@ def _solve(
             except TypeError as exc:
                 msg = f"`x0` must be an array (or pass `xp`): {exc}"
                 raise TypeError(msg) from exc
-    x0 = as_float_array(x0, xp=xp)
+    x0 = as_float_array(x0, xp=xp, name="x0")
     for value, label in ((rtol, "rtol"), (atol, "atol")):
         if isinstance(value, bool) or not isinstance(value, int | float):
             msg = f"`{label}` must be a real number, got {value!r}"
@@ -300,18 +300,21 @@ fixed_point.__doc__ = _fill(
     Returns
     -------
     Result
-        ``x`` (the iterate with the lowest residual), ``success``, ``status``,
-        ``message``, ``nit``, ``nfev``, ``residual`` (``||f(x) - x||``), ``history``
+        ``x`` (the iterate that passed the test, else the one with the lowest
+        residual), ``success``, ``status``, ``message``, ``nit``, ``nfev``,
+        ``residual`` (``||f(x) - x||``), ``relative_residual`` (see Notes), ``history``
         (residual norm per iteration, entry 0 at `x0`; shape ``(iterations + 1,
         batch)`` when batched, finished systems repeating their last value) and
-        ``converged``. Batched: ``nit``, ``nfev``, ``residual`` and ``converged`` are
-        arrays with one entry per system; ``nfev`` counts the evaluations spent on
-        each system while it was iterating (``stats["ncalls"]`` counts calls of `f`).
+        ``converged``. Batched: ``nit``, ``nfev``, ``residual``,
+        ``relative_residual`` and ``converged`` are arrays with one entry per system;
+        ``nfev`` counts the evaluations spent on each system while it was iterating
+        (``stats["ncalls"]`` counts calls of `f`).
 
     Raises
     ------
     ValueError
-        If `x0` is empty or not finite, `rtol`/`atol` are negative, `maxiter < 1`,
+        If `x0` is empty or not finite, ``f(x0)`` is not finite, `rtol`/`atol` are
+        negative, `maxiter < 1`,
         `method` is unknown (the message lists the known ones), `batch_axis` or
         `arg_batch_axes` do not fit `x0` and `args`, or `f` returns a wrongly shaped
         array (checked at the first evaluation).
@@ -329,15 +332,24 @@ fixed_point.__doc__ = _fill(
     System ``i`` (the whole of `x0` when unbatched) has converged at ``x`` when, with
     Euclidean norms over the elements of that system,
 
-        ||f(x) - x|| <= atol + rtol * max(||f(x)||, ||f(x0) - x0||).
+        ||f(x) - x|| <= atol + rtol * max(r0, min(||f(x)||, 100 * s0)),
 
-    The relative part is scale invariant, works when the solution is zero (through
-    ``||f(x0) - x0||``) and is not stricter for a warm start than for a cold one.
+    where ``r0 = ||f(x0) - x0||`` and ``s0 = max(||f(x0)||, r0)``. The relative part is
+    scale invariant (``||f(x)||`` is the size of the solution), works when the solution
+    is zero (through ``r0``) and is not stricter for a warm start than for a cold one.
+    The scale follows ``||f(x)||`` only up to 100 times its starting value: an iterate
+    that runs away on a map without a fixed point never makes the test pass (beyond
+    the cap, an iterate must also have a residual resolvable in its dtype). SciPy's
+    ``f_rtol`` is this test with the scale ``r0``; torchdeq's relative residual
+    ``||f(x) - x|| / ||f(x)||`` is this test without the cap (see the theory page on
+    the stopping test). ``res.relative_residual`` is the residual divided by the scale:
+    with ``atol=0``, a system converged exactly when it is at most `rtol`. A converged
+    system returns the iterate that passed the test, which is finite.
 
     Failure is a value: ``status`` is ``"maxiter"`` when the iterations run out,
-    ``"diverged"`` when the residual becomes non-finite or grows by a large factor over
-    the best one seen, ``"stagnated"`` when the best residual has not improved for a
-    number of iterations; `x` is then the best iterate seen, never NaN. When batched,
+    ``"diverged"`` when the residual becomes non-finite (at any iterate) or grows by a
+    large factor over the best one seen, ``"stagnated"`` when the best residual has not
+    improved for a number of iterations; `x` is then the best iterate seen, never NaN. When batched,
     the overall status is the worst of the unconverged systems', and
     ``stats["statuses"]`` holds each system's.
 
@@ -398,7 +410,11 @@ root.__doc__ = _fill(
     Notes
     -----
     System ``i`` has converged at ``x`` when ``||F(x)|| <= atol + rtol * ||F(x0)||``
-    (Euclidean norms over the elements of that system; SciPy's ``f_rtol`` sense).
+    (Euclidean norms over the elements of that system; SciPy's ``f_rtol`` sense, with
+    ``atol`` for its ``f_tol``). The scale ``||F(x0)||`` is fixed, so an iterate that runs
+    away never passes; ``res.relative_residual`` is ``||F(x)|| / ||F(x0)||``. A value of
+    `F` that is not finite, or an iterate that is not finite (``F`` may be finite there,
+    as ``tanh`` is at infinity), ends the system as ``"diverged"``.
 
     Methods built for fixed points apply to a root problem through the map
     ``x + beta * F(x)``: Picard, Anderson and Broyden use the model Jacobian

@@ -30,6 +30,11 @@ __all__ = ["iterate"]
 _SEVERITY = (Status.DIVERGED, Status.BREAKDOWN, Status.STAGNATED, Status.STOPPED, Status.MAXITER)
 
 
+# The scale of the fixed-point test follows ``||f(x)||`` up to this factor times its
+# starting value ``max(||f(x0)||, ||f(x0) - x0||)``, never beyond: an iterate that runs
+# away (a map without a fixed point) cannot make the relative test as loose as it likes.
+SCALE_GROWTH = 100.0
+
 # Compaction of finished rows is deferred while fewer than 1/_DEFER_FRACTION of the held
 # rows have finished, for at most _MAX_DEFERRAL iterations.
 _DEFER_FRACTION = 8
@@ -70,9 +75,17 @@ def iterate(
     """Run `solver` (an :class:`AbstractIterativeSolver`) on `problem`.
 
     Convergence of system ``i`` at iterate ``x`` (Euclidean norms over the system):
+    ``||g(x)|| <= atol + rtol * scale(x)``, with
 
-    * fixed point: ``||f(x) - x|| <= atol + rtol * max(||f(x)||, ||f(x0) - x0||)``;
-    * root: ``||F(x)|| <= atol + rtol * ||F(x0)||``.
+    * fixed point (``g(x) = f(x) - x``): ``scale(x) = max(r0, min(||f(x)||, C s0))``,
+      ``r0 = ||f(x0) - x0||``, ``s0 = max(||f(x0)||, r0)``, ``C = SCALE_GROWTH``;
+    * root (``g = F``): ``scale = ||F(x0)||``.
+
+    The scale is bounded, so an iterate that runs away never passes the test. A
+    residual that is not finite (any iterate, or for a root problem an iterate that is
+    not finite itself) ends its system as ``"diverged"``; a non-finite residual at `x0`
+    raises ``ValueError``. A system that converges returns the iterate that passed the
+    test, with its residual and ``relative_residual = residual / scale``.
 
     Per iteration the driver does one host transfer (the residual norms, and for a
     fixed-point problem the norms of ``f(x)``), a few list operations per active
@@ -88,6 +101,8 @@ def iterate(
     window = solver.stagnation_window
     factor = solver.divergence_factor
     inf = float("inf")
+    nan = float("nan")
+    eps = float(xp.finfo(dtype).eps)
 
     ncalls = [0]
 
@@ -107,7 +122,10 @@ def iterate(
         if r is None:
             r = row_norms(gx, xp=xp)
         if not fixed:
-            return read(r), None
+            # A non-finite iterate may still have a finite F(x) (F = tanh at x = inf):
+            # read one sum per row with the norms; non-finite rows get a NaN residual.
+            both = read(xp.stack([r, xp.sum(x, axis=-1)]))
+            return [v if t - t == 0.0 else nan for v, t in zip(both[0], both[1])], None
         last_gx, last_f = g.inner.last
         fx = last_f if last_gx is gx else x + gx
         both = read(xp.stack([r, row_norms(fx, xp=xp)]))
@@ -120,21 +138,36 @@ def iterate(
     gx = g(x)
     r_list, s_list = host_norms(x, gx, None, g)
 
+    bad = [i for i, r in enumerate(r_list) if not r - r == 0.0]
+    if fixed:
+        bad += [i for i, v in enumerate(s_list) if not v - v == 0.0 and i not in bad]
+    if bad:
+        name = "f" if fixed else "F"
+        where = "" if problem.batch_axis is None else f" for systems {sorted(bad)[:10]}"
+        msg = (
+            f"`{name}(x0)` is not finite (it contains NaN or infinity){where}; "
+            f"check `{name}` and the starting point `x0`"
+        )
+        raise ValueError(msg)
+
     # Per system (full batch): final values, written when the system finishes.
-    r0 = [v if v - v == 0.0 else 0.0 for v in r_list]
+    r0 = list(r_list)
+    # Scale of the relative test: fixed for a root problem; for a fixed point it
+    # follows ||f(x)|| between r0 and its cap SCALE_GROWTH * s0.
+    cap = [SCALE_GROWTH * (v if v > q else q) for v, q in zip(s_list, r0)] if fixed else r0
     best_r = [inf] * batch
+    best_s = list(r0)  # scale at the returned iterate
     nit = [0] * batch
     nfev = [1] * batch
     status: list[Status | None] = [None] * batch
     history = [r_list]
     last_r = r_list  # latest residual of every system (replaced, never mutated)
     for i, r in enumerate(r_list):
-        if not r - r == 0.0:
-            status[i] = Status.DIVERGED
-            continue
         best_r[i] = r
-        scale = max(s_list[i], r) if fixed else r
-        if r <= atol + rtol * scale:
+        if fixed:
+            v = s_list[i]
+            best_s[i] = r if not v > r else (v if v < cap[i] else cap[i])
+        if r <= atol + rtol * best_s[i]:
             status[i] = Status.SUCCESS
     # Root problems: the threshold is fixed per system.
     thresh = [atol + rtol * v for v in r0]
@@ -143,8 +176,10 @@ def iterate(
     # and whether the row is live (False once its system finished: a frozen row, or one
     # whose removal is deferred, see `finish_rows`).
     h_best = [best_r[i] for i in ids]
+    h_best_s = list(best_s)
     h_best_it = [0] * batch
     h_r0 = list(r0)
+    h_cap = list(cap)
     h_thr = list(thresh)
     h_act = [True] * batch
     fev = 1  # evaluations charged to every system still iterating
@@ -171,7 +206,7 @@ def iterate(
         that diverged or stagnated leaves at once.
         """
         nonlocal ids, g, best, best_full, any_frozen, masked, pending_since
-        nonlocal h_best, h_best_it, h_r0, h_thr, h_act
+        nonlocal h_best, h_best_s, h_best_it, h_r0, h_cap, h_thr, h_act
         done = [status[i] is not None for i in ids]
         if not any(done):
             return x_work, gx_work, state
@@ -199,8 +234,10 @@ def iterate(
             keep = [j for j, d in enumerate(done) if not d]
             ids = [ids[j] for j in keep]
             h_best = [h_best[j] for j in keep]
+            h_best_s = [h_best_s[j] for j in keep]
             h_best_it = [h_best_it[j] for j in keep]
             h_r0 = [h_r0[j] for j in keep]
+            h_cap = [h_cap[j] for j in keep]
             h_thr = [h_thr[j] for j in keep]
             h_act = [True] * len(keep)
             if not keep:
@@ -255,20 +292,33 @@ def iterate(
         r_list, s_list = host_norms(x_new, gx_new, r_new, g)
 
         # Per-row decisions as list comprehensions over the held rows; the rare rows
-        # that finish are then classified one by one.
+        # that finish are then classified one by one. The scale of the fixed-point
+        # test is max(r0, min(||f(x)||, cap)); a NaN ||f(x)|| takes the cap (and its
+        # residual is NaN anyway).
+        if fixed:
+            scl = [q if not v > q else (v if v < c else c) for v, q, c in zip(s_list, h_r0, h_cap)]
+            thr = [atol + rtol * v for v in scl]
+            if any(v > c for v, c in zip(s_list, h_cap)):
+                # Beyond the cap, a residual below the rounding error of f(x) - x
+                # (x + 1 == x for large x) says nothing about a fixed point: such an
+                # iterate has run away, and its residual counts as not finite.
+                r_list = [
+                    nan if v > c and eps * v > t else r
+                    for r, v, c, t in zip(r_list, s_list, h_cap, thr)
+                ]
+        else:
+            scl = h_r0
+            thr = h_thr
         improved = [r < b for r, b in zip(r_list, h_best)]
         if masked:
             improved = [c and a for c, a in zip(improved, h_act)]
         n_improved = improved.count(True)
         if n_improved:
             h_best = [r if c else b for r, b, c in zip(r_list, h_best, improved)]
+            h_best_s = [v if c else b for v, b, c in zip(scl, h_best_s, improved)]
             h_best_it = [it if c else t for t, c in zip(h_best_it, improved)]
         # Finished: converged, or residual not below `factor` times the best (this
         # includes a non-finite residual), or no new best for `window` iterations.
-        if fixed:
-            thr = [atol + rtol * (v if v > q else q) for v, q in zip(s_list, h_r0)]
-        else:
-            thr = h_thr
         done = [r <= t or not r <= factor * b for r, t, b in zip(r_list, thr, h_best)]
         if it - min(h_best_it) >= window:
             done = [d or it - t >= window for d, t in zip(done, h_best_it)]
@@ -282,11 +332,19 @@ def iterate(
             r = r_list[j]
             if r <= thr[j]:
                 status[i] = Status.SUCCESS
+                if not improved[j]:
+                    # Return the iterate that passed the test: an earlier one with a
+                    # lower residual may have had a smaller scale and not passed it.
+                    improved[j] = True
+                    n_improved += 1
+                    h_best[j] = r
+                    h_best_s[j] = scl[j]
             elif not r <= factor * h_best[j]:
                 status[i] = Status.DIVERGED
             else:
                 status[i] = Status.STAGNATED
             best_r[i] = h_best[j]
+            best_s[i] = h_best_s[j]
             nit[i] = it
             nfev[i] = fev
 
@@ -318,7 +376,7 @@ def iterate(
                 if problem.batch_axis is None
                 else xp.asarray(last_r, dtype=dtype, device=dev)
             )
-            if callback(problem.to_user(x_full), cb_res):
+            if _wants_stop(callback(problem.to_user(x_full), cb_res)):
                 stopped = True
 
         overdue = masked and not any_frozen and it - pending_since >= _MAX_DEFERRAL
@@ -338,6 +396,7 @@ def iterate(
         for j, i in enumerate(ids):
             if h_act[j]:
                 best_r[i] = h_best[j]
+                best_s[i] = h_best_s[j]
                 nit[i] = it
                 nfev[i] = fev
     for i in range(batch):
@@ -354,7 +413,23 @@ def iterate(
         history,
         stats={"ncalls": ncalls[0], "iterations": it},
         xp=xp,
+        scale=best_s,
     )
+
+
+def _wants_stop(answer: Any) -> bool:
+    """The callback's answer as a bool; an array of several values is refused."""
+    if answer is None or isinstance(answer, bool):
+        return bool(answer)
+    shape = getattr(answer, "shape", None)
+    if shape is not None and tuple(shape) not in ((), (1,)):
+        msg = (
+            f"`callback` must return True, False or None, got an array of shape "
+            f"{tuple(shape)}; when batched, `residual` holds one norm per system: reduce "
+            "the test to one answer, e.g. `return bool(xp.all(residual < tol))`"
+        )
+        raise TypeError(msg)
+    return bool(answer)
 
 
 def _mask(flags: list[bool], ndim: int, *, xp, dev):
@@ -363,12 +438,22 @@ def _mask(flags: list[bool], ndim: int, *, xp, dev):
     return xp.reshape(m, (len(flags),) + (1,) * (ndim - 1))
 
 
-def _result(problem, x_best, status, residual, nit, nfev, history, *, stats, xp) -> Result:
-    """Build the :class:`Result` in the user's layout (shared with the SciPy adapters)."""
+def _result(
+    problem, x_best, status, residual, nit, nfev, history, *, stats, xp, scale=None
+) -> Result:
+    """Build the :class:`Result` in the user's layout (shared with the SciPy adapters).
+
+    `scale` holds, per system, the scale of the relative test at the returned iterate
+    (``relative_residual = residual / scale``; 0 / 0 is 0 and r / 0 infinite).
+    """
     dtype = problem.dtype
     dev = problem.device
     overall = overall_status(status)
     converged = [s == Status.SUCCESS for s in status]
+    if scale is None:
+        relative = [float("nan")] * len(residual)
+    else:
+        relative = [_ratio(r, s) for r, s in zip(residual, scale)]
     x = problem.to_user(x_best)
     if problem.batch_axis is None:
         hist = xp.asarray([h[0] for h in history], dtype=dtype, device=dev)
@@ -383,6 +468,7 @@ def _result(problem, x_best, status, residual, nit, nfev, history, *, stats, xp)
             history=hist,
             converged=converged[0],
             stats=stats,
+            relative_residual=relative[0],
         )
     stats = dict(stats)
     stats["statuses"] = tuple(status)
@@ -397,4 +483,12 @@ def _result(problem, x_best, status, residual, nit, nfev, history, *, stats, xp)
         history=xp.asarray(history, dtype=dtype, device=dev),
         converged=xp.asarray(converged, dtype=xp.bool, device=dev),
         stats=stats,
+        relative_residual=xp.asarray(relative, dtype=dtype, device=dev),
     )
+
+
+def _ratio(r: float, s: float) -> float:
+    """``r / s`` for the relative residual: 0 when both vanish, inf for ``r / 0``."""
+    if s > 0.0:
+        return r / s
+    return 0.0 if r == 0.0 else float("inf")

@@ -12,6 +12,11 @@ __all__ = ["available_methods", "register", "resolve_method"]
 
 _REGISTRY: dict[str, Any] = {}
 
+# Tolerance names of SciPy (and other libraries) that implicitnet spells `rtol` / `atol`.
+_FOREIGN_TOLERANCES = frozenset(
+    {"tol", "xtol", "ftol", "f_tol", "f_rtol", "fatol", "xatol", "x_tol", "x_rtol", "gtol"}
+)
+
 
 def register(name: str, solver: Any, *, overwrite: bool = False) -> None:
     """Register `solver` under `name`, so that ``method=name`` selects it.
@@ -90,6 +95,14 @@ def resolve_method(method: Any, options: dict[str, Any]) -> AbstractSolver:
             solver = _call_factory(entry, options)
     except TypeError as exc:
         msg = f"invalid options for method {method!r}: {exc}"
+        foreign = sorted(_FOREIGN_TOLERANCES.intersection(options))
+        if foreign:
+            names = ", ".join(f"`{k}`" for k in foreign)
+            msg = (
+                f"{names}: implicitnet's tolerances are `rtol` (relative, SciPy's "
+                "`f_rtol`) and `atol` (absolute, SciPy's `f_tol`/`fatol`), arguments of "
+                f"`fixed_point`/`root` themselves (see the stopping test in their Notes); {msg}"
+            )
         raise TypeError(msg) from exc
     if not isinstance(solver, AbstractSolver):
         msg = f"the factory registered as {method!r} returned {type(solver).__name__}"

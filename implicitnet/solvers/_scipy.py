@@ -14,7 +14,7 @@ from typing import Any
 from .._result import Status
 from .._xp import is_tensor, vector_norm
 from ._base import AbstractSolver
-from ._iterate import _result
+from ._iterate import SCALE_GROWTH, _result
 
 __all__ = ["SCIPY_METHODS", "SciPyRoot"]
 
@@ -119,6 +119,8 @@ class SciPyRoot(AbstractSolver):
         batch, n = problem.batch, problem.n
         dtype = problem.dtype
         x_rows, status, residual, nits, nfevs, histories = [], [], [], [], [], []
+        scales = []
+        eps = float(xp.finfo(dtype).eps)
         ncalls = 0
         for i in range(batch):
             if problem.batch_axis is None:
@@ -128,7 +130,7 @@ class SciPyRoot(AbstractSolver):
             else:
                 g = _embedded(problem, i, xp=xp)
             x0_i = problem.x0[i : i + 1, :]
-            record = {"best": (math.inf, x0_i), "hist": [], "scale": []}
+            record = {"best": (math.inf, x0_i, 0.0), "hist": [], "scale": []}
 
             def fun(v, g=g, record=record):
                 x = xp.reshape(xp.asarray(v, dtype=dtype, copy=True), (1, n))  # MINPACK reuses v
@@ -143,7 +145,16 @@ class SciPyRoot(AbstractSolver):
 
             g0 = fun(xp.astype(xp.reshape(x0_i, (n,)), xp.float64))
             r0 = record["hist"][0]
+            if not (math.isfinite(r0) and math.isfinite(record["scale"][0])):
+                name = "f" if fixed else "F"
+                where = "" if problem.batch_axis is None else f" for system {i}"
+                msg = (
+                    f"`{name}(x0)` is not finite (it contains NaN or infinity){where}; "
+                    f"check `{name}` and the starting point `x0`"
+                )
+                raise ValueError(msg)
             s0 = max(record["scale"][0], r0) if fixed else r0
+            cap = SCALE_GROWTH * s0
             threshold = atol + rtol * s0
             opts = self._options(threshold, rtol, atol, maxiter, n, xp=xp)
             outcome = None
@@ -163,11 +174,11 @@ class SciPyRoot(AbstractSolver):
             del g0
             best = record["best"]
             r_best = best[0]
-            if math.isfinite(r_best):
-                scale = max(best[2], r0) if fixed else r0
-                ok = r_best <= atol + rtol * scale
-            else:
-                ok = False
+            # The driver's test (see `iterate`), at the best point SciPy evaluated.
+            scale = max(r0, min(best[2], cap)) if fixed else r0
+            ok = math.isfinite(r_best) and r_best <= atol + rtol * scale
+            if ok and fixed and best[2] > cap:
+                ok = eps * best[2] <= atol + rtol * scale
             if ok:
                 st = Status.SUCCESS
             elif not math.isfinite(r0) or outcome == "error":
@@ -179,6 +190,7 @@ class SciPyRoot(AbstractSolver):
             x_rows.append(best[1])
             status.append(st)
             residual.append(r_best)
+            scales.append(scale)
             nfevs.append(len(record["hist"]))
             ncalls += len(record["hist"])
             if outcome is None or outcome == "error":
@@ -201,6 +213,7 @@ class SciPyRoot(AbstractSolver):
             history,
             stats={"ncalls": ncalls, "scipy_method": self.method, "history_per": "evaluation"},
             xp=xp,
+            scale=scales,
         )
 
     def _options(self, threshold, rtol, atol, maxiter, n, *, xp):

@@ -41,11 +41,14 @@ _host = backends.get_backend("numpy")
 np = _host.namespace()
 
 __all__ = [
+    "FailingProblem",
     "SolverProblem",
     "contractive_affine_maps",
     "contractive_tanh_maps",
     "expansive_affine_maps",
+    "maps_without_fixed_points",
     "planted_root_problems",
+    "poisoned_maps",
 ]
 
 
@@ -251,3 +254,183 @@ def planted_root_problems(draw, xp, *, dtype="float64", min_n=1, max_n=12, batch
     x_star = rng.uniform(-2.0, 2.0, size=(n,) if b is None else (b, n))
     x0 = np.zeros_like(x_star)
     return _pack(xp, dtype, "root", _planted, x0, (D, W, x_star), x_star, b, (None, None, 0), 0.0)
+
+
+class FailingProblem(NamedTuple):
+    """A drawn problem on which a solve must not report success (for some systems).
+
+    Attributes
+    ----------
+    kind : {"fixed_point", "root"}
+        Solve with :func:`implicitnet.solvers.fixed_point` or ``root``.
+    f : callable
+        ``f(x, *args)``. It may keep state (:func:`poisoned_maps` counts its calls).
+    x0 : array
+        Starting point, shape ``(n,)`` or ``(batch, n)``.
+    args : tuple
+        The arrays `f` needs, each shaped like `x0`.
+    batch_axis, arg_batch_axes
+        Pass through to the solve (None for an unbatched problem).
+    residual_floor : tuple of float
+        Per system, a lower bound of the residual norm (``||f(x) - x||``, or ``||F(x)||``
+        for a root problem) over every finite `x` at which `f` returns finite values;
+        0.0 for a system that may converge. One entry when unbatched.
+    scale0 : tuple of float
+        Per system, the starting scale of the relative test (``max(||f(x0)||,
+        ||f(x0) - x0||)``, or ``||F(x0)||``), in float64. No relative test with
+        ``atol + rtol * 100 * scale0 < residual_floor`` can pass on that system.
+    residual0 : tuple of float
+        Per system, the residual norm at `x0`, in float64.
+    description : str
+        Which family was drawn (for failure messages).
+    """
+
+    kind: str
+    f: Callable
+    x0: Any
+    args: tuple
+    batch_axis: int | None
+    arg_batch_axes: tuple | None
+    residual_floor: tuple
+    scale0: tuple
+    residual0: tuple
+    description: str
+
+
+def _no_fixed_point(z, a, c, e):
+    # Elementwise, with per-element family weights: e = 1 -> exp(z), e = 0 ->
+    # z + a sin(z) + c (|a| < |c|: a shift when a = 0); never z itself.
+    xp = namespace(z, a, c, e)
+    return xp.where(e > 0.5, xp.exp(z), z + a * xp.sin(z) + c)
+
+
+def _no_root(z, a, c, e):
+    # The residual of `_no_fixed_point` written without the cancellation z - z.
+    xp = namespace(z, a, c, e)
+    return xp.where(e > 0.5, xp.exp(z) - z, a * xp.sin(z) + c)
+
+
+@st.composite
+def maps_without_fixed_points(
+    draw, xp, *, dtype="float64", kind="fixed_point", min_n=1, max_n=8, batch=None
+):
+    """Maps with no fixed point (or, with ``kind="root"``, functions with no root).
+
+    Each system is one family, drawn per system: a shift ``z + c``; ``z + a sin(z) +
+    c`` with ``|a| <= |c| / 2`` (the issue's ``z + 0.1 sin z + 1``); exponential growth
+    ``exp(z)`` (``exp(z) - z >= 1``, and it overflows for large ``z``). ``|c|`` is in
+    ``[0.5, 2]`` and `x0` in ``[-1, 1]``, so that ``residual_floor >= scale0 / 8``:
+    with ``atol = 0`` no test with ``rtol < 1e-3`` can pass (see
+    :class:`FailingProblem`). Iterates run away: the solver must report ``"diverged"``,
+    ``"stagnated"`` or ``"maxiter"``, never success.
+    """
+    if kind not in ("fixed_point", "root"):
+        msg = f"`kind` must be 'fixed_point' or 'root', got {kind!r}"
+        raise ValueError(msg)
+    n = draw(st.integers(min_n, max_n))
+    b = draw(_batch_sizes(batch))
+    rows = 1 if b is None else b
+    families = draw(
+        st.lists(st.sampled_from(["shift", "sine", "exp"]), min_size=rows, max_size=rows)
+    )
+    rng = _Rng(draw(_seeds()))
+    shape = (rows, n)
+    sign = np.where(rng.uniform(-1.0, 1.0, size=shape) < 0.0, -1.0, 1.0)
+    c = sign * rng.uniform(0.5, 2.0, size=shape)
+    a = rng.uniform(-0.5, 0.5, size=shape) * np.abs(c)
+    is_sine = np.asarray([[float(k == "sine")] for k in families])
+    e = np.broadcast_to(np.asarray([[float(k == "exp")] for k in families]), shape)
+    a = a * is_sine
+    x0 = rng.uniform(-1.0, 1.0, size=shape)
+    # Residual floors: |c| - |a| per element for shift/sine, 1 for exp (exp(z) - z >= 1).
+    floor_el = np.where(e > 0.5, 1.0, np.abs(c) - np.abs(a))
+    fx0 = np.where(e > 0.5, np.exp(x0), x0 + a * np.sin(x0) + c)
+    g0 = fx0 - x0
+    floor = np.linalg.vector_norm(floor_el, axis=-1)
+    if kind == "fixed_point":
+        scale0 = np.maximum(np.linalg.vector_norm(fx0, axis=-1), np.linalg.vector_norm(g0, axis=-1))
+        f = _no_fixed_point
+    else:
+        scale0 = np.linalg.vector_norm(g0, axis=-1)
+        f = _no_root
+    if b is None:
+        a, c, e, x0 = a[0], c[0], e[0], x0[0]
+    dt = _dtype(xp, dtype)
+    return FailingProblem(
+        kind=kind,
+        f=f,
+        x0=xp.asarray(x0, dtype=dt),
+        args=tuple(xp.asarray(v, dtype=dt) for v in (a, c, e)),
+        batch_axis=None if b is None else 0,
+        arg_batch_axes=None if b is None else (0, 0, 0),
+        residual_floor=tuple(float(v) for v in floor),
+        scale0=tuple(float(v) for v in scale0),
+        residual0=tuple(float(v) for v in np.linalg.vector_norm(g0, axis=-1)),
+        description=f"{kind}: {', '.join(families)}",
+    )
+
+
+@st.composite
+def poisoned_maps(draw, xp, *, dtype="float64", min_n=1, max_n=8, batch=None):
+    """Maps whose value turns non-finite (or overflows) from a random call on.
+
+    A random non-empty subset of the systems (all of it when unbatched) is *poisoned*:
+    its map is a shift ``z + c`` (no fixed point) until call ``k`` of `f` (``k`` drawn
+    in ``[2, 8]``; the first call, at `x0`, is always finite), after which some of its
+    elements return one of ``inf``, ``-inf``, NaN or the largest finite number of the
+    dtype (whose square overflows the norm). The other systems are contractions
+    ``a tanh(z) + c`` (``|a| <= 0.9``) and may converge. `f` counts its calls: draw a
+    fresh problem for every solve. A poisoned system must never be reported converged.
+    """
+    n = draw(st.integers(min_n, max_n))
+    b = draw(_batch_sizes(batch))
+    rows = 1 if b is None else b
+    poisoned = draw(st.lists(st.booleans(), min_size=rows, max_size=rows))
+    if not any(poisoned):
+        poisoned[draw(st.integers(0, rows - 1))] = True
+    k = draw(st.integers(2, 8))
+    value = draw(st.sampled_from(["inf", "-inf", "nan", "max"]))
+    rng = _Rng(draw(_seeds()))
+    shape = (rows, n)
+    rows_p = np.reshape(np.asarray(poisoned, dtype=np.float64), (rows, 1))
+    c = rng.uniform(-2.0, 2.0, size=shape)
+    c = np.where(np.abs(c) < 0.5, 0.5, c)
+    a = rng.uniform(-0.9, 0.9, size=shape)
+    # Elements that turn bad: at least one per poisoned row.
+    first = np.asarray([1.0] + [0.0] * (n - 1))
+    bad = np.where(rng.uniform(0.0, 1.0, size=shape) < 0.5, 1.0, first) * rows_p
+    x0 = rng.uniform(-1.0, 1.0, size=shape)
+    floor = np.where(rows_p[:, 0] > 0.5, np.linalg.vector_norm(c, axis=-1), 0.0)
+    fx0 = np.where(rows_p > 0.5, x0 + c, a * np.tanh(x0) + c)
+    scale0 = np.maximum(
+        np.linalg.vector_norm(fx0, axis=-1), np.linalg.vector_norm(fx0 - x0, axis=-1)
+    )
+    calls = [0]
+
+    def f(z, a, c, shift, bad):
+        xp_ = namespace(z, a, c, shift, bad)
+        calls[0] += 1
+        out = xp_.where(shift > 0.5, z + c, a * xp_.tanh(z) + c)
+        if calls[0] >= k:
+            v = float(xp_.finfo(z.dtype).max) if value == "max" else float(value)
+            out = xp_.where(bad > 0.5, xp_.full_like(z, v), out)
+        return out
+
+    shift = np.broadcast_to(rows_p, shape)
+    arrays = (a, c, shift, bad, x0)
+    if b is None:
+        arrays = tuple(v[0] for v in arrays)
+    dt = _dtype(xp, dtype)
+    conv = tuple(xp.asarray(v, dtype=dt) for v in arrays)
+    return FailingProblem(
+        kind="fixed_point",
+        f=f,
+        x0=conv[4],
+        args=conv[:4],
+        batch_axis=None if b is None else 0,
+        arg_batch_axes=None if b is None else (0, 0, 0, 0),
+        residual_floor=tuple(float(v) for v in floor),
+        scale0=tuple(float(v) for v in scale0),
+        residual0=tuple(float(v) for v in np.linalg.vector_norm(fx0 - x0, axis=-1)),
+        description=f"poisoned {poisoned} from call {k} with {value}",
+    )
