@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._result import Result, Status
-from .._tree import tree_leaves
+from .._tree import tree_flatten, tree_leaves, tree_unflatten
 from .._xp import as_float_array, is_tensor, namespace, vector_norm
 from ..autodiff import grad
 from ..autodiff._core import _raw
-from ..implicit import AbstractAdjoint, ImplicitAdjoint
+from ..implicit import ImplicitAdjoint, _constant, _resolve_backward
 from ..implicit import root as _root
 
 __all__ = [
@@ -127,7 +127,7 @@ class _Shooting:
         mid = (self.lower + self.upper) / 2
         half = (self.upper - self.lower) / 2
         V = xp.reshape(v, (v.shape[0], self.horizon, self.m))
-        return mid + half * xp.tanh(V)
+        return xp.tanh(V) * half + mid
 
     def unsquash(self, u, *, xp):
         """The plan ``v`` of controls ``u`` (clipped inside the box first)."""
@@ -141,6 +141,11 @@ class _Shooting:
 
     def rollout(self, v, x0, params, weights, *, xp):
         """States ``(batch, T+1, n)``, controls ``(batch, T, m)`` and costs ``(batch,)``."""
+        if is_tensor(v):
+            # Strict array libraries refuse `raw_array op tensor`: constants enter as
+            # constant tensors, so that every operator dispatches to the Tensor.
+            leaves, td = tree_flatten((x0, params, weights))
+            x0, params, weights = tree_unflatten(td, [_constant(a) for a in leaves])
         U = self.controls(v, xp=xp)
         x = x0
         states = [x0]
@@ -247,8 +252,8 @@ class MPCResult:
         A description of the outcome.
     nit : int
         Iterations: Newton passes plus iterations of the root solve.
-    gradient_norm : array
-        ``||dJ/dv||`` per system at the solution (raw array).
+    gradient_norm : float or array
+        ``||dJ/dv||`` at the solution, per system (the root result's `residual`).
     result : Result
         The :func:`implicitnet.root` result on the plan ``v`` (``(batch, horizon * m)``).
     """
@@ -279,7 +284,10 @@ def _limits(u_lower, u_upper, *, dtype, xp):
     if hi.shape[0] == 1 and lo.shape[0] > 1:
         hi = xp.broadcast_to(hi, lo.shape)
     if lo.shape != hi.shape:
-        msg = f"`u_lower` and `u_upper` must have one entry per control, got {lo.shape} and {hi.shape}"
+        msg = (
+            "`u_lower` and `u_upper` must have one entry per control, "
+            f"got {lo.shape} and {hi.shape}"
+        )
         raise ValueError(msg)
     if not bool(xp.all(xp.isfinite(lo))) or not bool(xp.all(xp.isfinite(hi))):
         msg = "`u_lower` and `u_upper` must be finite"
@@ -551,7 +559,6 @@ def mpc(
         arg_batch_axes=(0, None, None),
     )
     states, U, J = problem.rollout(res.x, x0, params, weights, xp=namespace(res.x, x0, *leaves))
-    gn = res.residual if isinstance(res.residual, float) else res.residual
     if single:
         states, U, J = states[0, ...], U[0, ...], J[0]
     success = bool(res.success)
@@ -564,32 +571,22 @@ def mpc(
         status=res.status,
         message=message,
         nit=nit + int(res.nit if isinstance(res.nit, int) else bxp.max(res.nit)),
-        gradient_norm=gn,
+        gradient_norm=res.residual,
         result=res,
     )
 
 
 def _tree_raw(tree):
-    from .._tree import tree_flatten, tree_unflatten
-
     leaves, td = tree_flatten(tree)
     return tree_unflatten(td, [_raw(a) if is_tensor(a) else a for a in leaves])
 
 
 def _adjoint(backward, rtol):
+    # By name, the adjoint solve gets a relative tolerance of its own: the root solve
+    # runs with an absolute one in gradient units, which means nothing to the adjoint.
     if isinstance(backward, str) and backward == "implicit":
         return ImplicitAdjoint(rtol=max(rtol, 1e-10))
-    if isinstance(backward, str) and backward == "unrolled":
-        from ..implicit import UnrolledAdjoint
-
-        return UnrolledAdjoint()
-    if isinstance(backward, str):
-        from ..implicit import _resolve_backward
-
-        return _resolve_backward(backward, rtol=rtol, atol=0.0)
-    if isinstance(backward, AbstractAdjoint):
-        return backward
-    return backward
+    return _resolve_backward(backward, rtol=max(rtol, 1e-10), atol=0.0)
 
 
 def shift_plan(u, /):
