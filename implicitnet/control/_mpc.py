@@ -117,6 +117,7 @@ class _Shooting:
     lower: Any  # (m,) raw arrays
     upper: Any
     regularization: float
+    batched_params: bool = False
 
     @property
     def m(self) -> int:
@@ -172,18 +173,43 @@ class _Shooting:
         """``F(v) = dJ/dv``, the optimality condition (a root problem in ``v``)."""
         return grad(self.total)(v, x0, params, weights)
 
-    def hessian(self, v, x0, params, weights, *, xp):
-        """Per-system Hessians ``(batch, N, N)`` from one batched Hessian–vector product."""
+    def gradient_and_hessian(self, v, x0, params, weights, *, xp):
+        """The gradient ``(batch, N)`` and Hessians ``(batch, N, N)``, in one evaluation.
+
+        Forward differences of the gradient, ``H e_j ~ (F(v + h e_j) - F(v)) / h`` with
+        ``h = sqrt(eps) * max(1, ||v||)`` per system, every probe of every system and the
+        point itself stacked into one batch of ``batch * (N + 1)`` rows: one gradient
+        evaluation per Newton pass, where the systems are many small ones. (The backward
+        pass uses exact Hessian–vector products instead, :func:`hessian_vector_product`.)
+        """
         B, N = v.shape
-        n = x0.shape[-1]
-        eye = xp.eye(N, dtype=v.dtype)
-        # Row (i, j) of the stacked batch is system i probed along e_j.
-        vr = xp.reshape(xp.broadcast_to(v[:, None, :], (B, N, N)), (B * N, N))
-        xr = xp.reshape(xp.broadcast_to(x0[:, None, :], (B, N, n)), (B * N, n))
-        dr = xp.reshape(xp.broadcast_to(eye[None, :, :], (B, N, N)), (B * N, N))
-        Hv = hessian_vector_product(self.total, vr, dr, xr, params, weights)
-        H = xp.reshape(Hv, (B, N, N))
-        return (H + xp.matrix_transpose(H)) / 2
+        h = math.sqrt(float(xp.finfo(v.dtype).eps)) * xp.maximum(
+            vector_norm(v, axis=-1, xp=xp), xp.asarray(1.0, dtype=v.dtype)
+        )
+        probes = xp.concat(
+            [xp.zeros((1, N), dtype=v.dtype), xp.eye(N, dtype=v.dtype)], axis=0
+        )  # (N + 1, N): the point, then e_1 .. e_N
+        vr = v[:, None, :] + h[:, None, None] * probes[None, :, :]
+        vr = xp.reshape(vr, (B * (N + 1), N))
+        x0r, paramsr = self.repeat_rows((x0, params), N + 1, xp=xp)
+        G = xp.reshape(self.gradient(vr, x0r, paramsr, weights), (B, N + 1, N))
+        g = G[:, 0, :]
+        H = (G[:, 1:, :] - g[:, None, :]) / h[:, None, None]
+        return g, (H + xp.matrix_transpose(H)) / 2
+
+    def repeat_rows(self, tree, k, *, xp):
+        """Repeat each system's rows `k` times (``x0`` and batched ``params``)."""
+        x0, params = tree
+
+        def rep(a):
+            shape = tuple(a.shape)
+            b = xp.broadcast_to(a[:, None, ...], (shape[0], k, *shape[1:]))
+            return xp.reshape(b, (shape[0] * k, *shape[1:]))
+
+        if self.batched_params:
+            leaves, td = tree_flatten(params)
+            params = tree_unflatten(td, [rep(a) for a in leaves])
+        return rep(x0), params
 
 
 def hessian_vector_product(fun: Callable, x, v, *args):
@@ -301,45 +327,39 @@ def _limits(u_lower, u_upper, *, dtype, xp):
 def _newton(problem: _Shooting, v, x0, params, weights, threshold, *, steps, xp):
     """Saddle-free damped Newton on the shooting objective (raw arrays, no tape).
 
-    Each pass: the exact per-system Hessian ``H = Q diag(lam) Q^T`` (one batched
-    Hessian–vector product), the step ``d = -Q diag(1/max(|lam|, delta)) Q^T g`` (a
-    descent direction even where ``H`` is indefinite, so the iterates go to minima, not
-    to saddles of the non-convex objective), and the best step length of
-    ``t in {1, 1/2, ..., 1/32, 0}`` by the objective, every length of every system in
-    one batched rollout. Returns the plan, the gradient and its norms, and the number
-    of passes made.
+    Each pass: the per-system gradient ``g`` and Hessian ``H = Q diag(lam) Q^T``
+    (one batched evaluation, :meth:`_Shooting.gradient_and_hessian`); the step
+    ``d = -Q diag(1/max(|lam|, delta)) Q^T g``, a descent direction even where ``H``
+    is indefinite, so that the iterates go to minima and not to saddles of the
+    non-convex objective; and the best step length of ``t in {1, 1/2, ..., 1/32, 0}``
+    by the objective, every length of every system in one batched rollout. Returns
+    the plan and the number of passes made.
     """
     B, N = v.shape
     ts = xp.asarray([1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0], dtype=v.dtype)
     K = ts.shape[0]
-    n = x0.shape[-1]
-    x0k = xp.reshape(xp.broadcast_to(x0[:, None, :], (B, K, n)), (B * K, n))
-    g = problem.gradient(v, x0, params, weights)
-    gnorm = vector_norm(g, axis=-1, xp=xp)
+    x0k, paramsk = problem.repeat_rows((x0, params), K, xp=xp)
+    delta_min = xp.asarray(max(problem.regularization, 1e-12), dtype=v.dtype)
     nit = 0
     for _ in range(steps):
-        if bool(xp.all(gnorm <= threshold)):
+        g, H = problem.gradient_and_hessian(v, x0, params, weights, xp=xp)
+        done = vector_norm(g, axis=-1, xp=xp) <= threshold
+        if bool(xp.all(done)):
             break
-        H = problem.hessian(v, x0, params, weights, xp=xp)
         lam, Q = xp.linalg.eigh(H)
         scale = xp.max(xp.abs(lam), axis=-1, keepdims=True)
-        delta = xp.maximum(scale * 1e-8, xp.asarray(problem.regularization, dtype=v.dtype))
-        lam = xp.maximum(xp.abs(lam), delta)
+        lam = xp.maximum(xp.abs(lam), xp.maximum(scale * 1e-8, delta_min))
         coef = xp.linalg.vecdot(Q, g[:, :, None], axis=-2) / lam  # Q^T g / |lam|
         d = -xp.sum(Q * coef[:, None, :], axis=-1)
         trial = v[:, None, :] + ts[None, :, None] * d[:, None, :]
-        J = problem.costs(xp.reshape(trial, (B * K, N)), x0k, params, weights)
+        J = problem.costs(xp.reshape(trial, (B * K, N)), x0k, paramsk, weights)
         J = xp.reshape(J, (B, K))
         J = xp.where(xp.isfinite(J), J, xp.asarray(math.inf, dtype=v.dtype))
-        best = xp.argmin(J, axis=-1)
-        t = xp.take(ts, best, axis=0)
-        done = gnorm <= threshold
+        t = xp.take(ts, xp.argmin(J, axis=-1), axis=0)
         t = xp.where(done, xp.zeros_like(t), t)
         v = v + t[:, None] * d
-        g = problem.gradient(v, x0, params, weights)
-        gnorm = vector_norm(g, axis=-1, xp=xp)
         nit += 1
-    return v, g, gnorm, nit
+    return v, nit
 
 
 def mpc(
@@ -360,6 +380,7 @@ def mpc(
     maxiter: int = 50,
     newton_steps: int = 30,
     regularization: float = 1e-4,
+    batched_params: bool = False,
     xp: Any = None,
 ) -> MPCResult:
     """Solve a finite-horizon optimal-control problem; differentiable in its inputs.
@@ -387,7 +408,7 @@ def mpc(
     x0 : array
         Initial states, ``(batch, n)``, or one state ``(n,)``.
     params : pytree of arrays
-        Parameters of `dynamics` (shared by the batch).
+        Parameters of `dynamics` (shared by the batch, unless `batched_params`).
     weights : pytree of arrays
         Weights of `cost` (shared by the batch).
     horizon : int
@@ -416,6 +437,9 @@ def mpc(
     regularization : float, default: 1e-4
         Weight of ``||v||^2`` on the unconstrained plan; keeps the Hessian positive
         where controls saturate.
+    batched_params : bool, default: False
+        Whether every leaf of `params` carries the batch along its axis 0 (one model
+        per initial state, e.g. several learned models evaluated in one solve).
     xp : namespace, optional
         Namespace of `x0`. Default: inferred.
 
@@ -452,12 +476,12 @@ def mpc(
     (reverse over reverse), for any dynamics and cost written with the array API; an
     iLQR map would need the dynamics' Jacobians as explicit matrices and a backward
     pass through the Riccati recursion. The forward solve has two stages: first at
-    most `newton_steps` saddle-free damped Newton passes on raw arrays (exact batched
-    Hessians from one Hessian–vector product per pass, eigen-decomposed so that the
-    step descends even where ``J`` is not convex; a step length chosen by the
-    objective), because Newton–Krylov alone on ``dJ/dv`` finds any stationary point,
-    saddles and maxima included, and spends many gradient evaluations per step on a
-    problem this small; then :func:`implicitnet.root` with `method`
+    most `newton_steps` saddle-free damped Newton passes on raw arrays (batched
+    Hessians from forward differences of the gradient, all probes in one evaluation,
+    eigen-decomposed so that the step descends even where ``J`` is not convex; a step
+    length chosen by the objective), because Newton–Krylov alone on ``dJ/dv`` finds
+    any stationary point, saddles and maxima included, and spends many gradient
+    evaluations per step on a problem this small; then :func:`implicitnet.root` with `method`
     (Newton–Krylov by default) from that point, which confirms the tolerance (zero
     iterations when the passes have converged), finishes the job otherwise, and
     carries the implicit gradient.
@@ -517,7 +541,20 @@ def mpc(
     B = x0.shape[0]
     dtype = x0.dtype
     lo, hi = _limits(u_lower, u_upper, dtype=dtype, xp=bxp)
-    problem = _Shooting(dynamics, cost, horizon, lo, hi, float(regularization))
+    if not isinstance(batched_params, bool):
+        msg = f"`batched_params` must be True or False, got {batched_params!r}"
+        raise TypeError(msg)
+    if batched_params:
+        for a in tree_leaves(params):
+            if a.ndim == 0 or a.shape[0] != B:
+                msg = (
+                    "with `batched_params=True` every leaf of `params` must have the batch "
+                    f"({B}) along axis 0, got shape {tuple(a.shape)}"
+                )
+                raise ValueError(msg)
+    problem = _Shooting(
+        dynamics, cost, horizon, lo, hi, float(regularization), batched_params=batched_params
+    )
     m = lo.shape[0]
     N = horizon * m
 
@@ -540,7 +577,7 @@ def mpc(
     unrolled = bool(getattr(adjoint, "unrolled", False))
     nit = 0
     if not unrolled and newton_steps > 0:
-        v, _, _, nit = _newton(
+        v, nit = _newton(
             problem, v, raw_x0, raw_params, raw_weights, threshold, steps=newton_steps, xp=bxp
         )
     # The root solve's own test is relative to its starting residual; the threshold of
@@ -556,7 +593,7 @@ def mpc(
         maxiter=maxiter,
         backward=adjoint,
         batch_axis=0,
-        arg_batch_axes=(0, None, None),
+        arg_batch_axes=(0, 0 if batched_params else None, None),
     )
     states, U, J = problem.rollout(res.x, x0, params, weights, xp=namespace(res.x, x0, *leaves))
     if single:
