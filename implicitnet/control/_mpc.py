@@ -331,14 +331,16 @@ def _newton(problem: _Shooting, v, x0, params, weights, threshold, *, steps, xp)
     (one batched evaluation, :meth:`_Shooting.gradient_and_hessian`); the step
     ``d = -Q diag(1/max(|lam|, delta)) Q^T g``, a descent direction even where ``H``
     is indefinite, so that the iterates go to minima and not to saddles of the
-    non-convex objective; and the best step length of ``t in {1, 1/2, ..., 1/32, 0}``
-    by the objective, every length of every system in one batched rollout. Returns
+    non-convex objective, also tried plus and minus the eigenvector of the most
+    negative eigenvalue; and the best of these directions and step lengths
+    ``t in {1, 1/2, ..., 1/32, 0}`` by the objective, every trial of every system in
+    one batched rollout. Returns
     the plan and the number of passes made.
     """
     B, N = v.shape
     ts = xp.asarray([1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0], dtype=v.dtype)
     K = ts.shape[0]
-    x0k, paramsk = problem.repeat_rows((x0, params), K, xp=xp)
+    x0k, paramsk = problem.repeat_rows((x0, params), 3 * K, xp=xp)
     delta_min = xp.asarray(max(problem.regularization, 1e-12), dtype=v.dtype)
     nit = 0
     for _ in range(steps):
@@ -346,18 +348,27 @@ def _newton(problem: _Shooting, v, x0, params, weights, threshold, *, steps, xp)
         done = vector_norm(g, axis=-1, xp=xp) <= threshold
         if bool(xp.all(done)):
             break
-        lam, Q = xp.linalg.eigh(H)
+        lam, Q = xp.linalg.eigh(H)  # ascending eigenvalues
         scale = xp.max(xp.abs(lam), axis=-1, keepdims=True)
-        lam = xp.maximum(xp.abs(lam), xp.maximum(scale * 1e-8, delta_min))
-        coef = xp.linalg.vecdot(Q, g[:, :, None], axis=-2) / lam  # Q^T g / |lam|
+        lam_abs = xp.maximum(xp.abs(lam), xp.maximum(scale * 1e-8, delta_min))
+        coef = xp.linalg.vecdot(Q, g[:, :, None], axis=-2) / lam_abs  # Q^T g / |lam|
         d = -xp.sum(Q * coef[:, None, :], axis=-1)
-        trial = v[:, None, :] + ts[None, :, None] * d[:, None, :]
-        J = problem.costs(xp.reshape(trial, (B * K, N)), x0k, paramsk, weights)
-        J = xp.reshape(J, (B, K))
+        # Where the curvature is negative, also try moving along the most negative
+        # eigenvector, both ways: a symmetric start (a pendulum hanging still, controls
+        # at zero) is a stationary point that a gradient-based step never leaves.
+        neg = xp.astype(lam[:, 0] < -xp.maximum(scale[:, 0] * 1e-8, delta_min), v.dtype)
+        q = Q[:, :, 0] * neg[:, None]
+        dirs = xp.stack([d, d + q, d - q], axis=1)  # (B, 3, N)
+        trial = v[:, None, None, :] + ts[None, None, :, None] * dirs[:, :, None, :]
+        J = problem.costs(xp.reshape(trial, (B * 3 * K, N)), x0k, paramsk, weights)
+        J = xp.reshape(J, (B, 3 * K))
         J = xp.where(xp.isfinite(J), J, xp.asarray(math.inf, dtype=v.dtype))
-        t = xp.take(ts, xp.argmin(J, axis=-1), axis=0)
+        best = xp.argmin(J, axis=-1)
+        t = xp.take(ts, best % K, axis=0)
         t = xp.where(done, xp.zeros_like(t), t)
-        v = v + t[:, None] * d
+        which = best // K  # 0: Newton, 1: +q, 2: -q
+        sign = xp.astype(which == 1, v.dtype) - xp.astype(which == 2, v.dtype)
+        v = v + t[:, None] * (d + sign[:, None] * q)
         nit += 1
     return v, nit
 
