@@ -61,6 +61,10 @@ class Pendulum:
         Clip of the angular velocity.
     max_torque : float, default: 2.0
         Clip of the torque.
+    clip_speed : bool, default: True
+        Whether to clip the angular velocity, as Gymnasium does. The clip makes the
+        dynamics non-smooth where it is active, which a Newton method on the plan
+        cannot converge across; a model used for planning may leave it out.
 
     Examples
     --------
@@ -76,6 +80,7 @@ class Pendulum:
     dt: float = 0.05
     max_speed: float = 8.0
     max_torque: float = 2.0
+    clip_speed: bool = True
 
     state_size: ClassVar[int] = 2
     control_size: ClassVar[int] = 1
@@ -84,6 +89,9 @@ class Pendulum:
     def __post_init__(self):
         for name in ("dt", "max_speed", "max_torque"):
             _check_positive(getattr(self, name), name)
+        if not isinstance(self.clip_speed, bool):
+            msg = f"`clip_speed` must be True or False, got {self.clip_speed!r}"
+            raise TypeError(msg)
 
     def default_params(self, *, xp, dtype=None, **values) -> dict:
         """Gymnasium's parameters as 0-D arrays, overridden by keyword (e.g. ``mass=2``)."""
@@ -97,7 +105,8 @@ class Pendulum:
         g, m, l = params["gravity"], params["mass"], params["length"]
         tau = xp.clip(u[..., 0], -self.max_torque, self.max_torque) - params["damping"] * thdot
         thdot = thdot + (3.0 * g / (2.0 * l) * xp.sin(th) + 3.0 / (m * l**2) * tau) * self.dt
-        thdot = xp.clip(thdot, -self.max_speed, self.max_speed)
+        if self.clip_speed:
+            thdot = xp.clip(thdot, -self.max_speed, self.max_speed)
         th = th + thdot * self.dt
         return xp.stack([th, thdot], axis=-1)
 

@@ -107,6 +107,9 @@ class QuadraticCost(AbstractCost):
 # ----------------------------------------------------------------------------------
 
 
+_SQUASH_LIMIT = math.tanh(4.0)
+
+
 @dataclass(frozen=True, eq=False)
 class _Shooting:
     """The shooting objective of one MPC problem (static data only)."""
@@ -134,9 +137,9 @@ class _Shooting:
         """The plan ``v`` of controls ``u`` (clipped inside the box first)."""
         mid = (self.lower + self.upper) / 2
         half = (self.upper - self.lower) / 2
-        s = (u - mid) / half
-        lim = 1.0 - 64 * float(xp.finfo(u.dtype).eps)
-        s = xp.clip(s, -lim, lim)
+        # Clipped to |v| <= 4: a control at its limit would give |v| of 15 or more, where
+        # tanh is flat to rounding and no step in v makes progress.
+        s = xp.clip((u - mid) / half, -_SQUASH_LIMIT, _SQUASH_LIMIT)
         v = 0.5 * (xp.log1p(s) - xp.log1p(-s))  # atanh, from functions every library has
         return xp.reshape(v, (u.shape[0], self.horizon * self.m))
 
@@ -172,6 +175,10 @@ class _Shooting:
     def gradient(self, v, x0, params, weights):
         """``F(v) = dJ/dv``, the optimality condition (a root problem in ``v``)."""
         return grad(self.total)(v, x0, params, weights)
+
+    def scaled_gradient(self, v, x0, params, weights, scale):
+        """``F(v)`` with row ``i`` multiplied by ``scale[i]``."""
+        return self.gradient(v, x0, params, weights) * scale[:, None]
 
     def gradient_and_hessian(self, v, x0, params, weights, *, xp):
         """The gradient ``(batch, N)`` and Hessians ``(batch, N, N)``, in one evaluation.
@@ -278,8 +285,8 @@ class MPCResult:
         A description of the outcome.
     nit : int
         Iterations: Newton passes plus iterations of the root solve.
-    gradient_norm : float or array
-        ``||dJ/dv||`` at the solution, per system (the root result's `residual`).
+    gradient_norm : array
+        ``||dJ/dv||`` at the solution, per system (raw array).
     result : Result
         The :func:`implicitnet.root` result on the plan ``v`` (``(batch, horizon * m)``).
     """
@@ -591,20 +598,21 @@ def mpc(
         v, nit = _newton(
             problem, v, raw_x0, raw_params, raw_weights, threshold, steps=newton_steps, xp=bxp
         )
-    # The root solve's own test is relative to its starting residual; the threshold of
-    # this call is absolute, the strictest over the batch.
-    tol = float(bxp.min(threshold))
+    # The root solve's own test is relative to its starting residual, which here is
+    # already the Newton passes' output. Its residual is the gradient divided by each
+    # system's threshold, so that `atol=1` is every system's own test. (A constant
+    # per-system scaling changes neither the root nor its implicit gradient.)
     res = _root(
-        problem.gradient,
+        problem.scaled_gradient,
         v,
-        args=(x0, params, weights),
+        args=(x0, params, weights, 1.0 / threshold),
         method=method,
         rtol=0.0,
-        atol=tol,
+        atol=1.0,
         maxiter=maxiter,
         backward=adjoint,
         batch_axis=0,
-        arg_batch_axes=(0, 0 if batched_params else None, None),
+        arg_batch_axes=(0, 0 if batched_params else None, None, 0),
     )
     states, U, J = problem.rollout(res.x, x0, params, weights, xp=namespace(res.x, x0, *leaves))
     if single:
@@ -619,7 +627,7 @@ def mpc(
         status=res.status,
         message=message,
         nit=nit + int(res.nit if isinstance(res.nit, int) else bxp.max(res.nit)),
-        gradient_norm=res.residual,
+        gradient_norm=bxp.asarray(res.residual, dtype=dtype) * threshold,
         result=res,
     )
 
