@@ -13,7 +13,8 @@ control", section 5.2) on Gymnasium's ``Pendulum-v1``:
 * **Learned MPC**: the same controller with a wrong model: mass, length and damping
   drawn at random per seed (gravity known: from imitation alone only ``g / l`` and
   ``1 / (m l^2)`` are identifiable, so one of the three must be fixed). The parameters
-  (log mass, log length, damping) are learned with Adam by differentiating the
+  (log mass, log length, damping projected onto ``>= 0``) are learned with Adam by
+  differentiating the
   imitation loss ``mean ||u_theta(x) - u_expert(x)||^2`` over whole plans through the
   layer (implicit gradient, GMRES on Hessian-vector products). Each training solve
   starts from the expert's plan (a warm start; the layer still solves its own problem).
@@ -32,7 +33,7 @@ Reported per controller: the parameter error (mean over seeds of
 (mean and standard deviation over seeds x episodes; higher is better, 0 is the best
 possible).
 
-Run: ``python benchmarks/control.py [--seeds 3] [--train-steps 30] [--episodes 2]``
+Run: ``python benchmarks/control.py [--seeds 3] [--train-steps 40] [--episodes 2]``
 (default: a few minutes on two cores). Needs ``gymnasium`` (``pip install
 'implicitnet[control]'``).
 """
@@ -164,6 +165,9 @@ def learn_mpc(states, plans, theta0, *, steps, batch, lr, rng):
         x, u = states[idx.reshape(-1)], plans[idx.reshape(-1)]
         (value, frac), g = value_and_grad(theta, x, u)
         theta, state = opt.update(theta, g, state)
+        # Damping is physically non-negative: project (negative damping would pump
+        # energy into the model).
+        theta = dict(theta, damping=np.maximum(theta["damping"], 0.0))
         history.append(float(value) / S)
         converged.append(frac)
     return theta, history, float(np.mean(converged))
@@ -235,7 +239,7 @@ def run_mlp_episodes(params, reset_seeds, steps):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8, help="states per training step")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--data-episodes", type=int, default=4)
