@@ -246,7 +246,8 @@ def hessian_vector_product(fun: Callable, x, v, *args):
     --------
     >>> import numpy as np
     >>> from implicitnet.control import hessian_vector_product
-    >>> f = lambda x: (x[0] ** 2 * x[1]).sum()
+    >>> import implicitnet as inet
+    >>> f = lambda x: inet.namespace(x).sum(x[0] ** 2 * x[1])
     >>> hessian_vector_product(f, np.array([1.0, 2.0]), np.array([1.0, 0.0])).tolist()
     [4.0, 2.0]
     """
