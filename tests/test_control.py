@@ -105,6 +105,33 @@ def test_cartpole_matches_gymnasium_step_by_step():
     env.close()
 
 
+@needs_gym
+@pytest.mark.slow  # 100 solves, about 15 s
+def test_mpc_balances_cartpole_in_gymnasium():
+    import gymnasium as gym
+
+    model = CartPole()
+    params = model.default_params(xp=np)
+    cost = QuadraticCost()
+    w = {"q": np.array([1.0, 0.1, 10.0, 0.1]), "r": np.array([1e-3]), "goal": np.zeros(4)}
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    plan, total = None, 0.0
+    for _ in range(100):
+        x = np.asarray(env.unwrapped.state, dtype=np.float64)
+        sol = mpc(
+            model, cost, x, params, w, horizon=10, u_lower=-10.0, u_upper=10.0,
+            u_init=plan, rtol=0.0, atol=1e-3, newton_steps=5, maxiter=1,
+        )  # fmt: skip
+        # Gymnasium's actions are the forces -10 and +10: push the way the plan does.
+        _, reward, terminated, _, _ = env.step(int(sol.u[0, 0] > 0))
+        total += reward
+        assert not terminated, f"the pole fell after {total:.0f} steps"
+        plan = shift_plan(sol.u)
+    env.close()
+    assert total == 100
+
+
 def test_dynamics_agree_across_backends(xp, backend):
     for model, x, u in (
         (Pendulum(), np.array([[0.3, -1.0], [3.0, 7.9]]), np.array([[1.5], [-2.5]])),
