@@ -7,6 +7,7 @@ NumPy, CuPy and any other array-API library.
 
 from . import autodiff as autodiff
 from . import backends as backends
+from . import control as control
 from . import data as data
 from . import linalg as linalg
 from . import nn as nn
