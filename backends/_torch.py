@@ -68,6 +68,9 @@ def set_default_device(device) -> None:
         torch.set_default_device(None)
         return
     dev = torch.device(device)
+    if dev.type == "cpu":  # PyTorch's own default: no default-device mode needed
+        torch.set_default_device(None)
+        return
     if dev.type == "cuda" and not torch.cuda.is_available():
         msg = f"`device` {device!r}: PyTorch sees no CUDA device here"
         raise ValueError(msg)

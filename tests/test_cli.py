@@ -247,6 +247,7 @@ def _one_error_line(code, out, err, expected_code):
         (["train", "--data", "{tmp}"], 1, "train-images-idx3-ubyte"),
         (["train", "--save", "{tmp}/no/such/dir/ck.npz"], 1, "does not exist"),
         (["train", "--backend", "cupy"], 1, "cupy"),
+        (["train", "--device", "cuda"], 2, "--device"),
     ],
 )
 def test_errors_are_one_clear_line(capsys, tmp_path, argv, code, needle):
@@ -343,3 +344,25 @@ def test_unexpected_errors_are_one_line_unless_debug(capsys, monkeypatch):
     assert "RuntimeError: something broke" in err and "--debug" in err
     with pytest.raises(RuntimeError, match="something broke"):
         main(["--debug", "train", *QUICK, "--epochs", "1"])
+
+
+@pytest.mark.parametrize("model", ["mlp", "conv"])
+def test_torch_backend_trains_like_numpy(capsys, tmp_path, model):
+    """Same seed, same host-drawn initialisation: the same run on torch tensors."""
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
+    common = ["train", *QUICK, "--model", model, "--epochs", "2", "--json"]
+    code, out, err = _run(capsys, [*common, "--backend", "numpy"])
+    assert code == 0, err
+    ref = _json_lines(out)
+    path = tmp_path / "torch.npz"
+    code, out, err = _run(
+        capsys, [*common, "--backend", "torch", "--device", "cpu", "--save", str(path)]
+    )
+    assert code == 0, err
+    got = _json_lines(out)
+    for r, g in zip(ref[:-1], got[:-1]):
+        assert g["loss"] == pytest.approx(r["loss"], rel=1e-6)
+    assert got[-1]["test_acc"] == pytest.approx(ref[-1]["test_acc"], abs=0.02)
+    code, out, err = _run(capsys, ["evaluate", str(path), "--backend", "torch", "--json"])
+    assert code == 0, err
+    assert _json_lines(out)[0]["accuracy"] == pytest.approx(got[-1]["test_acc"], abs=1e-12)
