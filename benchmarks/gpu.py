@@ -29,7 +29,7 @@ is printed with the reason, and the rest runs.
 
 Usage: ``python benchmarks/gpu.py [--device cuda|cpu] [--quick] [--repeats 3]
 [--sizes 512x64,2048x1024]``. ``--quick`` runs Anderson and Broyden only, at 512 x 64 and
-4096 x 4096 (CUDA) or 512 x 64 and 2048 x 256 (CPU), with two repeats.
+4096 x 4096 (CUDA) or 512 x 64 and 1024 x 128 (CPU), with two repeats.
 """
 
 from __future__ import annotations
@@ -470,7 +470,7 @@ def main(argv=None):
     if ns.sizes:
         sizes = parse_sizes(ns.sizes)
     elif ns.quick:
-        sizes = [(512, 64), (4096, 4096)] if ns.device == "cuda" else [(512, 64), (2048, 256)]
+        sizes = [(512, 64), (4096, 4096)] if ns.device == "cuda" else [(512, 64), (1024, 128)]
     else:
         sizes = [(512, 64), (2048, 1024), (4096, 4096)]
     if ns.methods is None:
