@@ -26,6 +26,10 @@ Every backend module gives the same small interface (see :class:`Backend`):
 ``devices()``
     Descriptions of the devices the library sees.
 
+The torch backend also has ``cuda_available()``, ``default_device()`` and
+``set_default_device(device)`` (PyTorch's process-wide default device: ``"cpu"``,
+``"cuda"``, ``"cuda:1"``, ...), since torch tensors live on the CPU or on a GPU.
+
 Look a backend up with :func:`get_backend` from a name or from an array.
 """
 
