@@ -8,6 +8,7 @@ usable. A backend that cannot run here is skipped, saying why.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -69,6 +70,12 @@ BACKENDS = _requested_backends()
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cupy_only: test needs a CUDA device")
+    if {"torch", "torch_cuda"} & set(BACKENDS) and importlib.util.find_spec("torch"):
+        # The tests' arrays are small: PyTorch's intra-op threads only spin, and on a
+        # loaded machine they made the torch tests ten times slower.
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _skip_reason(variant: str, mod) -> str | None:

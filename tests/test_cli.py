@@ -346,11 +346,12 @@ def test_unexpected_errors_are_one_line_unless_debug(capsys, monkeypatch):
         main(["--debug", "train", *QUICK, "--epochs", "1"])
 
 
-@pytest.mark.parametrize("model", ["mlp", "conv"])
-def test_torch_backend_trains_like_numpy(capsys, tmp_path, model):
+@pytest.mark.parametrize(("model", "epochs", "limit"), [("mlp", 1, 160), ("conv", 1, 64)])
+def test_torch_backend_trains_like_numpy(capsys, tmp_path, model, epochs, limit):
     """Same seed, same host-drawn initialisation: the same run on torch tensors."""
     pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
-    common = ["train", *QUICK, "--model", model, "--epochs", "2", "--json"]
+    common = ["train", *QUICK, "--limit", str(limit), "--model", model, "--epochs", str(epochs)]
+    common += ["--json"]
     code, out, err = _run(capsys, [*common, "--backend", "numpy"])
     assert code == 0, err
     ref = _json_lines(out)
