@@ -225,6 +225,7 @@ def forward_table(libs, sizes, methods, repeats, out):
     )
     out("|" + "|".join("-" * w for w in (13, 26, 18, 12, 10, 6, 7, 7, 10, 10)) + "|")
     for d, B in sizes:
+        size = f"{d}x{B}"
         WT, inj, _ = make_problem(d, B)
         WT64, inj64 = WT.astype(np.float64), inj.astype(np.float64)
         for lib in libs:
@@ -233,7 +234,7 @@ def forward_table(libs, sizes, methods, repeats, out):
                 name = method if lib.kind == "implicitnet" else FAMILIES[method]
                 if name is None:
                     out(
-                        f"| {d}x{B:<7} | {lib.label:<24} | {method:<16} | (torchdeq has no "
+                        f"| {size:<11} | {lib.label:<24} | {method:<16} | (torchdeq has no "
                         f"{method} solver) |"
                     )
                     continue
@@ -245,14 +246,14 @@ def forward_table(libs, sizes, methods, repeats, out):
                         )
                     except Exception as exc:  # report and go on: one failure is one row
                         out(
-                            f"| {d}x{B:<7} | {lib.label:<24} | {name:<16} | {mode:<10} | "
+                            f"| {size:<11} | {lib.label:<24} | {name:<16} | {mode:<10} | "
                             f"FAILED: {type(exc).__name__}: {exc} |"
                         )
                         traceback.print_exc(file=sys.stderr)
                         continue
                     rr = host_residual(WT64, inj64, lib.host(z), mode)
                     out(
-                        f"| {d}x{B:<7} | {lib.label:<24} | {name:<16} | {mode:<10} | "
+                        f"| {size:<11} | {lib.label:<24} | {name:<16} | {mode:<10} | "
                         f"{status:<8} | {nit:>4} | {nfev:>5} | {calls:>5} | {rr:>8.1e} | "
                         f"{1e3 * sec:>8.1f} |"
                     )
@@ -263,6 +264,7 @@ def f_table(libs, sizes, repeats, out):
     out(f"| {'d x B':<11} | {'library':<24} | {'ms':>8} |")
     out("|" + "|".join("-" * w for w in (13, 26, 10)) + "|")
     for d, B in sizes:
+        size = f"{d}x{B}"
         WT, inj, _ = make_problem(d, B)
         z = 0.5 * np.tanh(inj)
         for lib in libs:
@@ -270,7 +272,7 @@ def f_table(libs, sizes, repeats, out):
                 continue
             a, b, c = lib.put(WT), lib.put(inj), lib.put(z)
             sec, _ = timed(lib, functools.partial(_cell, c, a, b), max(5, 4 * repeats))
-            out(f"| {d}x{B:<7} | {lib.label:<24} | {1e3 * sec:>8.3f} |")
+            out(f"| {size:<11} | {lib.label:<24} | {1e3 * sec:>8.3f} |")
 
 
 # ----------------------------------------------------------------------------------
@@ -348,6 +350,7 @@ def backward_table(libs, sizes, repeats, out):
     )
     out("|" + "|".join("-" * w for w in (13, 26, 10, 12, 9)) + "|")
     for d, B in sizes:
+        size = f"{d}x{B}"
         WT, inj, ct = make_problem(d, B)
         for lib in libs:
             args = (lib.put(WT), lib.put(inj), lib.put(np.zeros((B, d), np.float32)), lib.put(ct))
@@ -362,12 +365,12 @@ def backward_table(libs, sizes, repeats, out):
                     t_f, _ = timed(lib, fwd, repeats)
                     t_fb, _ = timed(lib, fwd_bwd, repeats)
             except Exception as exc:
-                out(f"| {d}x{B:<7} | {lib.label:<24} | FAILED: {type(exc).__name__}: {exc} |")
+                out(f"| {size:<11} | {lib.label:<24} | FAILED: {type(exc).__name__}: {exc} |")
                 traceback.print_exc(file=sys.stderr)
                 continue
             ratio = (t_fb - t_f) / t_f
             out(
-                f"| {d}x{B:<7} | {lib.label:<24} | {1e3 * t_f:>8.1f} | {1e3 * t_fb:>10.1f} | "
+                f"| {size:<11} | {lib.label:<24} | {1e3 * t_f:>8.1f} | {1e3 * t_fb:>10.1f} | "
                 f"{ratio:>7.2f} |"
             )
 

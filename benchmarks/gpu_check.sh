@@ -12,7 +12,8 @@
 #     (and torchdeq and pytest-xdist, optional): used where importable; the missing ones
 #     are installed with pip, from the wheels in DIR when given (--wheels, or the
 #     IMPLICITNET_WHEELS variable; offline: `pip install --no-index --find-links DIR`),
-#     else from the package index. To prepare DIR on a machine with network access:
+#     else (the required ones only) from the package index, failing fast without
+#     network access. To prepare DIR on a machine with network access:
 #       pip download -d wheels array-api-compat array-api-strict hypothesis pytest \
 #           pytest-xdist tqdm scikit-learn
 #       pip download -d wheels --no-deps torchdeq
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --wheels) wheels=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -56,8 +57,8 @@ py="$venv/bin/python"
 pip_install() {  # pip_install NAME...: from the wheel folder when given, else the index
     if [ -n "$wheels" ]; then
         "$py" -m pip install --quiet --no-index --find-links "$wheels" "$@"
-    else
-        "$py" -m pip install --quiet "$@"
+    else  # fail fast on a machine without network access
+        "$py" -m pip install --quiet --retries 1 --timeout 10 "$@"
     fi
 }
 
@@ -71,13 +72,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     stamp "installing missing packages: ${missing[*]} (${wheels:-from the package index})"
     pip_install "${missing[@]}" || { echo "could not install ${missing[*]}; see above"; exit 1; }
 fi
-for spec in xdist:pytest-xdist torchdeq:torchdeq; do  # optional: speed, comparison
-    mod=${spec%%:*}; pkg=${spec#*:}
-    if ! "$py" -c "import $mod" 2>/dev/null; then
-        if [ "$pkg" = torchdeq ]; then pip_install --no-deps "$pkg"; else pip_install "$pkg"; fi \
-            2>/dev/null || echo "optional $pkg not installed: continuing without it"
-    fi
-done
+# Optional (parallel tests, the torchdeq comparison): only from the wheel folder.
+if [ -n "$wheels" ]; then
+    "$py" -c "import xdist" 2>/dev/null || pip_install pytest-xdist 2>/dev/null \
+        || echo "optional pytest-xdist not in $wheels: tests run serially"
+    "$py" -c "import torchdeq" 2>/dev/null || pip_install --no-deps torchdeq 2>/dev/null \
+        || echo "optional torchdeq not in $wheels: the benchmark runs without it"
+fi
 stamp "installing implicitnet from $root (no dependencies)"
 "$py" -m pip install --quiet --no-deps --no-build-isolation -e "$root" \
     || "$py" -m pip install --quiet --no-deps --no-build-isolation "$root" \
@@ -89,7 +90,7 @@ stamp "tests: cupy and torch_cuda parametrisations"
 xdist=()
 "$py" -c "import xdist" 2>/dev/null && xdist=(-n 4)
 IMPLICITNET_TEST_BACKENDS='["cupy", "torch_cuda"]' timeout 140 "$py" -m pytest -q \
-    -p no:cacheprovider "${xdist[@]}" -k "cupy or torch_cuda" -rfEs --junitxml "$out/tests.xml" \
+    -p no:cacheprovider "${xdist[@]}" -k "cupy or torch_cuda" -rfE --junitxml "$out/tests.xml" \
     "$root/tests" 2>&1 | tail -60
 rc=${PIPESTATUS[0]}
 [ "$rc" -eq 124 ] && echo "tests: stopped at the 140 s limit"
