@@ -1,11 +1,12 @@
-"""Per-library adapters: the only place in implicitnet that imports NumPy or CuPy.
+"""Per-library adapters: the only place in implicitnet that imports NumPy, CuPy or torch.
 
 Every backend module gives the same small interface (see :class:`Backend`):
 
 ``name``
-    Short name (``"numpy"``, ``"array_api_strict"``, ``"cupy"``).
+    Short name (``"numpy"``, ``"array_api_strict"``, ``"torch"``, ``"cupy"``).
 ``available()``
-    Whether the library can be used here (for CuPy: importable *and* a CUDA device).
+    Whether the library can be used here (for CuPy: importable *and* a CUDA device;
+    for torch: importable, on the CPU and on any CUDA device it sees).
 ``namespace()``
     The library's array-API namespace.
 ``is_array(x)``
@@ -25,6 +26,10 @@ Every backend module gives the same small interface (see :class:`Backend`):
 ``devices()``
     Descriptions of the devices the library sees.
 
+The torch backend also has ``cuda_available()``, ``default_device()`` and
+``set_default_device(device)`` (PyTorch's process-wide default device: ``"cpu"``,
+``"cuda"``, ``"cuda:1"``, ...), since torch tensors live on the CPU or on a GPU.
+
 Look a backend up with :func:`get_backend` from a name or from an array.
 """
 
@@ -42,11 +47,12 @@ __all__ = [
 ]
 
 #: Every backend implicitnet knows, in order of preference.
-BACKEND_NAMES: tuple[str, ...] = ("numpy", "array_api_strict", "cupy")
+BACKEND_NAMES: tuple[str, ...] = ("numpy", "array_api_strict", "torch", "cupy")
 
 _MODULES = {
     "numpy": "implicitnet.backends._numpy",
     "array_api_strict": "implicitnet.backends._array_api_strict",
+    "torch": "implicitnet.backends._torch",
     "cupy": "implicitnet.backends._cupy",
 }
 
@@ -106,7 +112,7 @@ def backend_of(x: Any) -> ModuleType:
             return mod
     msg = (
         f"unsupported array type {type(x).__module__}.{type(x).__qualname__}; "
-        f"supported: numpy.ndarray, array_api_strict Array, cupy.ndarray"
+        f"supported: numpy.ndarray, array_api_strict Array, torch.Tensor, cupy.ndarray"
     )
     raise TypeError(msg)
 

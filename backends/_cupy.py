@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import array_api_compat
 import numpy as np
 
 from . import _common
@@ -48,8 +49,8 @@ def namespace():
 
 
 def is_array(x) -> bool:
-    # Look at the type without importing CuPy (which is slow and may fail).
-    return type(x).__module__.startswith("cupy") and type(x).__name__ == "ndarray"
+    # array-api-compat looks at the type without importing CuPy (slow, and it may fail).
+    return array_api_compat.is_cupy_array(x)
 
 
 def from_numpy(a, *, device=None):

@@ -15,6 +15,7 @@ __all__ = [
     "default_float",
     "device",
     "host_reader",
+    "is_array",
     "is_tensor",
     "namespace",
     "set_index",
@@ -28,6 +29,31 @@ __all__ = [
 def is_tensor(x: Any) -> bool:
     """Whether `x` is an implicitnet autodiff ``Tensor`` (without importing autodiff)."""
     return getattr(type(x), "_implicitnet_tensor", False)
+
+
+_SCALAR_TYPES = (bool, int, float, complex)
+_IS_ARRAY_TYPE: dict[type, bool] = {}
+
+
+def is_array(x: Any) -> bool:
+    """Whether `x` is an array: an autodiff ``Tensor`` or an array of any array library.
+
+    Arrays are recognised through array-api-compat (:func:`array_api_compat.is_array_api_obj`
+    and its per-library helpers), so libraries whose arrays have no
+    ``__array_namespace__`` method (CuPy, PyTorch) count too. NumPy scalars
+    (``np.float64(1.0)``) are arrays here; Python numbers are not. The answer is cached
+    per type.
+    """
+    t = type(x)
+    try:
+        return _IS_ARRAY_TYPE[t]
+    except KeyError:
+        pass
+    ok = is_tensor(x) or (
+        t not in _SCALAR_TYPES and x is not None and array_api_compat.is_array_api_obj(x)
+    )
+    _IS_ARRAY_TYPE[t] = ok
+    return ok
 
 
 def namespace(*arrays: Any, xp: Any = None):
@@ -120,7 +146,7 @@ def as_float_array(x: Any, *, xp, dtype=None, name: str | None = None):
     solvers support: float32 or float64 (or a bool/integer dtype, converted), never an
     object array, float16 or an extended precision.
     """
-    if not (hasattr(x, "__array_namespace__") or is_tensor(x)):
+    if not is_array(x):
         x = xp.asarray(x)
     if dtype is not None:
         return x if x.dtype == dtype else xp.astype(x, dtype)

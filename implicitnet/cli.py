@@ -31,6 +31,12 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message}")
 
 
+_DEVICE_HELP = (
+    "device of --backend torch: cpu, cuda, cuda:1, ... (default: PyTorch's default "
+    "device); CuPy uses the current CUDA device"
+)
+
+
 def _cmd_info(ns) -> int:
     found = {}
     for name in _backends.BACKEND_NAMES:
@@ -216,6 +222,7 @@ def _add_train_parser(sub) -> None:
         default=None,
         help="array library (default: numpy)",
     )
+    t.add_argument("--device", default=None, help=_DEVICE_HELP)
     t.add_argument("--dtype", choices=("float64", "float32"), default=None, help="default: float64")
     io = p.add_argument_group("data, checkpoints and output")
     io.add_argument(
@@ -289,6 +296,7 @@ def _add_evaluate_parser(sub) -> None:
         "--data", metavar="DIR", default=None, help="IDX directory (default: as trained)"
     )
     p.add_argument("--backend", choices=_backends.BACKEND_NAMES, default=None)
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.add_argument("--solver", choices=_SOLVERS, default=None, help="default: as trained")
     p.add_argument("--rtol", type=_positive_float, default=None, help="default: as trained")
     p.add_argument("--maxiter", type=_positive_int, default=None, help="default: as trained")
@@ -365,11 +373,20 @@ def _read_checkpoint(path: str) -> tuple[dict, Any]:
     return meta, None
 
 
-def _backend_module(name: str):
+def _backend_module(name: str, device: str | None = None):
     try:
-        return _backends.get_backend(name)
+        be = _backends.get_backend(name)
     except ValueError as exc:
         raise _Failure(str(exc)) from None
+    if device is not None:
+        if be.name != "torch":
+            msg = f"--device applies to --backend torch (got --backend {name})"
+            raise _Usage(msg)
+        try:
+            be.set_default_device(device)
+        except (RuntimeError, ValueError) as exc:
+            raise _Failure(f"--device {device}: {exc}") from None
+    return be
 
 
 def _load_data(config: dict, be):
@@ -559,7 +576,7 @@ def _cmd_train(ns) -> int:
         _check_writable(ns.plot, "--plot")
     if save is not None:
         _check_writable(save, save_flag)
-    be = _backend_module(config["backend"])
+    be = _backend_module(config["backend"], ns.device)
     ds = _load_data(config, be)
     in_shape = tuple(int(s) for s in ds.x_train.shape[1:])
     n_train = int(ds.x_train.shape[0])
@@ -758,7 +775,7 @@ def _cmd_evaluate(ns) -> int:
     for key in ("data", "backend", "solver", "rtol", "maxiter"):
         if getattr(ns, key) is not None:
             config[key] = getattr(ns, key)
-    be = _backend_module(config["backend"])
+    be = _backend_module(config["backend"], ns.device)
     ds = _load_data(config, be)
     in_shape = tuple(int(s) for s in ds.x_test.shape[1:])
     if list(meta["in_shape"]) != list(in_shape) or meta["num_classes"] != ds.num_classes:

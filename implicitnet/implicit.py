@@ -33,7 +33,7 @@ from . import linalg as _linalg
 from . import solvers as _solvers
 from ._result import ConvergenceWarning, Result, Status
 from ._tree import tree_flatten, tree_unflatten
-from ._xp import is_tensor, namespace, vector_norm
+from ._xp import is_array, is_tensor, namespace, vector_norm
 from .autodiff import Tensor, defvjp, primitive, vjp
 from .autodiff._core import _raw
 
@@ -359,7 +359,7 @@ def _constant(a):
     Strict array libraries refuse ``raw_array op tensor``; wrapping every raw array that
     meets traced values makes each operator dispatch to the Tensor.
     """
-    if hasattr(a, "__array_namespace__") and not is_tensor(a):
+    if is_array(a) and not is_tensor(a):
         return Tensor(a)
     return a
 
@@ -658,7 +658,7 @@ def jacobian_regularization(
     z = _constant(z)
     leaves, treedef = tree_flatten(tuple(args))
     args = tree_unflatten(treedef, [_constant(a) for a in leaves])
-    xp = z.__array_namespace__()
+    xp = namespace(z)
     total = None
     if method == "fd":
         if eps is None:

@@ -470,9 +470,10 @@ def test_integer_index_gradient_accumulates_repeats(xp):
 
 @pytest.mark.skip_backend(
     "array_api_strict",
+    "torch",
     "cupy",
-    reason="tracemalloc sees NumPy buffers (the tape logic is backend-independent and "
-    "array-api-strict is NumPy underneath)",
+    reason="tracemalloc sees NumPy buffers only (the tape logic is backend-independent "
+    "and array-api-strict is NumPy underneath)",
 )
 def test_memory_is_flat_over_1000_steps(xp):
     # A leaked tape would keep every step's activations alive (~50 KB per step here,

@@ -90,14 +90,14 @@ def _imports(path: pathlib.Path):
 
 
 def test_core_never_imports_numpy_or_cupy():
-    """Only ``backends/`` may import NumPy or CuPy; the core stays array-API neutral."""
+    """Only ``backends/`` may import NumPy, CuPy or torch; the core stays array-API neutral."""
     offenders = []
     for path in ROOT.rglob("*.py"):
         rel = path.relative_to(ROOT)
         if rel.parts[0] == "backends":
             continue
         for mod in _imports(path):
-            if mod.split(".")[0] in {"numpy", "cupy"}:
+            if mod.split(".")[0] in {"numpy", "cupy", "torch"}:
                 offenders.append(f"{rel}: imports {mod}")
     assert not offenders, "\n".join(offenders)
 
@@ -118,3 +118,73 @@ def test_every_package_is_listed_in_pyproject():
     }
     found.add("implicitnet.backends")
     assert found <= listed, f"missing from pyproject: {sorted(found - listed)}"
+
+
+# --- torch: an array library whose arrays have no __array_namespace__ -----------------
+
+
+def _torch():
+    return pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
+
+
+def test_torch_tensors_are_recognised_without_array_namespace():
+    torch = _torch()
+    from implicitnet._xp import is_array
+
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    assert not hasattr(x, "__array_namespace__")
+    assert is_array(x) and not is_array(1.0) and not is_array([1.0])
+    assert backends.backend_of(x).name == "torch"
+    assert backends.backend_of(inet.Tensor(x)).name == "torch"
+    # differentiable, as a matrix operator, and through the implicit layer
+    g = inet.grad(lambda z: inet.ops.sum(inet.ops.sin(z)))(x)
+    np.testing.assert_allclose(g.numpy(), np.cos(x.numpy()), rtol=1e-12)
+    A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    b = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    res = inet.linalg.gmres(A, b, rtol=1e-12)
+    np.testing.assert_allclose(res.x.numpy(), np.linalg.solve(A.numpy(), b.numpy()), rtol=1e-10)
+
+
+def test_torch_default_float_dtype_is_followed():
+    """Without the test fixture, torch's own default floating dtype (float32) applies."""
+    torch = _torch()
+    assert torch.get_default_dtype() == torch.float32
+    c = torch.tensor([0.5, 1.0])
+    res = inet.fixed_point(lambda x, c: 0.5 * torch.cos(x) + c, [0.0, 0.0], (c,), rtol=1e-5)
+    assert res.success and res.x.dtype == torch.float32
+    x = res.x.numpy().astype(np.float64)
+    np.testing.assert_allclose(x, 0.5 * np.cos(x) + [0.5, 1.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize(("stride", "padding"), [(1, 0), (1, 1), (2, 1)])
+def test_torch_conv_kernels_match_numpy(stride, padding):
+    _torch()
+    tb, nb = backends.get_backend("torch"), backends.get_backend("numpy")
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 3))
+    y = nb.conv2d(x, w, stride, padding)
+    g = rng.standard_normal(y.shape)
+    tx, tw, tg = (tb.from_numpy(a) for a in (x, w, g))
+    np.testing.assert_allclose(tb.to_numpy(tb.conv2d(tx, tw, stride, padding)), y, rtol=1e-12)
+    np.testing.assert_allclose(
+        tb.to_numpy(tb.conv2d_input_grad(tg, tw, x.shape, stride, padding)),
+        nb.conv2d_input_grad(g, w, x.shape, stride, padding),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        tb.to_numpy(tb.conv2d_weight_grad(tg, tx, w.shape, stride, padding)),
+        nb.conv2d_weight_grad(g, x, w.shape, stride, padding),
+        rtol=1e-12,
+    )
+
+
+def test_torch_device_choice():
+    torch = _torch()
+    tb = backends.get_backend("torch")
+    assert tb.devices()[0] == "cpu"
+    assert tb.from_numpy(np.ones(2), device="cpu").device == torch.device("cpu")
+    if not tb.cuda_available():
+        with pytest.raises(ValueError, match="`device`"):
+            tb.set_default_device("cuda")
+    tb.set_default_device(None)
+    assert tb.default_device() == torch.device("cpu")

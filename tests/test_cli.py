@@ -265,6 +265,7 @@ def _one_error_line(code, out, err, expected_code):
         (["train", "--data", "{tmp}"], 1, "train-images-idx3-ubyte"),
         (["train", "--save", "{tmp}/no/such/dir/ck.npz"], 1, "does not exist"),
         (["train", "--backend", "cupy"], 1, "cupy"),
+        (["train", "--device", "cuda"], 2, "--device"),
     ],
 )
 def test_errors_are_one_clear_line(capsys, tmp_path, argv, code, needle):
@@ -679,3 +680,24 @@ def test_a_failing_save_ends_the_json_output_with_a_summary(capsys, tmp_path, mo
     assert rows[0]["epoch"] == 1 and rows[-1]["status"] == "failed"
     assert rows[-1]["saved"] is None and "No space left" in rows[-1]["message"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no partial file left
+@pytest.mark.parametrize(("model", "epochs", "limit"), [("mlp", 1, 160), ("conv", 1, 64)])
+def test_torch_backend_trains_like_numpy(capsys, tmp_path, model, epochs, limit):
+    """Same seed, same host-drawn initialisation: the same run on torch tensors."""
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
+    common = ["train", *QUICK, "--limit", str(limit), "--model", model, "--epochs", str(epochs)]
+    common += ["--json"]
+    code, out, err = _run(capsys, [*common, "--backend", "numpy"])
+    assert code == 0, err
+    ref = _json_lines(out)
+    path = tmp_path / "torch.npz"
+    code, out, err = _run(
+        capsys, [*common, "--backend", "torch", "--device", "cpu", "--save", str(path)]
+    )
+    assert code == 0, err
+    got = _json_lines(out)
+    for r, g in zip(ref[:-1], got[:-1]):
+        assert g["loss"] == pytest.approx(r["loss"], rel=1e-6)
+    assert got[-1]["test_acc"] == pytest.approx(ref[-1]["test_acc"], abs=0.02)
+    code, out, err = _run(capsys, ["evaluate", str(path), "--backend", "torch", "--json"])
+    assert code == 0, err
+    assert _json_lines(out)[0]["accuracy"] == pytest.approx(got[-1]["test_acc"], abs=1e-12)

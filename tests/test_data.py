@@ -164,19 +164,22 @@ def test_load_idx_rejects_mismatches(tmp_path):
 GOOD = _idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 4), 0x08)
 
 
+# Explicit ids: pytest would otherwise spell the bytes out, and gzip output embeds the
+# time (mtime=0 keeps the data fixed as well), so pytest-xdist workers would collect
+# different tests.
 @pytest.mark.parametrize(
     ("raw", "match"),
     [
-        (b"", "shorter than the 4-byte header"),
-        (b"\x00\x00", "shorter than the 4-byte header"),
-        (b"\x01\x02\x08\x01" + GOOD[4:], "magic number 0x01020801"),
-        (b"\x00\x00\x07\x02" + GOOD[4:], "unknown IDX type code 0x07"),
-        (b"\x00\x00\x08\x00", "0 dimensions"),
-        (GOOD[:9], "truncated IDX header"),
-        (GOOD[:-1], "truncated IDX data"),
-        (GOOD + b"\x00", "1 bytes after the data"),
-        (gzip.compress(GOOD)[:-6], "corrupt gzip data"),
-        (gzip.compress(GOOD[:-3]), "truncated IDX data"),
+        pytest.param(b"", "shorter than the 4-byte header", id="empty"),
+        pytest.param(b"\x00\x00", "shorter than the 4-byte header", id="two-bytes"),
+        pytest.param(b"\x01\x02\x08\x01" + GOOD[4:], "magic number 0x01020801", id="magic"),
+        pytest.param(b"\x00\x00\x07\x02" + GOOD[4:], "unknown IDX type code 0x07", id="code"),
+        pytest.param(b"\x00\x00\x08\x00", "0 dimensions", id="zero-dims"),
+        pytest.param(GOOD[:9], "truncated IDX header", id="short-header"),
+        pytest.param(GOOD[:-1], "truncated IDX data", id="short-data"),
+        pytest.param(GOOD + b"\x00", "1 bytes after the data", id="trailing-bytes"),
+        pytest.param(gzip.compress(GOOD, mtime=0)[:-6], "corrupt gzip data", id="gzip-corrupt"),
+        pytest.param(gzip.compress(GOOD[:-3], mtime=0), "truncated IDX data", id="gzip-short"),
     ],
 )
 def test_read_idx_corrupt_files_name_the_path(tmp_path, raw, match):

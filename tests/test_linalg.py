@@ -23,6 +23,10 @@ DTYPES = ["float32", "float64"]
 #: (the float64 residual of the returned x, and the distance to the direct solve,
 #: which also carries the condition number of the problems below: at most ~3).
 RTOL = {"float32": 1e-4, "float64": 1e-10}
+# Iterations by which a batched solve may differ from the same systems solved one by
+# one: batched and single products round differently, and near float32's precision
+# the Krylov recurrences amplify that (seen on PyTorch's CPU kernels).
+NIT_SLACK = {"float32": 3, "float64": 1}
 SLACK = {"float32": 20.0, "float64": 10.0}
 
 #: Solvers that converge on every well-conditioned nonsymmetric system.
@@ -182,8 +186,7 @@ def test_batched_equals_one_by_one(backend, xp, name, dtype, seed, batch, n):
     assert tuple(res.history.shape[1:]) == (batch,)
     for i in range(batch):
         one = solve(As[i, ...], bs[i, ...], rtol=RTOL[dtype], maxiter=100)
-        # Batched and single products round differently: allow one iteration apart.
-        assert abs(int(res.nit[i]) - one.nit) <= 1
+        assert abs(int(res.nit[i]) - one.nit) <= NIT_SLACK[dtype]
         assert_close(res.x[i, ...], one.x, rtol=0.0, atol=10 * RTOL[dtype], xp=xp)
 
 

@@ -434,7 +434,9 @@ def test_user_written_solver_and_registry(xp):
 # --- SciPy adapters ------------------------------------------------------------------
 
 
-@pytest.mark.skip_backend("array_api_strict", reason="the SciPy adapters take NumPy arrays")
+@pytest.mark.skip_backend(
+    "array_api_strict", "torch", "cupy", reason="the SciPy adapters take NumPy arrays only"
+)
 @pytest.mark.parametrize(
     "method", ["scipy:anderson", "scipy:broyden1", "scipy:krylov", "scipy:hybr", "scipy:df-sane"]
 )

@@ -128,7 +128,8 @@ class Tensor:
 
     @property
     def size(self) -> int:
-        return self._implicitnet_data.size
+        # array-api-compat's size(): a torch tensor's own ``.size`` is a method
+        return array_api_compat.size(self._implicitnet_data)
 
     @property
     def device(self):
@@ -151,7 +152,7 @@ class Tensor:
     def _scalar(self):
         raw = _raw(self)
         if raw.ndim != 0:
-            if raw.size != 1:
+            if array_api_compat.size(raw) != 1:
                 msg = (
                     f"only size-1 tensors can be converted to Python scalars, got shape "
                     f"{tuple(raw.shape)}"

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._tree import tree_flatten, tree_unflatten
+from .._xp import is_array as _is_any_array
 from . import _ops
 from ._core import Tensor, _as_array, _new_level, _raw, _raw_namespace
 from ._namespace import differentiable_namespace
@@ -162,7 +163,7 @@ def _unbox(x, level: int):
 
 
 def _is_array(x) -> bool:
-    return type(x) is Tensor or (type(x) not in _SCALARS and hasattr(x, "__array_namespace__"))
+    return type(x) is Tensor or _is_any_array(x)
 
 
 _REAL_FLOATING: dict[tuple, bool] = {}
@@ -206,14 +207,14 @@ def _box_leaves(leaves, level: int, what: str) -> list[Tensor]:
 
 def _constant(x):
     """Wrap a raw array as a constant tensor (non-arrays are left alone)."""
-    if type(x) is Tensor or type(x) in _SCALARS or not hasattr(x, "__array_namespace__"):
+    if type(x) is Tensor or not _is_any_array(x):
         return x
     return Tensor(_as_array(x))
 
 
 def _wrap_constants(tree):
     if type(tree) is not tuple and type(tree) is not list and type(tree) is not dict:
-        if type(tree) is Tensor or hasattr(type(tree), "__array_namespace__"):
+        if _is_any_array(tree):
             return _constant(tree)  # one array: no tree to walk
     leaves, td = tree_flatten(tree)
     if not leaves:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._result import Result, Status, status_message
-from .._xp import as_float_array, device, is_tensor, namespace, vector_norm
+from .._xp import as_float_array, device, is_array, namespace, vector_norm
 
 __all__ = ["AbstractLinearSolver"]
 
@@ -115,7 +115,7 @@ def _to_internal(x, *, shape, perm, B, xp):
 
 def _operator(A, name: str, *, b_shape, perm, batched: bool, B: int, n: int, dtype, xp):
     """Wrap `A` (callable, matrix, batch of matrices, or ``.matvec``) as ``(B, n)`` map."""
-    if is_tensor(A) or hasattr(A, "__array_namespace__"):
+    if is_array(A):
         M = as_float_array(A, xp=xp)
         if M.dtype != dtype:
             M = xp.astype(M, dtype)
@@ -231,7 +231,7 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
             raise ValueError(msg)
         x2 = _to_internal(x0, shape=shape, perm=perm, B=B, xp=xp)
     for name, op in (("A", A), ("M", M)):
-        if is_tensor(op) or hasattr(op, "__array_namespace__"):
+        if is_array(op):
             try:
                 namespace(b, op)
             except TypeError:
@@ -255,7 +255,7 @@ def resolve_namespace(b, x0, xp, A=None):
         return xp
     arrays = [v for v in (b, x0) if v is not None and not _is_python_numbers(v)]
     if not arrays:
-        if is_tensor(A) or hasattr(A, "__array_namespace__"):
+        if is_array(A):
             return namespace(A)
         from .. import backends
 

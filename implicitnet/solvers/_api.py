@@ -9,7 +9,7 @@ from typing import Any
 from .. import backends as _backends
 from .._result import Result
 from .._tree import tree_leaves
-from .._xp import as_float_array, namespace, to_host
+from .._xp import as_float_array, is_array, namespace, to_host
 from ._base import Problem
 from ._registry import resolve_method
 
@@ -185,7 +185,7 @@ def _check_arg_batch_axes(arg_batch_axes, args, batch_axis, x0) -> tuple:
             msg = f"`arg_batch_axes[{k}]` must be an int or None, got {ax!r}"
             raise TypeError(msg)
         leaves = tree_leaves(a)
-        if not leaves or not all(hasattr(leaf, "shape") for leaf in leaves):
+        if not leaves or not all(is_array(leaf) for leaf in leaves):
             msg = f"`args[{k}]` has a batch axis in `arg_batch_axes` but holds non-arrays"
             raise TypeError(msg)
         norm_axes = set()

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from .. import backends
 from .._tree import tree_flatten, tree_unflatten
 from .._xp import device as _device
-from .._xp import is_tensor, namespace
+from .._xp import is_array, is_tensor, namespace
 from ..autodiff import vjp
 from ..autodiff._transforms import _wrap_constants
 
@@ -205,7 +205,7 @@ def check_grads(
 
 
 def _is_float(x) -> bool:
-    if not (is_tensor(x) or hasattr(x, "__array_namespace__")) or type(x) in (bool, int, float):
+    if not is_array(x):
         return False
     return namespace(x).isdtype(x.dtype, "real floating")
 
