@@ -126,6 +126,7 @@ def compare_with_reference(W, b, options, *, xp, dtype, steps=11):
     got = run_steps(solver, W, b, xp=xp, dtype=dtype, steps=steps)
     worst = 0.0
     events = {"rejected": 0, "updates": 0}
+    m, safeguard = solver.settings("fixed_point")  # defaults resolved for the kind
     for i in range(W.shape[0]):
 
         def gfun(x, i=i):
@@ -134,12 +135,12 @@ def compare_with_reference(W, b, options, *, xp, dtype, steps=11):
         want, ev = reference_broyden(
             gfun,
             np.zeros(W.shape[1]),
-            m=solver.m,
+            m=m,
             # A fixed-point problem: the automatic `beta` (None) is 1.
             beta=1.0 if solver.beta is None else solver.beta,
             steps=steps,
             line_search=solver.line_search,
-            safeguard=solver.safeguard,
+            safeguard=safeguard,
         )
         for key in events:
             events[key] += ev[key]

@@ -85,8 +85,7 @@ def iterate(
     dev = problem.device
     fixed = problem.kind == "fixed_point"
     compact = problem.can_compact
-    window = solver.stagnation_window
-    factor = solver.divergence_factor
+    window, factor = solver.stopping_rules(problem.kind)
     inf = float("inf")
 
     ncalls = [0]
@@ -237,6 +236,7 @@ def iterate(
         step = solver.step(g, x, gx, state, xp=xp)
         it += 1
         x_new, gx_new, state_new, r_new = step.x, step.fx, step.state, step.fx_norm
+        trial = step.trial  # a line-search trial may be rejected: no divergence test
         if any_frozen:
             # Hold frozen systems fixed (iterate, residual and solver state).
             frozen = [not a for a in h_act]
@@ -269,7 +269,10 @@ def iterate(
             thr = [atol + rtol * (v if v > q else q) for v, q in zip(s_list, h_r0)]
         else:
             thr = h_thr
-        done = [r <= t or not r <= factor * b for r, t, b in zip(r_list, thr, h_best)]
+        if trial:  # only a non-finite residual ends the system
+            done = [r <= t or not r - r == 0.0 for r, t in zip(r_list, thr)]
+        else:
+            done = [r <= t or not r <= factor * b for r, t, b in zip(r_list, thr, h_best)]
         if it - min(h_best_it) >= window:
             done = [d or it - t >= window for d, t in zip(done, h_best_it)]
         if masked:
@@ -282,7 +285,7 @@ def iterate(
             r = r_list[j]
             if r <= thr[j]:
                 status[i] = Status.SUCCESS
-            elif not r <= factor * h_best[j]:
+            elif not r - r == 0.0 or not (trial or r <= factor * h_best[j]):
                 status[i] = Status.DIVERGED
             else:
                 status[i] = Status.STAGNATED
