@@ -86,7 +86,8 @@ class Broyden(AbstractIterativeSolver):
     m : int, optional
         Number of directions stored per system (``H`` holds at most ``m - 1``
         updates; with ``m=1`` every step is a plain step). Default (kind): 10 for a
-        fixed-point problem, 50 for a root problem.
+        fixed-point problem, 100 for a root problem (memory: ``m`` residuals of
+        ``n`` numbers per system).
     beta : float, optional
         Initial inverse Jacobian ``-beta I``; the first step is ``x + beta * g(x)``.
         Default: 1 for a fixed-point problem; for a root problem, per system,
@@ -210,7 +211,7 @@ class Broyden(AbstractIterativeSolver):
     def settings(self, kind: str) -> tuple[int, float]:
         """``(m, safeguard)`` for a problem of this `kind` (see the class parameters)."""
         root = kind == "root"
-        m = (50 if root else 10) if self.m is None else self.m
+        m = (100 if root else 10) if self.m is None else self.m
         safeguard = (float("inf") if root else 10.0) if self.safeguard is None else self.safeguard
         return m, float(safeguard)
 
