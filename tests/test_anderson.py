@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nonlinear_systems import trigonometric
 
+import implicitnet as inet
 from implicitnet import backends
 from implicitnet.solvers import Anderson, fixed_point
 
@@ -134,3 +136,30 @@ def test_rejected_steps_take_the_per_system_path_and_still_converge(xp, monkeypa
     assert res.success
     z = np.asarray(res.x)
     np.testing.assert_allclose(z, np.tanh(z @ A + c), atol=1e-8)
+
+
+# --- root problems at default settings (issue 13) ---------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_default_anderson_solves_the_trigonometric_function(xp, dtype):
+    # Moré, Garbow and Hillstrom's trigonometric function, n = 10, from its standard
+    # start: SciPy's anderson solves it. Anderson's residual stays above its best for
+    # more than 50 steps before it converges, so a root problem's stopping rules are
+    # longer (window 300, divergence factor 1e8) than a fixed-point problem's.
+    dt = getattr(xp, dtype)
+    rtol = {"float32": 1e-4, "float64": 1e-10}[dtype]
+    x0 = xp.full((10,), 0.1, dtype=dt)
+    res = inet.solvers.root(trigonometric, x0, method="anderson", rtol=rtol, maxiter=1000)
+    assert res.success, res.status
+    # Checked independently: the residual at the returned x, in float64.
+    x = np.asarray(inet.backends.backend_of(res.x).to_numpy(res.x), dtype=np.float64)
+    r0 = np.linalg.norm(trigonometric(np.full(10, 0.1)))
+    assert np.linalg.norm(trigonometric(x)) <= (1e-3 if dtype == "float32" else 1e-9) * r0
+
+
+def test_anderson_stopping_rules_follow_the_problem_kind():
+    assert inet.Anderson().stopping_rules("fixed_point") == (50, 1e4)
+    assert inet.Anderson().stopping_rules("root") == (300, 1e8)
+    given_ = inet.Anderson(stagnation_window=9, divergence_factor=20.0)
+    assert given_.stopping_rules("root") == (9, 20.0)

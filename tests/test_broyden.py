@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nonlinear_systems import _linear_tables, dense_linear
 
 import implicitnet as inet
 from implicitnet import backends
@@ -126,6 +127,7 @@ def compare_with_reference(W, b, options, *, xp, dtype, steps=11):
     got = run_steps(solver, W, b, xp=xp, dtype=dtype, steps=steps)
     worst = 0.0
     events = {"rejected": 0, "updates": 0}
+    m, safeguard = solver.settings("fixed_point")  # defaults resolved for the kind
     for i in range(W.shape[0]):
 
         def gfun(x, i=i):
@@ -134,12 +136,12 @@ def compare_with_reference(W, b, options, *, xp, dtype, steps=11):
         want, ev = reference_broyden(
             gfun,
             np.zeros(W.shape[1]),
-            m=solver.m,
+            m=m,
             # A fixed-point problem: the automatic `beta` (None) is 1.
             beta=1.0 if solver.beta is None else solver.beta,
             steps=steps,
             line_search=solver.line_search,
-            safeguard=solver.safeguard,
+            safeguard=safeguard,
         )
         for key in events:
             events[key] += ev[key]
@@ -242,3 +244,63 @@ def test_unrolled_gradient_through_broyden_matches_implicit(xp, backend):
     unrolled = inet.grad(lambda W, b: loss(W, b, "unrolled"), argnums=(0, 1))(W, b)
     for g, h in zip(unrolled, implicit):
         assert_close(g, h, rtol=1e-7, atol=1e-10, xp=xp)
+
+
+# --- root problems at default settings (issue 13) ---------------------------------------
+
+#: Root tolerance per dtype (relative to ||F(x0)||) for the default-settings tests.
+ROOT_RTOL = {"float32": 1e-4, "float64": 1e-10}
+
+
+def test_root_defaults_follow_the_problem_kind():
+    b = Broyden()
+    assert b.settings("fixed_point") == (10, 10.0)
+    assert b.settings("root") == (100, float("inf"))
+    assert b.stopping_rules("fixed_point") == (150, 1e4)
+    assert b.stopping_rules("root") == (300, 1e8)
+    given_ = Broyden(m=7, safeguard=3.0, stagnation_window=20, divergence_factor=50.0)
+    assert given_.settings("root") == (7, 3.0)
+    assert given_.stopping_rules("root") == (20, 50.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plain_good_broyden_finishes_a_non_monotone_linear_solve(xp, dtype):
+    # SciPy's TestLinear system (dense random 20 x 20): good Broyden's residual rises by
+    # about 1e5 before it falls, and the solve finishes in about 2 n steps when nothing
+    # restarts it. A memory restart at m=10, a reset on a 10x rise or a divergence
+    # stop at 1e4 ended this run before.
+    dt = getattr(xp, dtype)
+    res = inet.solvers.root(
+        dense_linear, xp.zeros((20,), dtype=dt), method="broyden", rtol=ROOT_RTOL[dtype]
+    )
+    assert res.success, res.status
+    A, b = _linear_tables()
+    want = np.linalg.solve(A, b)
+    err = np.max(np.abs(to_np(res.x) - want)) / np.max(np.abs(want))
+    assert err <= (1e-2 if dtype == "float32" else 1e-7)
+
+
+def _rotation_system(x):
+    # A x - c with A block-diagonal 2 x 2 blocks [[0.02, 1], [-1, 0.02]]: F0 . J F0 > 0
+    # but the cosine between F0 and J F0 is 0.02.
+    ns = inet.namespace(x)
+    pairs = ns.reshape(x, (-1, 2))
+    y = ns.stack([0.02 * pairs[:, 0] + pairs[:, 1], -pairs[:, 0] + 0.02 * pairs[:, 1]], axis=1)
+    c = ns.linspace(-1.0, 1.0, x.shape[0], dtype=x.dtype)
+    return ns.reshape(y, (-1,)) - c
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nearly_orthogonal_uphill_start_keeps_scipys_step(xp, dtype):
+    # The automatic beta used to switch to the linearised-optimal step (here ~0.02, a
+    # tenth of SciPy's) whenever F0 . J F0 > 0; the inverse-Jacobian guess stayed that
+    # small through every memory restart and Broyden hit `maxiter`.
+    dt = getattr(xp, dtype)
+    res = inet.solvers.root(
+        _rotation_system, xp.zeros((10,), dtype=dt), method="broyden", rtol=ROOT_RTOL[dtype]
+    )
+    assert res.success, res.status
+    A = np.kron(np.eye(5), np.array([[0.02, 1.0], [-1.0, 0.02]]))
+    want = np.linalg.solve(A, np.linspace(-1.0, 1.0, 10))
+    err = np.max(np.abs(to_np(res.x) - want)) / np.max(np.abs(want))
+    assert err <= (1e-2 if dtype == "float32" else 1e-7)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nonlinear_systems import _linear_tables, dense_linear
 
 import implicitnet as inet
 from implicitnet.linalg._gmres import _gmres_operator
@@ -293,3 +294,59 @@ def test_newton_krylov_batched_equals_alone(xp, dtype):
         tol = 1e-3 if dtype == "float32" else 1e-8
         np.testing.assert_allclose(np.asarray(alone.x)[0], ref[i], atol=tol)
         np.testing.assert_allclose(np.asarray(batched.x)[i], ref[i], atol=tol)
+
+
+# --- root problems at default settings (issue 13) ---------------------------------------
+
+#: Root tolerance per dtype (relative to ||F(x0)||) for the default-settings tests.
+ROOT_RTOL = {"float32": 1e-4, "float64": 1e-10}
+
+
+def to_np(x):
+    return inet.backends.backend_of(x).to_numpy(x)
+
+
+def _exp_minus_one(x):
+    return inet.namespace(x).exp(x) - 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rejected_line_search_trial_does_not_end_the_run_as_diverged(xp, dtype):
+    # From x0 = -3 the full Newton step of exp(x) - 1 lands near x = 16, where the
+    # residual is ~1e7 times the current one: the line search rejects that trial and
+    # backtracks. The driver's divergence test (1e4 times the best) must not fire on
+    # the rejected trial: only accepted iterates count.
+    dt = getattr(xp, dtype)
+    x0 = xp.full((3,), -3.0, dtype=dt)
+    res = inet.solvers.root(_exp_minus_one, x0, method="newton_krylov", rtol=ROOT_RTOL[dtype])
+    assert res.success, res.status
+    x = np.asarray(to_np(res.x), dtype=np.float64)
+    np.testing.assert_allclose(x, 0.0, atol=1e-3 if dtype == "float32" else 1e-9)
+    # The first trial really was far uphill (what used to end the run).
+    assert float(xp.max(res.history)) > 1e4 * float(res.history[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_default_inner_solve_handles_a_dense_random_linear_system(xp, dtype):
+    # SciPy's TestLinear system: a dense random 20 x 20 A x = b. Restarted GMRES(10)
+    # stalls on it (every Newton step then fails to make progress); the default inner
+    # solve of a root problem must give Newton steps that converge in a few steps.
+    dt = getattr(xp, dtype)
+    res = inet.solvers.root(
+        dense_linear, xp.zeros((20,), dtype=dt), rtol=ROOT_RTOL[dtype], method="newton_krylov"
+    )
+    assert res.success, res.status
+    assert res.nit <= 5
+    A, b = _linear_tables()
+    want = np.linalg.solve(A, b)
+    got = np.asarray(to_np(res.x), dtype=np.float64)
+    assert np.max(np.abs(got - want)) <= (1e-2 if dtype == "float32" else 1e-8) * np.max(
+        np.abs(want)
+    )
+
+
+def test_inner_defaults_follow_the_problem_kind():
+    nk = NewtonKrylov()
+    assert nk.inner_settings("fixed_point") == (10, 20)
+    assert nk.inner_settings("root") == (30, 90)
+    assert NewtonKrylov(restart=7, inner_maxiter=9).inner_settings("root") == (7, 9)

@@ -605,6 +605,44 @@ def test_root_default_beta_adapts_to_scale_and_sign(xp, method):
     assert plain.stats["statuses"][2] != inet.Status.SUCCESS
 
 
+def _root_residual(A, c, *, xp):
+    """``g(x) = x A^T - c`` on ``(batch, n)`` rows, marked as a root problem's residual."""
+    A_x = xp.asarray(A, dtype=xp.float64)
+    c_x = xp.asarray(c, dtype=xp.float64)
+
+    def g(x):
+        return xp.matmul(x, xp.matrix_transpose(A_x)) - c_x
+
+    g.kind = "root"
+    return g
+
+
+def test_automatic_beta_takes_the_linearised_step_only_when_clearly_uphill(xp):
+    from implicitnet.solvers._base import UPHILL_COSINE, initial_beta
+
+    n = 10
+    c = np.linspace(-1.0, 1.0, n)
+    x0 = xp.zeros((1, n), dtype=xp.float64)
+    scipy_beta = 0.5 / np.linalg.norm(c)  # 0.5 max(||x0||, 1) / ||F(x0)||
+    # Clearly uphill (J = I, cosine 1): the linearised-optimal step, beta = -1, which
+    # solves this linear system in one step.
+    g = _root_residual(np.eye(n), c, xp=xp)
+    beta = initial_beta(None, g, x0, g(x0), xp=xp)
+    np.testing.assert_allclose(to_np(beta), [-1.0], rtol=1e-6)
+    # Uphill but nearly orthogonal (a rotation with a small symmetric part: cosine
+    # 0.02): the linearised step would be ~0.02, a tenth of SciPy's, and Broyden's
+    # inverse-Jacobian guess would stay that small; SciPy's scaling is kept.
+    A = np.kron(np.eye(n // 2), np.array([[0.02, 1.0], [-1.0, 0.02]]))
+    assert 0 < 0.02 < UPHILL_COSINE
+    g = _root_residual(A, c, xp=xp)
+    beta = initial_beta(None, g, x0, g(x0), xp=xp)
+    np.testing.assert_allclose(to_np(beta), [scipy_beta], rtol=1e-12)
+    # Downhill (J = -I): SciPy's scaling as well.
+    g = _root_residual(-np.eye(n), c, xp=xp)
+    beta = initial_beta(None, g, x0, g(x0), xp=xp)
+    np.testing.assert_allclose(to_np(beta), [scipy_beta], rtol=1e-12)
+
+
 # --- Moré–Garbow–Hillstrom root problems at their standard starting points -----------
 
 

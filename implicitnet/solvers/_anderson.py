@@ -74,11 +74,23 @@ class Anderson(AbstractIterativeSolver):
         When ``sum_j |alpha_j|`` exceeds this (or is not finite), the least-squares
         problem is deemed ill-conditioned: the history is restarted and a plain step
         is taken.
-    stagnation_window, divergence_factor
-        See :class:`AbstractIterativeSolver`.
+    stagnation_window : int, optional
+        See :class:`AbstractIterativeSolver`. Default (by the problem's kind): 50 for a
+        fixed-point problem, 300 for a root problem.
+    divergence_factor : float, optional
+        See :class:`AbstractIterativeSolver`. Default (by the problem's kind): ``1e4``
+        for a fixed-point problem, ``1e8`` for a root problem.
 
     Notes
     -----
+    The stopping rules depend on the problem's kind. On a fixed-point problem (a DEQ
+    cell, usually a contraction) a residual that stops falling or rises steeply means
+    failure. On a general root problem the residual of Anderson's iteration (which has
+    no line search) is not monotone: on Moré, Garbow and Hillstrom's trigonometric
+    function (n = 10) it stays above its best for more than 50 steps before it
+    converges, and on other systems it rises by more than ``1e4`` first. A root
+    problem therefore gets a longer window and a larger factor.
+
     With ``G = [g_1, ..., g_m]`` (one column per remembered residual) and ``H = G^T G``,
     the coefficients solve the bordered (KKT) system ::
 
@@ -122,6 +134,8 @@ class Anderson(AbstractIterativeSolver):
     (0.739085, True)
     """
 
+    stagnation_window: int | None = None
+    divergence_factor: float | None = None
     m: int = 6
     beta: float | None = None
     regularization: float = 1e-8
@@ -136,6 +150,15 @@ class Anderson(AbstractIterativeSolver):
         _check_real(self.regularization, "regularization", low=0.0)
         _check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
         _check_real(self.max_coefficient, "max_coefficient", low=1.0, low_open=True)
+
+    def stopping_rules(self, kind):
+        """``(stagnation_window, divergence_factor)``: see the class parameters."""
+        root = kind == "root"
+        window = (300 if root else 50) if self.stagnation_window is None else self.stagnation_window
+        factor = (
+            (1e8 if root else 1e4) if self.divergence_factor is None else self.divergence_factor
+        )
+        return window, float(factor)
 
     def init(self, g, x, gx, *, xp):
         rows, n = x.shape

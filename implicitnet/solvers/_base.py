@@ -43,12 +43,19 @@ class Step(NamedTuple):
     fx_norm : array or None, optional
         The Euclidean norm of each row of `fx`, shape ``(batch,)``, when the step
         computed it anyway (the driver then reuses it instead of computing it again).
+    trial : bool, optional
+        True when `x` is a line-search trial point that the next step may still reject
+        (and replace by a shorter step from the last accepted iterate). The driver then
+        does not apply the divergence test (residual above ``divergence_factor`` times
+        the best) to it: a rejected trial is no iterate. Every other test (convergence,
+        non-finite values, stagnation, the best iterate) applies as usual.
     """
 
     x: Any
     fx: Any
     state: Any
     fx_norm: Any = None
+    trial: bool = False
 
 
 class AbstractSolver(abc.ABC):
@@ -112,22 +119,43 @@ class AbstractIterativeSolver(AbstractSolver):
     divergence_factor : float, default: 1e4
         A system whose residual exceeds this factor times its best residual stops with
         status ``"diverged"`` (as does one whose residual is not finite); its best
-        iterate is returned.
+        iterate is returned. Line-search trial points (``Step.trial``) are exempt.
+
+    A method whose good defaults differ between fixed-point and root problems declares
+    these two fields with a default of None and overrides :meth:`stopping_rules`.
     """
 
-    stagnation_window: int = 50
-    divergence_factor: float = 1e4
+    stagnation_window: int | None = 50
+    divergence_factor: float | None = 1e4
 
     def __post_init__(self):
-        if isinstance(self.stagnation_window, bool) or not isinstance(self.stagnation_window, int):
-            msg = f"`stagnation_window` must be an integer, got {self.stagnation_window!r}"
-            raise TypeError(msg)
-        if self.stagnation_window < 1:
-            msg = f"`stagnation_window` must be positive, got {self.stagnation_window}"
-            raise ValueError(msg)
-        if not self.divergence_factor > 1.0:
-            msg = f"`divergence_factor` must be greater than 1, got {self.divergence_factor}"
-            raise ValueError(msg)
+        window = self.stagnation_window
+        if window is not None:
+            if isinstance(window, bool) or not isinstance(window, int):
+                msg = f"`stagnation_window` must be an integer, got {window!r}"
+                raise TypeError(msg)
+            if window < 1:
+                msg = f"`stagnation_window` must be positive, got {window}"
+                raise ValueError(msg)
+        factor = self.divergence_factor
+        if factor is not None:
+            if isinstance(factor, bool) or not isinstance(factor, int | float):
+                msg = f"`divergence_factor` must be a real number, got {factor!r}"
+                raise TypeError(msg)
+            if not factor > 1.0:
+                msg = f"`divergence_factor` must be greater than 1, got {factor}"
+                raise ValueError(msg)
+
+    def stopping_rules(self, kind: str) -> tuple[int, float]:
+        """``(stagnation_window, divergence_factor)`` for a problem of this `kind`.
+
+        The driver's stagnation and divergence tests use these numbers; `kind` is
+        ``"fixed_point"`` or ``"root"``. By default the fields as given (50 and
+        ``1e4`` where they are None).
+        """
+        window = 50 if self.stagnation_window is None else self.stagnation_window
+        factor = 1e4 if self.divergence_factor is None else float(self.divergence_factor)
+        return window, factor
 
     @abc.abstractmethod
     def init(self, g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
@@ -195,6 +223,11 @@ def point_value(g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
     return x + gx
 
 
+#: The cosine between ``F(x0)`` and ``J F(x0)`` above which the automatic `beta` of a
+#: root problem takes the linearised-optimal step (see :func:`initial_beta`).
+UPHILL_COSINE = 0.1
+
+
 def initial_beta(beta: float | None, g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
     """The step length ``beta`` of a plain step ``x + beta g(x)`` (Anderson, Broyden).
 
@@ -203,11 +236,14 @@ def initial_beta(beta: float | None, g: Callable, x: Any, gx: Any, *, xp: Any) -
     starting point, at the cost of one evaluation of ``F``: SciPy's scaling
     ``0.5 max(||x0||, 1) / ||F(x0)||`` (a first step about half the size of `x0`,
     whatever the scale of ``F``), unless one directional difference
-    ``J F0 ~ (F(x0 + h F0) - F0) / h`` shows that this step goes uphill
-    (``F0 . J F0 > 0``: the model Jacobian ``-I / beta`` has the wrong sign); then
-    ``beta = -(F0 . J F0) / ||J F0||^2``, the step that minimises the linearised
-    residual along ``F0``. Returns a Python float, or an array with one value per row
-    (1 where ``F(x0)`` is zero or not finite).
+    ``J F0 ~ (F(x0 + h F0) - F0) / h`` shows that this step goes clearly uphill: the
+    cosine between ``F0`` and ``J F0`` is above :data:`UPHILL_COSINE` (the model
+    Jacobian ``-I / beta`` has the wrong sign). Then ``beta = -(F0 . J F0) /
+    ||J F0||^2``, the step that minimises the linearised residual along ``F0``. When
+    the two are nearly orthogonal that step would be tiny (its length is the cosine
+    times ``||F0|| / ||J F0||``) and would make the inverse-Jacobian guess of Broyden
+    and Anderson just as small, so SciPy's scaling is kept. Returns a Python float, or
+    an array with one value per row (1 where ``F(x0)`` is zero or not finite).
     """
     if beta is not None:
         return float(beta)
@@ -225,6 +261,8 @@ def initial_beta(beta: float | None, g: Callable, x: Any, gx: Any, *, xp: Any) -
     curvature = xp.vecdot(gx, jf)  # F0 . J F0
     jf2 = xp.vecdot(jf, jf)
     uphill = xp.logical_and(usable, xp.logical_and(curvature > 0, jf2 > 0))
+    cosine = curvature / (gn_safe * xp.sqrt(xp.where(uphill, jf2, one)))
+    uphill = xp.logical_and(uphill, cosine > UPHILL_COSINE)
     best = -curvature / xp.where(uphill, jf2, one)
     return xp.where(xp.logical_and(uphill, xp.isfinite(best)), best, scipy_beta)
 

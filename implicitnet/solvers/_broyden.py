@@ -34,6 +34,7 @@ class _BroydenState(NamedTuple):
     r: Any  # (batch,) residual norm of the current iterate (computed by the last step)
     t: Any  # (batch,) step length of the pending trial point x_anchor + t d_{k-1}
     beta: Any  # H_0 = -beta I: a float, or (batch,) (automatic, root problem)
+    safeguard: float  # the safeguard factor, resolved for the problem's kind
     k: int  # directions stored (0: before the first step), shared by the batch
     clean: bool  # no trial rejected since the last restart (shared by the batch)
 
@@ -72,11 +73,21 @@ class Broyden(AbstractIterativeSolver):
     stored, `m` of them per system (bounded memory: when all `m` are used, ``H``
     restarts from ``-beta I``).
 
+    Defaults that depend on the problem's kind are marked "(kind)" below: a fixed-point
+    problem (a DEQ cell, usually a contraction) gets short memory and safeguards that
+    keep the iteration monotone and cheap; a root problem gets plain good Broyden, as
+    in SciPy's ``broyden1``: long memory and no resets, because Broyden's residual on a
+    general system is not monotone (on a dense random ``20 x 20`` linear system it
+    rises by a factor of about 1e5 before it converges in ``2 n`` steps), and
+    restarting or stopping on a rise ends runs that would succeed.
+
     Parameters
     ----------
-    m : int, default: 10
+    m : int, optional
         Number of directions stored per system (``H`` holds at most ``m - 1``
-        updates; with ``m=1`` every step is a plain step).
+        updates; with ``m=1`` every step is a plain step). Default (kind): 10 for a
+        fixed-point problem, 100 for a root problem (memory: ``m`` residuals of
+        ``n`` numbers per system).
     beta : float, optional
         Initial inverse Jacobian ``-beta I``; the first step is ``x + beta * g(x)``.
         Default: 1 for a fixed-point problem; for a root problem, per system,
@@ -91,15 +102,18 @@ class Broyden(AbstractIterativeSolver):
         falls below ``1/64`` the trial is accepted anyway. Without it, a trial whose
         residual exceeds `safeguard` times the previous one resets that system's memory
         and a plain step ``beta * g`` is taken from the previous iterate instead.
-    safeguard : float, default: 10.0
-        See `line_search`.
-    stagnation_window : int, default: 150
-        See :class:`AbstractIterativeSolver`. Longer than the other methods' default
-        (50): Broyden's residual is not monotone, and after a memory restart it can take
-        more than 50 steps to get back below its best (seen on 512-unknown systems with
-        a contraction factor of 0.99).
-    divergence_factor
-        See :class:`AbstractIterativeSolver`.
+    safeguard : float, optional
+        See `line_search`. Default (kind): 10 for a fixed-point problem; for a root
+        problem, infinity (no reset).
+    stagnation_window : int, optional
+        See :class:`AbstractIterativeSolver`. Default (kind): 150 for a fixed-point
+        problem, 300 for a root problem. Longer than the other methods' default (50):
+        Broyden's residual is not monotone, and after a memory restart it can take more
+        than 50 steps to get back below its best (seen on 512-unknown systems with a
+        contraction factor of 0.99).
+    divergence_factor : float, optional
+        See :class:`AbstractIterativeSolver`. Default (kind): ``1e4`` for a
+        fixed-point problem, ``1e8`` for a root problem.
 
     Notes
     -----
@@ -164,25 +178,46 @@ class Broyden(AbstractIterativeSolver):
     True
     """
 
-    stagnation_window: int = 150
-    m: int = 10
+    stagnation_window: int | None = None
+    divergence_factor: float | None = None
+    m: int | None = None
     beta: float | None = None
     line_search: bool = False
-    safeguard: float = 10.0
+    safeguard: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        _check_int(self.m, "m", minimum=1)
+        if self.m is not None:
+            _check_int(self.m, "m", minimum=1)
         if self.beta is not None:
             _check_real(self.beta, "beta", low=0.0, low_open=True)
-        _check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
+        if self.safeguard is not None:
+            _check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
         if not isinstance(self.line_search, bool):
             msg = f"`line_search` must be True or False, got {self.line_search!r}"
             raise TypeError(msg)
 
+    def stopping_rules(self, kind):
+        """``(stagnation_window, divergence_factor)``: see the class parameters."""
+        root = kind == "root"
+        window = (
+            (300 if root else 150) if self.stagnation_window is None else self.stagnation_window
+        )
+        factor = (
+            (1e8 if root else 1e4) if self.divergence_factor is None else self.divergence_factor
+        )
+        return window, float(factor)
+
+    def settings(self, kind: str) -> tuple[int, float]:
+        """``(m, safeguard)`` for a problem of this `kind` (see the class parameters)."""
+        root = kind == "root"
+        m = (100 if root else 10) if self.m is None else self.m
+        safeguard = (float("inf") if root else 10.0) if self.safeguard is None else self.safeguard
+        return m, float(safeguard)
+
     def init(self, g, x, gx, *, xp):
         rows, n = x.shape
-        m = self.m
+        m, safeguard = self.settings(getattr(g, "kind", "fixed_point"))
         dev = device(x)
         dtype = x.dtype
         r = row_norms(gx, xp=xp)
@@ -202,12 +237,13 @@ class Broyden(AbstractIterativeSolver):
             r=r,
             t=xp.ones((rows,), dtype=dtype, device=dev),
             beta=initial_beta(self.beta, g, x, gx, xp=xp),
+            safeguard=safeguard,
             k=0,
             clean=True,
         )
 
     def step(self, g, x, gx, state, *, xp):
-        k, m, beta = state.k, self.m, state.beta
+        k, m, beta = state.k, state.R.shape[1], state.beta
         unit = isinstance(beta, float) and beta == 1.0
         bcol = beta if isinstance(beta, float) else beta[:, None]  # against (rows, .)
         r, t, anc, clean = state.r, state.t, state.anc, state.clean
@@ -222,7 +258,7 @@ class Broyden(AbstractIterativeSolver):
                 # Backtracking exhausted (next t below 1/64): accept the trial anyway.
                 accept = xp.logical_or(accept, t < 2.0 / 64)
             else:
-                accept = r <= self.safeguard * state.r_prev
+                accept = r <= state.safeguard * state.r_prev
             # One host check: when every system accepted its trial (the common case)
             # no per-system selection is needed.
             all_accepted = bool(xp.all(accept))
@@ -256,8 +292,10 @@ class Broyden(AbstractIterativeSolver):
             x_new = x_a + (g_a if unit else bcol * g_a)
             g_new = g(x_new)
             r_new = row_norms(g_new, xp=xp)
-            new_state = _BroydenState(R, GR, C, G, Minv, W, anc, r_a, r_new, t, beta, 1, True)
-            return Step(x_new, g_new, new_state, r_new)
+            new_state = _BroydenState(
+                R, GR, C, G, Minv, W, anc, r_a, r_new, t, beta, state.safeguard, 1, True
+            )
+            return Step(x_new, g_new, new_state, r_new, trial=line_search)
 
         # d_j (slot j = k - 1) led from the anchor to x; g(x) goes into slot k. With H_j
         # (from the stored directions) and z = H_j g(x): the good Broyden update j and
@@ -361,5 +399,7 @@ class Broyden(AbstractIterativeSolver):
         g_new = g(x_new)
         r_new = row_norms(g_new, xp=xp)
         clean = clean and all_accepted
-        new_state = _BroydenState(R, GR, C, G, Minv, W, anc, r_a, r_new, t_new, beta, k + 1, clean)
-        return Step(x_new, g_new, new_state, r_new)
+        new_state = _BroydenState(
+            R, GR, C, G, Minv, W, anc, r_a, r_new, t_new, beta, state.safeguard, k + 1, clean
+        )
+        return Step(x_new, g_new, new_state, r_new, trial=line_search)

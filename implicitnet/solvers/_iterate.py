@@ -98,8 +98,7 @@ def iterate(
     dev = problem.device
     fixed = problem.kind == "fixed_point"
     compact = problem.can_compact
-    window = solver.stagnation_window
-    factor = solver.divergence_factor
+    window, factor = solver.stopping_rules(problem.kind)
     inf = float("inf")
     nan = float("nan")
     eps = float(xp.finfo(dtype).eps)
@@ -274,6 +273,7 @@ def iterate(
         step = solver.step(g, x, gx, state, xp=xp)
         it += 1
         x_new, gx_new, state_new, r_new = step.x, step.fx, step.state, step.fx_norm
+        trial = step.trial  # a line-search trial may be rejected: no divergence test
         if any_frozen:
             # Hold frozen systems fixed (iterate, residual and solver state).
             frozen = [not a for a in h_act]
@@ -319,7 +319,10 @@ def iterate(
             h_best_it = [it if c else t for t, c in zip(h_best_it, improved)]
         # Finished: converged, or residual not below `factor` times the best (this
         # includes a non-finite residual), or no new best for `window` iterations.
-        done = [r <= t or not r <= factor * b for r, t, b in zip(r_list, thr, h_best)]
+        if trial:  # a line-search trial may be rejected: only a non-finite residual ends it
+            done = [r <= t or not r - r == 0.0 for r, t in zip(r_list, thr)]
+        else:
+            done = [r <= t or not r <= factor * b for r, t, b in zip(r_list, thr, h_best)]
         if it - min(h_best_it) >= window:
             done = [d or it - t >= window for d, t in zip(done, h_best_it)]
         if masked:
@@ -339,7 +342,7 @@ def iterate(
                     n_improved += 1
                     h_best[j] = r
                     h_best_s[j] = scl[j]
-            elif not r <= factor * h_best[j]:
+            elif not r - r == 0.0 or not (trial or r <= factor * h_best[j]):
                 status[i] = Status.DIVERGED
             else:
                 status[i] = Status.STAGNATED
