@@ -241,6 +241,13 @@ def _add_train_parser(sub) -> None:
     )
     io.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     io.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over MPI: run as `mpiexec -n N implicitnet train --distributed "
+        "...`; each batch is split across the N ranks, gradients are all-reduced, rank 0 "
+        "prints and saves (needs mpi4py: pip install 'implicitnet[distributed]')",
+    )
     adv = p.add_argument_group("advanced (testing and quick runs)")
     adv.add_argument(
         "--limit",
@@ -465,6 +472,13 @@ def _cmd_train(ns) -> int:
         train_epoch,
     )
 
+    if ns.distributed and not hasattr(ns, "data_parallel"):
+        # The same run on every MPI rank; `ns.data_parallel` is then its epoch function.
+        try:
+            from .distributed._cli import run_data_parallel
+        except ImportError as exc:
+            raise _Failure(str(exc)) from None
+        return run_data_parallel(_cmd_train, ns, usage_errors=(_Usage,))
     meta = None
     if ns.resume is not None:
         meta, _ = _read_checkpoint(ns.resume)
@@ -527,7 +541,7 @@ def _cmd_train(ns) -> int:
     for epoch in range(start, stop):
         bar = _Progress(n_train, f"epoch {epoch + 1}/{epochs}", disable)
         try:
-            model, opt_state, metrics = train_epoch(
+            model, opt_state, metrics = getattr(ns, "data_parallel", train_epoch)(
                 model, optimizer, opt_state, ds, config, epoch, rng, progress=bar
             )
         except FloatingPointError as exc:
