@@ -8,6 +8,7 @@ NumPy, CuPy and any other array-API library.
 from . import autodiff as autodiff
 from . import backends as backends
 from . import data as data
+from . import distributed as distributed
 from . import linalg as linalg
 from . import nn as nn
 from . import ops as ops

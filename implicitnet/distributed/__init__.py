@@ -11,5 +11,18 @@ from ._dask import STATUSES as STATUSES
 from ._dask import DaskResult as DaskResult
 from ._dask import fixed_point as fixed_point
 from ._dask import root as root
+from ._mpi import CommStats as CommStats
+from ._mpi import DataParallel as DataParallel
+from ._mpi import ReplicaMismatchError as ReplicaMismatchError
+from ._mpi import data_parallel_epoch as data_parallel_epoch
 
-__all__ = ["STATUSES", "DaskResult", "fixed_point", "root"]
+__all__ = [
+    "STATUSES",
+    "CommStats",
+    "DaskResult",
+    "DataParallel",
+    "ReplicaMismatchError",
+    "data_parallel_epoch",
+    "fixed_point",
+    "root",
+]
