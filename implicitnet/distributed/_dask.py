@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -78,6 +78,7 @@ class DaskResult:
     nfev: Any
     residual: Any
     batch_axis: int
+    blocks: Any = field(default=None, repr=False)
 
     def _arrays(self) -> tuple:
         return tuple(getattr(self, name) for name in _FIELDS)
@@ -89,19 +90,28 @@ class DaskResult:
         Later computations and :meth:`summary` then reuse the solved chunks.
         """
         dask, _ = _require_dask()
-        arrays = dask.persist(*self._arrays(), **kwargs)
-        return DaskResult(*arrays, batch_axis=self.batch_axis)
+        blocks, *arrays = dask.persist(self.blocks, *self._arrays(), **kwargs)
+        return DaskResult(*arrays, batch_axis=self.batch_axis, blocks=blocks)
+
+    def _solved_chunks(self) -> list:
+        """One delayed ``(x, converged, status, nit, nfev, residual)`` per chunk, in order."""
+        return list(self.blocks.to_delayed().ravel())
 
     def compute(self, **kwargs: Any) -> Result:
         """Gather everything into one batched :class:`~implicitnet.Result`.
 
-        This brings every solution to the client; for a large batch, write `x` to
-        storage from the workers (``res.x.to_zarr(...)``) and ask for :meth:`summary`.
-        Keyword arguments go to :func:`dask.compute`.
+        One task per chunk: each chunk's solve sends its fields back together. This
+        brings every solution to the client; for a large batch, write `x` to storage
+        from the workers (``res.x.to_zarr(...)``) and ask for :meth:`summary`. Keyword
+        arguments go to :func:`dask.compute`.
         """
         dask, _ = _require_dask()
-        x, converged, codes, nit, nfev, residual = dask.compute(*self._arrays(), **kwargs)
-        xp = namespace(x)
+        parts = dask.compute(*self._solved_chunks(), **kwargs)
+        xp = namespace(parts[0][0])
+        x = xp.concat([p[0] for p in parts], axis=self.batch_axis)
+        converged, codes, nit, nfev, residual = (
+            xp.concat([p[k] for p in parts]) for k in range(1, 6)
+        )
         statuses = tuple(STATUSES[int(c)] for c in _host_ints(codes))
         overall = overall_status(list(statuses))
         return Result(
@@ -129,31 +139,45 @@ class DaskResult:
 
         Keyword arguments go to :func:`dask.compute`.
         """
-        dask, da = _require_dask()
-        codes = da.bincount(self.status, minlength=len(STATUSES))
-        counts, n_conv, nit_max, nit_sum, nfev_sum, res_max = dask.compute(
-            codes,
-            da.sum(self.converged.astype("int64")),
-            da.max(self.nit),
-            da.sum(self.nit),
-            da.sum(self.nfev),
-            da.max(self.residual),
-            **kwargs,
+        dask, _ = _require_dask()
+        partials = dask.compute(
+            *(dask.delayed(_chunk_summary)(c) for c in self._solved_chunks()), **kwargs
         )
-        systems = int(self.converged.shape[0])
-        per_status = {STATUSES[k].value: n for k, n in enumerate(_host_ints(counts)) if n}
+        counts = [sum(p[0][k] for p in partials) for k in range(len(STATUSES))]
+        n_conv = sum(p[1] for p in partials)
+        systems = sum(counts)
+        per_status = {STATUSES[k].value: n for k, n in enumerate(counts) if n}
         overall = overall_status([Status(s) for s in per_status])
         return {
             "systems": systems,
-            "converged": int(n_conv),
-            "success": int(n_conv) == systems,
+            "converged": n_conv,
+            "success": n_conv == systems,
             "status": overall.value,
             "statuses": per_status,
-            "nit_max": int(nit_max),
-            "nit_mean": float(nit_sum) / systems,
-            "nfev_total": int(nfev_sum),
-            "residual_max": float(res_max),
+            "nit_max": max(p[2] for p in partials),
+            "nit_mean": sum(p[3] for p in partials) / systems,
+            "nfev_total": sum(p[4] for p in partials),
+            "residual_max": max(p[5] for p in partials),
         }
+
+
+def _chunk_summary(fields: tuple) -> tuple:
+    """The figures of one solved chunk, as Python numbers (computed on its worker)."""
+    _, _, codes, nit, nfev, residual = fields
+    counts = [0] * len(STATUSES)
+    for c in _host_ints(codes):
+        counts[c] += 1
+    if not counts or sum(counts) == 0:
+        return counts, 0, 0, 0, 0, 0.0
+    xp = namespace(nit)
+    return (
+        counts,
+        counts[0],
+        int(xp.max(nit)),
+        int(xp.sum(nit)),
+        int(xp.sum(nfev)),
+        float(xp.max(residual)),
+    )
 
 
 def _host_ints(a) -> list[int]:
@@ -392,7 +416,7 @@ def _solve(
         out[field_name] = _per_system(
             solved, pos, nblocks, batch_axis, batch_chunks, dtype, meta_xp, field_name, token
         )
-    return DaskResult(**out, batch_axis=batch_axis)
+    return DaskResult(**out, batch_axis=batch_axis, blocks=solved)
 
 
 def _per_system(solved, pos, nblocks, batch_axis, batch_chunks, dtype, meta_xp, label, token):
