@@ -69,6 +69,10 @@ class DaskResult:
         Final residual norm per system, in the dtype of `x0`.
     batch_axis : int
         The axis of `x` that runs over the systems.
+    blocks : dask array
+        The solves themselves: one task per chunk, whose value is the tuple ``(x,
+        converged, status, nit, nfev, residual)`` of that chunk (the fields above
+        are views of it). :meth:`compute` and :meth:`summary` read it directly.
     """
 
     x: Any
