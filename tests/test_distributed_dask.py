@@ -123,6 +123,20 @@ def test_failure_stays_a_value_per_system(backend, xp):
     assert out.stats["statuses"] == tuple(statuses)
 
 
+def test_integer_start_becomes_float():
+    c = da.from_array(np.arange(4.0).reshape(4, 1), chunks=(2, 1))
+    res = distributed.fixed_point(
+        lambda x, c: 0.5 * x + c,
+        da.zeros((4, 1), dtype="int64", chunks=(2, 1)),
+        (c,),
+        arg_batch_axes=0,
+        rtol=1e-12,
+    )
+    assert res.x.dtype == np.float64
+    out = res.compute(scheduler="sync")
+    np.testing.assert_allclose(out.x[:, 0], 2 * np.arange(4.0), rtol=1e-10)
+
+
 def test_input_errors():
     x0 = da.zeros((4, 2), chunks=(2, 2))
     f = problems.cos_map

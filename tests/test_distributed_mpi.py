@@ -18,6 +18,10 @@ from implicitnet import data, nn, optim, value_and_grad
 from implicitnet.cli import main
 
 pytest.importorskip("mpi4py", reason="mpi4py is not installed (extra `distributed`)")
+try:
+    from mpi4py import MPI  # noqa: F401  (loads the MPI library)
+except Exception as exc:  # mpi4py without a usable MPI library
+    pytest.skip(f"mpi4py cannot load an MPI library: {exc}", allow_module_level=True)
 
 
 def _find_mpiexec() -> str | None:

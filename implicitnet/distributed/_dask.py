@@ -322,6 +322,9 @@ def _solve(
     if batch == 0:
         msg = "`x0` has no systems along `batch_axis` (size 0)"
         raise ValueError(msg)
+    meta_xp = namespace(x0._meta)
+    if not meta_xp.isdtype(x0.dtype, "real floating"):  # integers: the default float
+        x0 = x0.astype(meta_xp.float64)
     # One chunk per group of systems: the other axes of a system are never split.
     batch_chunks = x0.chunks[batch_axis]
     x0 = x0.rechunk({ax: -1 for ax in range(ndim) if ax != batch_axis})
@@ -406,7 +409,6 @@ def _solve(
     x = solved.map_blocks(
         operator.getitem, 0, dtype=x0.dtype, meta=x0._meta, name=f"implicitnet-x-{token}"
     )
-    meta_xp = namespace(x0._meta)
     fields = {
         "converged": meta_xp.bool,
         "status": meta_xp.int8,
