@@ -474,11 +474,9 @@ def _cmd_train(ns) -> int:
 
     if ns.distributed and not hasattr(ns, "data_parallel"):
         # The same run on every MPI rank; `ns.data_parallel` is then its epoch function.
-        try:
-            from .distributed._cli import run_data_parallel
-        except ImportError as exc:
-            raise _Failure(str(exc)) from None
-        return run_data_parallel(_cmd_train, ns, usage_errors=(_Usage,))
+        from .distributed._cli import run_data_parallel
+
+        return run_data_parallel(_cmd_train, ns, usage_errors=(_Usage,), failure=_Failure)
     meta = None
     if ns.resume is not None:
         meta, _ = _read_checkpoint(ns.resume)

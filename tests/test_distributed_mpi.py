@@ -17,11 +17,15 @@ import pytest
 from implicitnet import data, nn, optim, value_and_grad
 from implicitnet.cli import main
 
-pytest.importorskip("mpi4py", reason="mpi4py is not installed (extra `distributed`)")
 try:
     from mpi4py import MPI  # noqa: F401  (loads the MPI library)
+
+    NO_MPI = None
+except ImportError:
+    NO_MPI = "mpi4py is not installed (extra `distributed`)"
 except Exception as exc:  # mpi4py without a usable MPI library
-    pytest.skip(f"mpi4py cannot load an MPI library: {exc}", allow_module_level=True)
+    NO_MPI = f"mpi4py cannot load an MPI library: {exc}"
+needs_mpi = pytest.mark.skipif(NO_MPI is not None, reason=str(NO_MPI))
 
 
 def _find_mpiexec() -> str | None:
@@ -31,7 +35,8 @@ def _find_mpiexec() -> str | None:
 
 MPIEXEC = _find_mpiexec()
 needs_mpiexec = pytest.mark.skipif(
-    MPIEXEC is None, reason="no `mpiexec` found (pip install mpich, or a system MPI)"
+    NO_MPI is not None or MPIEXEC is None,
+    reason=NO_MPI or "no `mpiexec` found (pip install mpich, or a system MPI)",
 )
 # Two ranks sum gradients in another order than one rank: equal to float64 rounding.
 ROUND = 1e-9
@@ -159,6 +164,7 @@ def test_user_loop_two_ranks_equal_one(tmp_path):
     assert float(loss2) == pytest.approx(float(loss), rel=ROUND)
 
 
+@needs_mpi
 def test_world_of_one_in_process():
     from implicitnet.distributed import DataParallel, ReplicaMismatchError
 
@@ -180,6 +186,13 @@ def test_world_of_one_in_process():
     dp.check_replicas(grads)
     assert dp.fingerprint(grads) != dp.fingerprint({"a": grads["a"], "b": grads["b"] + 1})
     assert issubclass(ReplicaMismatchError, RuntimeError)
+
+
+def test_without_mpi4py_the_command_fails_in_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if not installed
+    assert main([*TRAIN, "--distributed"]) == 1
+    err = capsys.readouterr().err
+    assert "needs mpi4py" in err and "Traceback" not in err
 
 
 def test_bounds_cover_the_batch_once():

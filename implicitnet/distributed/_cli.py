@@ -13,7 +13,13 @@ from ._mpi import DataParallel, data_parallel_epoch
 __all__ = ["run_data_parallel"]
 
 
-def run_data_parallel(command: Callable[[Any], int], ns: Any, *, usage_errors: tuple = ()) -> int:
+def run_data_parallel(
+    command: Callable[[Any], int],
+    ns: Any,
+    *,
+    usage_errors: tuple = (),
+    failure: type[Exception] = RuntimeError,
+) -> int:
     """Run the train `command` on this rank as one of a data-parallel job.
 
     Every rank runs the same command on the same configuration; the hook set on
@@ -23,7 +29,10 @@ def run_data_parallel(command: Callable[[Any], int], ns: Any, *, usage_errors: t
     the whole job at once (``MPI_Abort``), so no rank is left waiting for a
     collective that will never come.
     """
-    dp = DataParallel()
+    try:
+        dp = DataParallel()
+    except ImportError as exc:  # no mpi4py: the command's one-line runtime failure
+        raise failure(str(exc)) from None
     ns.data_parallel = partial(data_parallel_epoch, dp=dp)
     if dp.rank != 0:
         ns.save = None
