@@ -9,6 +9,7 @@ from . import autodiff as autodiff
 from . import backends as backends
 from . import control as control
 from . import data as data
+from . import distributed as distributed
 from . import linalg as linalg
 from . import nn as nn
 from . import ops as ops

@@ -265,6 +265,13 @@ def _add_train_parser(sub) -> None:
     )
     io.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     io.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over MPI: run as `mpiexec -n N implicitnet train --distributed "
+        "...`; each batch is split across the N ranks, gradients are all-reduced, rank 0 "
+        "prints and saves (needs mpi4py: pip install 'implicitnet[distributed]')",
+    )
     adv = p.add_argument_group("advanced (testing and quick runs)")
     adv.add_argument(
         "--limit",
@@ -556,6 +563,11 @@ def _cmd_train(ns) -> int:
         train_epoch,
     )
 
+    if ns.distributed and not hasattr(ns, "data_parallel"):
+        # The same run on every MPI rank; `ns.data_parallel` is then its epoch function.
+        from .distributed._cli import run_data_parallel
+
+        return run_data_parallel(_cmd_train, ns, usage_errors=(_Usage,), failure=_Failure)
     meta = None
     if ns.overwrite and ns.save is None:
         raise _Usage("--overwrite replaces the file named by --save; give --save PATH")
@@ -568,6 +580,8 @@ def _cmd_train(ns) -> int:
         raise _Usage(f"--classes {config['classes']}: the digits have 10 classes; it is for --data")
     # A resumed run goes on saving to its own checkpoint unless --save names another.
     save = ns.save if ns.save is not None else ns.resume
+    if not getattr(ns, "writes", True):  # an MPI rank other than 0: rank 0 saves
+        save = None
     save_flag = "--save" if ns.save is not None else "--resume"
     if ns.save is not None:
         _check_save_target(ns)
@@ -661,7 +675,7 @@ def _cmd_train(ns) -> int:
         for epoch in range(start, stop):
             bar = _Progress(n_train, f"epoch {epoch + 1}/{epochs}", disable)
             try:
-                model, opt_state, metrics = train_epoch(
+                model, opt_state, metrics = getattr(ns, "data_parallel", train_epoch)(
                     model, optimizer, opt_state, ds, config, epoch, rng, progress=bar
                 )
             finally:

@@ -53,6 +53,7 @@ PUBLIC_SUBPACKAGES = (
     "implicitnet.autodiff",
     "implicitnet.backends",
     "implicitnet.data",
+    "implicitnet.distributed",
     "implicitnet.linalg",
     "implicitnet.nn",
     "implicitnet.ops",
