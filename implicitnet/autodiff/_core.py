@@ -6,8 +6,14 @@ than all earlier ones, boxes its inputs at that level and runs the user's functi
 When a primitive meets boxed arguments it takes the highest level among them, unboxes
 the arguments of that level, evaluates itself on the unboxed values (recursively, so
 that lower-level boxes record on their own traces) and boxes the answer at that level,
-remembering its arguments. That record is the tape: each box points at its arguments,
-nothing points back, and the graph is freed with its last reference.
+remembering in a *node* what the VJP rule will need. That record is the tape: each node
+points at the nodes of its arguments, nothing points back, and the graph is freed with
+its last reference.
+
+A node keeps only what its rule reads (declared with :func:`defvjp`): ``tanh`` keeps
+its output, ``matmul`` the other operand of each argument that needs a gradient, ``add``
+nothing but shapes. Values nobody keeps are freed as soon as the user's code drops them,
+so an unrolled loop holds one array per step where a rule needs one.
 
 Nested traces are therefore independent: the backward pass of level ``L`` only follows
 boxes of level ``L``, and a value of an outer trace met inside an inner one is simply a
@@ -84,18 +90,18 @@ class Tensor:
     array([2., 4.])
     """
 
-    __slots__ = ("_args", "_implicitnet_data", "_kwargs", "_level", "_prim")
+    __slots__ = ("_implicitnet_data", "_level", "_node")
 
     _implicitnet_tensor = True
     __array_ufunc__ = None  # NumPy defers to our reflected operators
     __array_priority__ = 1000
 
-    def __init__(self, data, level: int = 0, prim=None, args: tuple = (), kwargs=None):
+    def __init__(self, data, level: int = 0, node=None):
         self._implicitnet_data = data
         self._level = level
-        self._prim = prim
-        self._args = args
-        self._kwargs = kwargs
+        # the tape node of a traced tensor (a leaf node for a transform's input); None
+        # for a constant
+        self._node = node if node is not None or level == 0 else _Node(None, (), (), None, None)
 
     # --- array attributes -------------------------------------------------------
     @property
@@ -262,10 +268,113 @@ def _raw_namespace(args):
     raise TypeError(msg)
 
 
-class _Primitive:
-    """Bookkeeping for one primitive: forward function, VJP rule, name."""
+class _Released:
+    """What a tape node holds in place of a value its VJP rule does not read.
 
-    __slots__ = ("fun", "module", "name", "pass_xp", "vjp", "vjp_needs", "wrapper")
+    Only the static facts about the value survive: ``shape``, ``dtype`` (and ``ndim``,
+    ``size``), enough for ``unbroadcast`` and for rules that need a shape. Reading
+    anything else is a bug in a rule's declaration, reported as such.
+    """
+
+    __slots__ = ("dtype", "namespace", "shape")
+
+    def __init__(self, value, namespace=None):
+        self.shape = tuple(value.shape)
+        self.dtype = value.dtype
+        self.namespace = namespace
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def __getattr__(self, name):
+        msg = (
+            f"a VJP rule read `.{name}` of a value its primitive does not keep on the tape "
+            "(only shape and dtype are kept): declare the value in `defvjp(..., "
+            "save_inputs=..., save_output=...)`"
+        )
+        raise AttributeError(msg)
+
+    def __repr__(self) -> str:
+        return f"<released value, shape={self.shape}, dtype={self.dtype}>"
+
+
+def _release(value, namespace=None):
+    """`value` as a tape node keeps it when its rule does not read it."""
+    if value is None or type(value) in _SCALAR_TYPES or type(value) is _Released:
+        return value  # numbers and None cost nothing: kept as they are
+    return _Released(value, namespace)
+
+
+class _Node:
+    """One recorded operation of a trace: what its VJP rule needs, and its parents.
+
+    `parents` pairs each positional input of the trace's level with that input's node;
+    `saved` holds one entry per positional input (the value, or a :class:`_Released`
+    stand-in) and `ans` the output (likewise). A leaf node (an input of a transform)
+    has ``prim is None``.
+    """
+
+    __slots__ = ("ans", "kwargs", "needs", "parents", "prim", "saved")
+
+    def __init__(self, prim, parents, saved, ans, kwargs, needs=()):
+        self.prim = prim
+        self.parents = parents
+        self.saved = saved
+        self.ans = ans
+        self.kwargs = kwargs
+        self.needs = needs
+
+
+def _policy(spec, what: str):
+    """A save declaration as a function ``needs_grad -> tuple of bool`` (or bool)."""
+    if callable(spec):
+        return spec
+    if what == "output":
+        if not isinstance(spec, bool):
+            msg = f"`save_output` must be a bool or a callable, got {spec!r}"
+            raise TypeError(msg)
+        return lambda needs: spec
+    if spec == "all":
+        return lambda needs: (True,) * len(needs)
+    if spec == "none":
+        return lambda needs: (False,) * len(needs)
+    if spec == "others":
+        # input i is read to form the cotangents of the other inputs (products)
+        def others(needs):
+            n = sum(needs)
+            return tuple(n - k > 0 for k in needs)
+
+        return others
+    msg = (
+        "`save_inputs` must be 'all', 'none', 'others' or a callable "
+        f"`needs_grad -> tuple of bool`, got {spec!r}"
+    )
+    raise ValueError(msg)
+
+
+class _Primitive:
+    """Bookkeeping for one primitive: forward function, VJP rule, what the rule reads."""
+
+    __slots__ = (
+        "fun",
+        "module",
+        "name",
+        "pass_xp",
+        "save_inputs",
+        "save_output",
+        "saves",
+        "vjp",
+        "vjp_needs",
+        "wrapper",
+    )
 
     def __init__(self, fun, name):
         self.fun = fun
@@ -275,6 +384,25 @@ class _Primitive:
         self.vjp = None
         self.vjp_needs = False
         self.wrapper = None
+        self.save_inputs = "all"
+        self.save_output = True
+        # needs_grad -> (which inputs to keep, whether to keep the output); memoised
+        self.saves: dict[tuple, tuple] = {}
+
+    def what_to_save(self, needs: tuple) -> tuple:
+        """``(keep_inputs, keep_output)`` for the inputs flagged by `needs`."""
+        keep = self.saves.get(needs)
+        if keep is None:
+            ins = tuple(bool(k) for k in _policy(self.save_inputs, "inputs")(needs))
+            if len(ins) != len(needs):
+                msg = (
+                    f"the `save_inputs` of `{self.name}` gave {len(ins)} flags for "
+                    f"{len(needs)} inputs"
+                )
+                raise ValueError(msg)
+            out = bool(_policy(self.save_output, "output")(needs))
+            keep = self.saves[needs] = (ins, out, all(ins))
+        return keep
 
 
 #: Every primitive defined so far, in definition order.
@@ -300,7 +428,16 @@ def _apply(rec: _Primitive, args: tuple, kwargs: dict):
     if rec.vjp is None:
         msg = f"`{rec.name}` has no VJP rule: it is not differentiable (yet)"
         raise NotImplementedError(msg)
-    return Tensor(ans, top, rec, args, kwargs)
+    needs = tuple(type(a) is Tensor and a._level == top for a in args)
+    parents = tuple((pos, a._node) for pos, a in enumerate(args) if needs[pos])
+    keep_in, keep_out, keep_all = rec.what_to_save(needs)
+    saved = (
+        tuple(unboxed)
+        if keep_all
+        else tuple(u if k else _release(u) for u, k in zip(unboxed, keep_in))
+    )
+    kept_ans = ans if keep_out else _release(ans, _raw_namespace((ans,)))
+    return Tensor(ans, top, _Node(rec, parents, saved, kept_ans, kwargs, needs))
 
 
 def primitive(fun: Callable | None = None, *, name: str | None = None):
@@ -375,7 +512,7 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
     return wrapper
 
 
-def defvjp(prim: Callable):
+def defvjp(prim: Callable, *, save_inputs: Any = "all", save_output: Any = True):
     """Attach a VJP rule to the primitive `prim`; use as a decorator.
 
     The rule is called as ``rule(ct, ans, *inputs, xp=xp, **static)`` with the output
@@ -386,18 +523,55 @@ def defvjp(prim: Callable):
     inputs need a cotangent, so it can skip work. Write rules with
     :mod:`implicitnet.ops` and tensor operators so they are differentiable themselves.
 
+    Parameters
+    ----------
+    prim : callable
+        A function made by :func:`primitive`.
+    save_inputs : {"all", "none", "others"} or callable, default: "all"
+        Which inputs the rule reads, and so which inputs the tape keeps from the
+        forward pass to the backward pass. ``"all"``: every input. ``"none"``: no input
+        (the rule reads only their ``shape`` and ``dtype``, as ``add`` or ``sum`` do).
+        ``"others"``: an input is kept only when *another* input needs a gradient (a
+        product: ``matmul`` reads ``x2`` for the cotangent of ``x1``). A callable
+        receives ``needs_grad`` and returns one boolean per input. An input that is not
+        kept reaches the rule as a stand-in with only ``shape``, ``dtype``, ``ndim`` and
+        ``size``.
+    save_output : bool or callable, default: True
+        Whether the rule reads `ans` (``tanh`` and ``exp`` do); a callable receives
+        ``needs_grad``. When not kept, `ans` is a stand-in as above.
+
+    Notes
+    -----
+    Declaring what the rule reads is what keeps the memory of a trace low: a value that
+    no rule keeps is freed as soon as the forward code drops it. The defaults keep
+    everything, which is always correct. Python numbers and ``None`` are always passed
+    as they are.
+
     Examples
     --------
-    See :func:`primitive`.
+    See :func:`primitive`. The rule of ``tanh`` reads only its output:
+
+    >>> import implicitnet as inet
+    >>> @inet.primitive
+    ... def tanh(x, /, *, xp):
+    ...     return xp.tanh(x)
+    >>> @inet.defvjp(tanh, save_inputs="none", save_output=True)
+    ... def _tanh_vjp(ct, ans, x, /, *, xp):
+    ...     return (ct * (1.0 - ans * ans),)
     """
     rec = getattr(prim, "_implicitnet_primitive", None)
     if rec is None:
         msg = f"`prim` must be a function made by `primitive`, got {prim!r}"
         raise TypeError(msg)
+    _policy(save_inputs, "inputs")  # refuse a bad declaration now
+    _policy(save_output, "output")
 
     def register(rule):
         rec.vjp = rule
         rec.vjp_needs = "needs_grad" in inspect.signature(rule).parameters
+        rec.save_inputs = save_inputs
+        rec.save_output = save_output
+        rec.saves = {}
         return rule
 
     return register
