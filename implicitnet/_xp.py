@@ -20,6 +20,7 @@ __all__ = [
     "set_index",
     "small_solve",
     "to_host",
+    "untraced",
     "vdot",
     "vector_norm",
 ]
@@ -28,6 +29,17 @@ __all__ = [
 def is_tensor(x: Any) -> bool:
     """Whether `x` is an implicitnet autodiff ``Tensor`` (without importing autodiff)."""
     return getattr(type(x), "_implicitnet_tensor", False)
+
+
+def untraced(x: Any) -> Any:
+    """The array under any autodiff boxes of `x`: its values, recording nothing.
+
+    For bookkeeping on traced values (norms read for a convergence test, ...), so that
+    the tape of an unrolled solve holds only what the gradient needs.
+    """
+    while is_tensor(x):
+        x = x._implicitnet_data
+    return x
 
 
 def namespace(*arrays: Any, xp: Any = None):
@@ -216,9 +228,7 @@ def host_reader(x: Any, /):
     convert = backends.backend_of(x).to_numpy
 
     def read(a: Any, /) -> list:
-        while is_tensor(a):  # autodiff tensors, maybe nested: read through
-            a = a._implicitnet_data
-        return convert(a).tolist()
+        return convert(untraced(a)).tolist()  # autodiff tensors: read through
 
     return read
 

@@ -305,6 +305,19 @@ class _Released:
     def __repr__(self) -> str:
         return f"<released value, shape={self.shape}, dtype={self.dtype}>"
 
+    def _refuse(self, *args, **kwargs):
+        msg = (
+            "a VJP rule computed with a value its primitive does not keep on the tape "
+            "(only shape and dtype are kept): declare the value in `defvjp(..., "
+            "save_inputs=..., save_output=...)`"
+        )
+        raise TypeError(msg)
+
+    __array_ufunc__ = None
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+    __truediv__ = __rtruediv__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _refuse
+    __neg__ = __getitem__ = __array__ = __array_namespace__ = _refuse
+
 
 def _release(value, namespace=None):
     """`value` as a tape node keeps it when its rule does not read it."""

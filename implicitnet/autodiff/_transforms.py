@@ -355,9 +355,7 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False):
         acc = plan.run(root_slots, [c for c, t in zip(ct_leaves, traced) if t])
         result = []
         for (like, td), in_slots in zip(likes, slots):
-            grads = [
-                _unbox_ct(None if k is None else acc[k], b) for k, b in zip(in_slots, like)
-            ]
+            grads = [_unbox_ct(None if k is None else acc[k], b) for k, b in zip(in_slots, like)]
             result.append(grads[0] if td.kind == "leaf" else tree_unflatten(td, grads))
         return tuple(result)
 
@@ -379,9 +377,9 @@ def _scalar_cotangent(c, like):
     if t is Tensor or getattr(c, "shape", None) != ():
         return c
     raw = _raw(c)
-    if raw.dtype == like.dtype:
-        return c
     cxp = _raw_namespace((raw,))
+    if cxp is bxp and raw.dtype == like.dtype:
+        return c
     if not cxp.isdtype(raw.dtype, "real floating"):
         msg = f"`ct` must have a real floating dtype, got {raw.dtype}"
         raise TypeError(msg)
