@@ -135,7 +135,7 @@ def tape_summary(trace: Any) -> TapeSummary:
     >>> _, vjp_fn = inet.vjp(unrolled, np.zeros((2, 4), dtype=np.float32))
     >>> s = inet.autodiff.tape_summary(vjp_fn)
     >>> s.operations, s.arrays, s.nbytes  # W once, and the output of each tanh
-    (12, 4, 160)
+    (9, 4, 160)
     """
     plan = getattr(trace, "_implicitnet_plan", None)
     if plan is None:
