@@ -259,7 +259,7 @@ def memory_table(backend):
 
         nit = []
 
-        def picard(W, inj, steps=steps):
+        def picard(W, inj, steps=steps, nit=nit):
             res = inet.fixed_point(
                 _cell,
                 z0,
