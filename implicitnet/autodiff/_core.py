@@ -101,7 +101,7 @@ class Tensor:
         self._level = level
         # the tape node of a traced tensor (a leaf node for a transform's input); None
         # for a constant
-        self._node = node if node is not None or level == 0 else _Node(None, (), (), None, None)
+        self._node = node if node is not None or level == 0 else _leaf_node()
 
     # --- array attributes -------------------------------------------------------
     @property
@@ -278,10 +278,11 @@ class _Released:
 
     __slots__ = ("dtype", "namespace", "shape")
 
-    def __init__(self, value, namespace=None):
-        self.shape = tuple(value.shape)
+    def __init__(self, value):
+        self.shape = value.shape
         self.dtype = value.dtype
-        self.namespace = namespace
+        ns = _NS_BY_TYPE.get(type(value))
+        self.namespace = ns if ns is not None else _raw_namespace((value,))
 
     @property
     def ndim(self) -> int:
@@ -319,31 +320,25 @@ class _Released:
     __neg__ = __getitem__ = __array__ = __array_namespace__ = _refuse
 
 
-def _release(value, namespace=None):
-    """`value` as a tape node keeps it when its rule does not read it."""
-    if value is None or type(value) in _SCALAR_TYPES or type(value) is _Released:
-        return value  # numbers and None cost nothing: kept as they are
-    return _Released(value, namespace)
+# A tape node is a list (cheaper to build than an object, never interned, so its id()
+# identifies it): what one recorded operation's VJP rule needs, and its parents.
+#   NODE_PRIM     the primitive's record (None for a leaf: an input of a transform)
+#   NODE_PARENTS  [(position, parent node)] for the inputs of the trace's level
+#   NODE_SAVED    one entry per positional input: the value, or a `_Released` stand-in
+#   NODE_ANS      the output, or a `_Released` stand-in
+#   NODE_KWARGS   the primitive's keyword arguments
+#   NODE_NEEDS    per positional input, whether it needs a cotangent
+#   NODE_SPEC     the stand-in of this node's output, once made (shared by consumers)
+NODE_PRIM, NODE_PARENTS, NODE_SAVED, NODE_ANS, NODE_KWARGS, NODE_NEEDS, NODE_SPEC = range(7)
+
+#: NODE_ANS of an output its rule does not read (see `_Plan`).
+_UNKEPT = object()
+_ONE_INPUT = (True,)
+_TWO_INPUTS = (((False, False), (False, True)), ((True, False), (True, True)))
 
 
-class _Node:
-    """One recorded operation of a trace: what its VJP rule needs, and its parents.
-
-    `parents` pairs each positional input of the trace's level with that input's node;
-    `saved` holds one entry per positional input (the value, or a :class:`_Released`
-    stand-in) and `ans` the output (likewise). A leaf node (an input of a transform)
-    has ``prim is None``.
-    """
-
-    __slots__ = ("ans", "kwargs", "needs", "parents", "prim", "saved")
-
-    def __init__(self, prim, parents, saved, ans, kwargs, needs=()):
-        self.prim = prim
-        self.parents = parents
-        self.saved = saved
-        self.ans = ans
-        self.kwargs = kwargs
-        self.needs = needs
+def _leaf_node() -> list:
+    return [None, (), (), None, None, (), None]
 
 
 def _policy(spec, what: str):
@@ -403,7 +398,7 @@ class _Primitive:
         self.saves: dict[tuple, tuple] = {}
 
     def what_to_save(self, needs: tuple) -> tuple:
-        """``(keep_inputs, keep_output)`` for the inputs flagged by `needs`."""
+        """``(inputs to release, keep the output)`` for the inputs flagged by `needs`."""
         keep = self.saves.get(needs)
         if keep is None:
             ins = tuple(bool(k) for k in _policy(self.save_inputs, "inputs")(needs))
@@ -414,7 +409,7 @@ class _Primitive:
                 )
                 raise ValueError(msg)
             out = bool(_policy(self.save_output, "output")(needs))
-            keep = self.saves[needs] = (ins, out, all(ins))
+            keep = self.saves[needs] = (tuple(i for i, k in enumerate(ins) if not k), out)
         return keep
 
 
@@ -441,16 +436,42 @@ def _apply(rec: _Primitive, args: tuple, kwargs: dict):
     if rec.vjp is None:
         msg = f"`{rec.name}` has no VJP rule: it is not differentiable (yet)"
         raise NotImplementedError(msg)
-    needs = tuple(type(a) is Tensor and a._level == top for a in args)
-    parents = tuple((pos, a._node) for pos, a in enumerate(args) if needs[pos])
-    keep_in, keep_out, keep_all = rec.what_to_save(needs)
-    saved = (
-        tuple(unboxed)
-        if keep_all
-        else tuple(u if k else _release(u) for u, k in zip(unboxed, keep_in))
-    )
-    kept_ans = ans if keep_out else _release(ans, _raw_namespace((ans,)))
-    return Tensor(ans, top, _Node(rec, parents, saved, kept_ans, kwargs, needs))
+    # What the rule will need: the inputs of this trace (their nodes are the parents)
+    # and, per the rule's declaration, the values it reads; the rest is released.
+    nargs = len(args)
+    if nargs == 1:  # a unary primitive: its one input is a tensor of this trace
+        needs = _ONE_INPUT
+        parents = [(0, args[0]._node)]
+    elif nargs == 2:  # binary: spelled out, the most common case after unary
+        a1, a2 = args
+        n1 = type(a1) is Tensor and a1._level == top
+        n2 = type(a2) is Tensor and a2._level == top
+        needs = _TWO_INPUTS[n1][n2]
+        if n1:
+            parents = [(0, a1._node), (1, a2._node)] if n2 else [(0, a1._node)]
+        else:
+            parents = [(1, a2._node)]
+    else:
+        needs = tuple([type(a) is Tensor and a._level == top for a in args])
+        parents = [(pos, a._node) for pos, a in enumerate(args) if needs[pos]]
+    keep = rec.saves.get(needs)
+    release, keep_out = keep if keep is not None else rec.what_to_save(needs)
+    for pos in release:
+        u = unboxed[pos]
+        if u is None or type(u) in _SCALAR_TYPES:
+            continue
+        if needs[pos]:  # an input of this trace: its node shares one stand-in
+            pnode = args[pos]._node
+            spec = pnode[NODE_SPEC]
+            if spec is None:
+                spec = pnode[NODE_SPEC] = _Released(u)
+            unboxed[pos] = spec
+        else:
+            unboxed[pos] = _Released(u)
+    # An output the rule does not read is not kept: its stand-in is made when needed,
+    # from a consumer (which holds the value or its stand-in) or from the output itself.
+    node = [rec, parents, unboxed, ans if keep_out else _UNKEPT, kwargs, needs, None]
+    return Tensor(ans, top, node)
 
 
 def primitive(fun: Callable | None = None, *, name: str | None = None):

@@ -142,7 +142,7 @@ def tape_summary(trace: Any) -> TapeSummary:
         if type(trace) is Tensor and trace._level > 0:
             from ._transforms import _Plan
 
-            plan = _Plan([trace._node], trace._level)
+            plan = _Plan([trace._node], trace._level, [trace._implicitnet_data])
         else:
             msg = (
                 "`trace` must be a `vjp_fn` returned by `implicitnet.vjp` or a traced "

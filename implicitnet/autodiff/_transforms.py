@@ -9,7 +9,22 @@ from typing import Any
 from .._tree import tree_flatten, tree_unflatten
 from .._xp import device as _device
 from . import _ops
-from ._core import Tensor, _as_array, _new_level, _Node, _raw, _raw_namespace, _Released
+from ._core import (
+    _UNKEPT,
+    NODE_ANS,
+    NODE_KWARGS,
+    NODE_NEEDS,
+    NODE_PARENTS,
+    NODE_PRIM,
+    NODE_SAVED,
+    NODE_SPEC,
+    Tensor,
+    _as_array,
+    _new_level,
+    _raw,
+    _raw_namespace,
+    _Released,
+)
 from ._namespace import differentiable_namespace
 
 __all__ = ["grad", "value_and_grad", "vjp"]
@@ -36,8 +51,11 @@ class _Plan:
 
     __slots__ = ("nslots", "slot_of", "steps")
 
-    def __init__(self, roots, level: int):
+    def __init__(self, roots, level: int, root_values=()):
         order = _toposort(roots)
+        # The value (or stand-in) of each node's output as a consumer holds it, for
+        # the stand-ins of outputs that their own rules do not keep.
+        seen_as = {id(r): v for r, v in zip(roots, root_values)}
         slot_of = {id(n): i for i, n in enumerate(order)}
         for r in roots:  # an output that is an input leaf
             if id(r) not in slot_of:
@@ -45,15 +63,21 @@ class _Plan:
         namespaces: dict[type, Any] = {}
         steps = []
         for node in order:
-            rec = node.prim
-            saved = node.saved
+            rec = node[NODE_PRIM]
+            saved = node[NODE_SAVED]
             targets = []
-            for pos, parent in node.parents:
+            for pos, parent in node[NODE_PARENTS]:
                 slot = slot_of.get(id(parent))
                 if slot is None:
                     slot = slot_of[id(parent)] = len(slot_of)
                 targets.append((pos, slot, tuple(saved[pos].shape)))
-            ans = node.ans
+                seen_as[id(parent)] = saved[pos]
+            ans = node[NODE_ANS]
+            if ans is _UNKEPT:
+                ans = node[NODE_SPEC]
+                if ans is None:
+                    v = seen_as[id(node)]
+                    ans = v if type(v) is _Released else _Released(v)
             if type(ans) is _Released:
                 xp = differentiable_namespace(ans.namespace)
             else:
@@ -62,9 +86,10 @@ class _Plan:
                     xp = differentiable_namespace(_raw_namespace((_raw(ans),)))
                     if type(ans) is not Tensor:
                         namespaces[type(ans)] = xp
-            kwargs = {**node.kwargs, "xp": xp} if node.kwargs else {"xp": xp}
+            static = node[NODE_KWARGS]
+            kwargs = {**static, "xp": xp} if static else {"xp": xp}
             if rec.vjp_needs:
-                kwargs["needs_grad"] = node.needs
+                kwargs["needs_grad"] = node[NODE_NEEDS]
             steps.append((rec, ans, saved, kwargs, targets))
         self.steps = steps
         self.slot_of = slot_of
@@ -81,18 +106,16 @@ class _Plan:
         for k, c in zip(root_slots, cotangents):
             acc[k] = c if acc[k] is None else add(acc[k], c)
         steps = self.steps
-        for i in range(len(steps)):
-            ct = acc[i]
-            rec, ans, saved, kwargs, targets = steps[i]
+        for i, (rec, ans, saved, kwargs, targets) in enumerate(steps):
             if release:
                 steps[i] = None  # the kept values die with the step
+            ct = acc[i]
             if ct is None:
                 continue
             acc[i] = None  # intermediate cotangents die as soon as they are used
             cts = rec.vjp(ct, ans, *saved, **kwargs)
             if len(cts) != len(saved):
                 _bad_rule(rec, len(cts), len(saved))
-            del ct, ans, saved
             for pos, slot, shape in targets:
                 c = cts[pos]
                 if c is None:
@@ -101,7 +124,6 @@ class _Plan:
                     _bad_rule_shape(rec, c, shape)
                 old = acc[slot]
                 acc[slot] = c if old is None else add(old, c)
-            del cts
         return acc
 
 
@@ -118,25 +140,25 @@ def _bad_rule_shape(rec, c, shape):
     raise ValueError(msg)
 
 
-def _toposort(roots) -> list[_Node]:
+def _toposort(roots) -> list[list]:
     """Recorded nodes reachable from the nodes `roots`, outputs first.
 
     Iterative depth-first search (no recursion limit on long unrolled graphs); the
     reversed post-order is a topological order. Leaf nodes are not included.
     """
     visited: set[int] = set()
-    order: list[_Node] = []
+    order: list[list] = []
     for root in roots:
-        if root.prim is None or id(root) in visited:
+        if root[NODE_PRIM] is None or id(root) in visited:
             continue
         visited.add(id(root))
-        stack = [(root, iter(root.parents))]
+        stack = [(root, iter(root[NODE_PARENTS]))]
         while stack:
             node, pending = stack[-1]
             for _, p in pending:
-                if p.prim is not None and id(p) not in visited:
+                if p[NODE_PRIM] is not None and id(p) not in visited:
                     visited.add(id(p))
-                    stack.append((p, iter(p.parents)))
+                    stack.append((p, iter(p[NODE_PARENTS])))
                     break
             else:
                 stack.pop()
@@ -326,7 +348,7 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False):
     scalar_outs = [_raw(x) if s == () else None for x, s in zip(out_leaves, out_shapes)]
     leaf_out = out_td.kind == "leaf"
     roots = [x._node for x, t in zip(out_leaves, traced) if t]
-    plan = _Plan(roots, level)
+    plan = _Plan(roots, level, [x._implicitnet_data for x, t in zip(out_leaves, traced) if t])
     root_slots = [plan.slot_of[id(r)] for r in roots]
     slots = [[plan.slot_of.get(id(b._node)) for b in boxed] for boxed, _ in inputs]
     likes = [([b._implicitnet_data for b in boxed], td) for boxed, td in inputs]
@@ -481,7 +503,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
         value = _unbox(out, level)
         if type(out) is Tensor and out._level == level:
             one = bxp.ones((), dtype=raw.dtype, device=out.device)
-            plan = _Plan([out._node], level)
+            plan = _Plan([out._node], level, [out._implicitnet_data])
             slot_of = plan.slot_of
             root = slot_of[id(out._node)]
             # Drop the graph: from here on the plan alone holds what the rules keep, and
