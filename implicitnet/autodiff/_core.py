@@ -417,18 +417,41 @@ class _Primitive:
 _REGISTRY: list[_Primitive] = []
 
 
+def _unbox_at(a, top: int):
+    """`a` as a primitive of trace `top` computes with it (one box removed, or none)."""
+    if type(a) is Tensor and (a._level == top or a._level == 0):
+        return a._implicitnet_data
+    return a
+
+
 def _apply(rec: _Primitive, args: tuple, kwargs: dict):
     """Evaluate a primitive on arguments of which at least one is a ``Tensor``."""
-    top = 0
-    for a in args:
-        if type(a) is Tensor and a._level > top:
-            top = a._level
-    unboxed = [
-        (a._implicitnet_data if (a._level == top or a._level == 0) else a)
-        if type(a) is Tensor
-        else a
-        for a in args
-    ]
+    # The top level among the arguments, the arguments with that level's boxes removed,
+    # which inputs belong to that trace (`needs`) and their nodes (the parents).
+    # Unary and binary primitives, nearly all of them, are spelled out: no loop.
+    nargs = len(args)
+    if nargs == 1:  # its one input is a tensor
+        a1 = args[0]
+        top = a1._level
+        unboxed = [a1._implicitnet_data]
+        needs = _ONE_INPUT
+    elif nargs == 2:
+        a1, a2 = args
+        l1 = a1._level if type(a1) is Tensor else -1  # -1: not a tensor
+        l2 = a2._level if type(a2) is Tensor else -1
+        top = l1 if l1 > l2 else l2
+        unboxed = [
+            a1._implicitnet_data if l1 == top or l1 == 0 else a1,
+            a2._implicitnet_data if l2 == top or l2 == 0 else a2,
+        ]
+        needs = _TWO_INPUTS[l1 == top][l2 == top]
+    else:
+        top = 0
+        for a in args:
+            if type(a) is Tensor and a._level > top:
+                top = a._level
+        unboxed = [_unbox_at(a, top) for a in args]
+        needs = tuple([type(a) is Tensor and a._level == top for a in args])
     # recurses when a lower-level tensor remains, else computes on raw arrays
     ans = rec.wrapper(*unboxed, **kwargs)
     if top == 0:
@@ -436,24 +459,16 @@ def _apply(rec: _Primitive, args: tuple, kwargs: dict):
     if rec.vjp is None:
         msg = f"`{rec.name}` has no VJP rule: it is not differentiable (yet)"
         raise NotImplementedError(msg)
-    # What the rule will need: the inputs of this trace (their nodes are the parents)
-    # and, per the rule's declaration, the values it reads; the rest is released.
-    nargs = len(args)
-    if nargs == 1:  # a unary primitive: its one input is a tensor of this trace
-        needs = _ONE_INPUT
-        parents = [(0, args[0]._node)]
-    elif nargs == 2:  # binary: spelled out, the most common case after unary
-        a1, a2 = args
-        n1 = type(a1) is Tensor and a1._level == top
-        n2 = type(a2) is Tensor and a2._level == top
-        needs = _TWO_INPUTS[n1][n2]
-        if n1:
-            parents = [(0, a1._node), (1, a2._node)] if n2 else [(0, a1._node)]
+    if nargs == 1:
+        parents = [(0, a1._node)]
+    elif nargs == 2:
+        if needs[0]:
+            parents = [(0, a1._node), (1, a2._node)] if needs[1] else [(0, a1._node)]
         else:
             parents = [(1, a2._node)]
     else:
-        needs = tuple([type(a) is Tensor and a._level == top for a in args])
         parents = [(pos, a._node) for pos, a in enumerate(args) if needs[pos]]
+    # What the rule will need, per its declaration; the rest is released.
     keep = rec.saves.get(needs)
     release, keep_out = keep if keep is not None else rec.what_to_save(needs)
     for pos in release:
