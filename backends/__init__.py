@@ -19,6 +19,10 @@ Every backend module gives the same small interface (see :class:`Backend`):
     Conversion to and from NumPy.
 ``synchronize()``
     Block until queued device work is done (for honest GPU timing).
+``storage(x)``
+    ``(key, nbytes)`` of the buffer an array lives in (views of one buffer share the
+    key): what :func:`implicitnet.autodiff.tape_summary` counts. Optional: without it an
+    array counts as its own buffer of ``size * itemsize`` bytes.
 ``peak_memory()`` / ``reset_peak_memory()``
     Peak bytes allocated by the library, where it keeps such a figure, else ``None``.
 ``scipy_module()``

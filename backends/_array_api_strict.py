@@ -54,6 +54,13 @@ def random_uniform(shape, seed, *, low=0.0, high=1.0, dtype=None, device=None):
     return from_numpy(_common.host_uniform(shape, seed, dtype, low, high), device=device)
 
 
+def storage(x) -> tuple[int, int]:
+    """``(key, nbytes)`` of the NumPy buffer under `x` (views share the key)."""
+    from . import _numpy
+
+    return _numpy.storage(x._array)  # the wrapped ndarray (its views share a base)
+
+
 def synchronize() -> None:
     """Runs synchronously: nothing to wait for."""
 

@@ -73,6 +73,14 @@ def random_uniform(shape, seed, *, low=0.0, high=1.0, dtype=None, device=None):
     return from_numpy(_common.host_uniform(shape, seed, dtype, low, high), device=device)
 
 
+def storage(x) -> tuple[int, int]:
+    """``(key, nbytes)`` of the device buffer `x` lives in (views share the key)."""
+    base = x
+    while base.base is not None:
+        base = base.base
+    return id(base), int(base.nbytes)
+
+
 def synchronize() -> None:
     _cupy().cuda.get_current_stream().synchronize()
 

@@ -55,6 +55,14 @@ def random_uniform(shape, seed, *, low=0.0, high=1.0, dtype=None, device=None):
     return _common.host_uniform(shape, seed, dtype, low, high)
 
 
+def storage(x) -> tuple[int, int]:
+    """``(key, nbytes)`` of the buffer `x` lives in; views of one buffer share the key."""
+    base = np.asarray(x)
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return id(base), int(base.nbytes)
+
+
 def synchronize() -> None:
     """NumPy runs synchronously: nothing to wait for."""
 

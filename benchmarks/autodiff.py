@@ -12,15 +12,27 @@ A second table shows the per-node Python overhead where arrays are small: a smal
 ``vjp(lambda z: tanh(z @ W.T + c), z)`` followed by 30 ``vjp_fn`` calls, each next to
 the same arithmetic written by hand on the backend.
 
+A third table counts memory, not time: the bytes a trace keeps between its forward
+and its backward pass (:func:`implicitnet.autodiff.tape_summary`) for the unrolled
+weight-tied loop ``z <- tanh(z W^T + inj)`` (d=512, batch 64, float32, gradients in
+``W`` and ``inj``) at K = 10, 30, 100 steps; the same K iterations of
+``fixed_point(..., method="picard", backward="unrolled")``; and PyTorch's saved tensors
+on the same loop (counted with ``torch.autograd.graph.saved_tensors_hooks``, views of
+one storage once), when PyTorch is importable. On NumPy, the memory the trace really
+holds after the forward pass (``tracemalloc``, output excluded) is shown beside the
+counts: ``K - 1`` intermediate arrays of 0.13 MB when nothing else is held.
+
 Usage: ``python benchmarks/autodiff.py [--repeat 30] [--backend numpy]``
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import statistics
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -144,6 +156,7 @@ def main(argv=None):
         print(f"{name:24s} {t * 1e3:10.2f}  {ratio}")
     print(torch_line)
     overhead_table(backend, ns.repeat, sync)
+    memory_table(backend)
 
 
 def overhead_table(backend, repeat, sync):
@@ -181,6 +194,123 @@ def overhead_table(backend, repeat, sync):
     print(f"{'MLP 64-128-10 b32: value_and_grad':36s} {t[1] * 1e6:10.1f}  {t[1] / t[0]:.2f}x")
     print(f"{'DEQ 32x128: 30 VJPs by hand':36s} {t[2] * 1e6:10.1f}  1.00x")
     print(f"{'DEQ 32x128: 30 reused vjp_fn calls':36s} {t[3] * 1e6:10.1f}  {t[3] / t[2]:.2f}x")
+
+
+MEMORY_WIDTH, MEMORY_BATCH, MEMORY_STEPS = 512, 64, (10, 30, 100)
+
+
+def _memory_problem(seed=2):
+    rng = np.random.default_rng(seed)
+    d, n = MEMORY_WIDTH, MEMORY_BATCH
+    W = (0.9 * rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)
+    inj = (0.1 * rng.standard_normal((n, d))).astype(np.float32)
+    return W, inj, np.zeros((n, d), dtype=np.float32)
+
+
+def _cell(z, W, inj):
+    xp = inet.namespace(z, W, inj)
+    return xp.tanh(xp.matmul(z, xp.matrix_transpose(W)) + inj)
+
+
+def torch_saved_bytes(steps, W, inj, z0):
+    """Bytes of the distinct storages PyTorch's autograd saves for the unrolled loop."""
+    import torch
+
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    tW = torch.from_numpy(W).requires_grad_()
+    tinj = torch.from_numpy(inj).requires_grad_()
+    z = torch.from_numpy(z0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for _ in range(steps):
+            z = torch.tanh(z @ tW.T + tinj)
+    nbytes = sum(storages.values())
+    z.backward(torch.ones_like(z))  # the graph is complete: its backward runs
+    return nbytes, len(storages)
+
+
+def held_bytes(fn, *args):
+    """Bytes that ``vjp(fn, *args)`` leaves allocated, output excluded (``tracemalloc``).
+
+    An independent check of :func:`~implicitnet.autodiff.tape_summary` on NumPy: what
+    the trace really holds once the forward pass has returned (the arguments were
+    allocated before and are not counted).
+    """
+    inet.vjp(fn, *args)  # warm caches
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        out, _vjp_fn = inet.vjp(fn, *args)  # (the trace lives while it does)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before - out.nbytes
+    finally:
+        tracemalloc.stop()
+
+
+def memory_table(backend):
+    """Bytes kept for the backward pass of an unrolled loop, counted (not timed)."""
+    W_np, inj_np, z0_np = _memory_problem()
+    W, inj, z0 = (backend.from_numpy(a) for a in (W_np, inj_np, z0_np))
+    try:
+        import torch  # noqa: F401
+
+        have_torch = backend.name == "numpy"
+    except ImportError:
+        have_torch = False
+    print()
+    print(
+        f"Memory kept for the backward pass: z <- tanh(z W^T + inj), d={MEMORY_WIDTH}, "
+        f"batch {MEMORY_BATCH}, float32, grad in W and inj, backend {backend.name}"
+    )
+    traced = backend.name == "numpy"  # tracemalloc sees NumPy's buffers
+    head = f"{'K':>4s} {'loop [MB]':>10s} {'Picard unrolled [MB]':>21s} {'nit':>4s} {'ratio':>6s}"
+    if traced:
+        head += f" {'held: loop, Picard [MB]':>24s}"
+    if have_torch:
+        head += f" {'PyTorch [MB]':>13s} {'loop/PyTorch':>13s}"
+    print(head)
+    for steps in MEMORY_STEPS:
+
+        def loop(W, inj, steps=steps):
+            z = z0
+            for _ in range(steps):
+                z = _cell(z, W, inj)
+            return z
+
+        nit = []
+
+        def picard(W, inj, steps=steps, nit=nit):
+            res = inet.fixed_point(
+                _cell,
+                z0,
+                (W, inj),
+                method="picard",
+                backward="unrolled",
+                rtol=0.0,
+                maxiter=steps,
+            )
+            nit.append(res.nit)
+            return res.x
+
+        loop_b = inet.autodiff.tape_summary(inet.vjp(loop, W, inj)[1]).nbytes
+        picard_b = inet.autodiff.tape_summary(inet.vjp(picard, W, inj)[1]).nbytes
+        row = (
+            f"{steps:4d} {loop_b / 1e6:10.2f} {picard_b / 1e6:21.2f} {nit[0]:4d} "
+            f"{picard_b / loop_b:6.2f}"
+        )
+        if traced:
+            held = f"{held_bytes(loop, W, inj) / 1e6:.2f}, {held_bytes(picard, W, inj) / 1e6:.2f}"
+            row += f" {held:>24s}"
+        if have_torch:
+            torch_b, _ = torch_saved_bytes(steps, W_np, inj_np, z0_np)
+            row += f" {torch_b / 1e6:13.2f} {loop_b / torch_b:13.2f}"
+        print(row)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ __all__ = [
     "set_index",
     "small_solve",
     "to_host",
+    "untraced",
     "vdot",
     "vector_norm",
 ]
@@ -54,6 +55,17 @@ def is_array(x: Any) -> bool:
     )
     _IS_ARRAY_TYPE[t] = ok
     return ok
+
+
+def untraced(x: Any) -> Any:
+    """The array under any autodiff boxes of `x`: its values, recording nothing.
+
+    For bookkeeping on traced values (norms read for a convergence test, ...), so that
+    the tape of an unrolled solve holds only what the gradient needs.
+    """
+    while is_tensor(x):
+        x = x._implicitnet_data
+    return x
 
 
 def namespace(*arrays: Any, xp: Any = None):
@@ -270,9 +282,7 @@ def host_reader(x: Any, /):
     convert = backends.backend_of(x).to_numpy
 
     def read(a: Any, /) -> list:
-        while is_tensor(a):  # autodiff tensors, maybe nested: read through
-            a = a._implicitnet_data
-        return convert(a).tolist()
+        return convert(untraced(a)).tolist()  # autodiff tensors: read through
 
     return read
 

@@ -536,3 +536,159 @@ def test_has_aux_and_unused_arguments(xp):
     # an argument the output does not depend on gets a zero gradient
     g = inet.grad(lambda x, y: ops.sum(y * y), argnums=(0, 1))(x, x)
     assert_close(g[0], xp.zeros(2), xp=xp)
+
+
+# --- what the tape keeps -----------------------------------------------------------------
+
+# The unrolled weight-tied loop z <- tanh(z W^T + inj), gradients in W^T and inj.
+LOOP_WIDTH, LOOP_BATCH = 32, 8
+
+
+def _loop_problem(xp, dtype="float32", seed=3):
+    rng = np.random.default_rng(seed)
+    d, n = LOOP_WIDTH, LOOP_BATCH
+    Wt = 0.5 * rng.standard_normal((d, d)) / np.sqrt(d)
+    inj = 0.1 * rng.standard_normal((n, d))
+    z0 = np.zeros((n, d))
+    return tuple(xp.asarray(a, dtype=getattr(xp, dtype)) for a in (Wt, inj, z0))
+
+
+def _loop_cell(z, Wt, inj):
+    xp = inet.namespace(z, Wt, inj)
+    return xp.tanh(xp.matmul(z, Wt) + inj)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 20])
+def test_unrolled_loop_keeps_one_array_per_step(xp, steps):
+    """Counted, not timed: ``W^T`` once, the start ``z0`` and the output of each ``tanh``.
+
+    ``matmul`` keeps ``z`` (for the cotangent of ``W^T``) and ``W^T`` (for that of ``z``,
+    from the second step on), ``add`` keeps nothing, ``tanh`` its output, which is the
+    next step's ``z``. PyTorch's autograd keeps the same buffers on this loop.
+    """
+    Wt, inj, z0 = _loop_problem(xp)
+
+    def loop(Wt, inj):
+        z = z0
+        for _ in range(steps):
+            z = _loop_cell(z, Wt, inj)
+        return z
+
+    _, vjp_fn = inet.vjp(loop, Wt, inj)
+    s = inet.autodiff.tape_summary(vjp_fn)
+    d, n, itemsize = LOOP_WIDTH, LOOP_BATCH, 4
+    assert s.operations == 3 * steps
+    kept_wt = steps > 1  # the first step's z is z0, a constant: no cotangent needs W^T
+    assert s.arrays == kept_wt + (steps + 1)
+    assert s.nbytes == itemsize * (kept_wt * d * d + (steps + 1) * n * d)
+    assert s.by_primitive["add"] == (steps, 0)
+    # what is kept is what the gradient needs: it matches the unrolled reference
+    check_grads(
+        lambda Wt, inj: loop(Wt, inj), (xp.astype(Wt, xp.float64), xp.astype(inj, xp.float64))
+    )
+
+
+def test_unrolled_picard_keeps_what_the_plain_loop_keeps(xp):
+    """``backward="unrolled"`` tapes the map's evaluations, not the driver's bookkeeping."""
+    Wt, inj, z0 = _loop_problem(xp)
+    steps = 12
+
+    def loop(Wt, inj):
+        z = z0
+        for _ in range(steps):
+            z = _loop_cell(z, Wt, inj)
+        return z
+
+    def picard(Wt, inj):
+        res = inet.fixed_point(
+            _loop_cell,
+            z0,
+            (Wt, inj),
+            method="picard",
+            backward="unrolled",
+            rtol=0.0,
+            maxiter=steps,
+        )
+        assert res.nit == steps
+        return res.x
+
+    out_loop, vjp_loop = inet.vjp(loop, Wt, inj)
+    out_picard, vjp_picard = inet.vjp(picard, Wt, inj)
+    kept_loop = inet.autodiff.tape_summary(vjp_loop)
+    kept_picard = inet.autodiff.tape_summary(vjp_picard)
+    assert kept_picard.nbytes == kept_loop.nbytes
+    assert "linalg.vector_norm" not in kept_picard.by_primitive
+    assert_close(out_picard, out_loop, rtol=RTOL["float32"], xp=xp)
+    u = xp.ones_like(out_loop)
+    for a, b in zip(vjp_picard(u), vjp_loop(u)):
+        assert_close(a, b, rtol=1e-4, atol=1e-6, xp=xp)
+
+
+def test_tape_summary_of_a_traced_tensor_and_errors(xp):
+    x = xp.asarray([1.0, 2.0])
+    seen = []
+
+    def f(x):
+        y = ops.exp(x) + 1.0  # exp keeps its output, add nothing
+        seen.append(inet.autodiff.tape_summary(y))
+        return ops.sum(y)
+
+    inet.grad(f)(x)
+    assert (seen[0].operations, seen[0].arrays, seen[0].nbytes) == (2, 1, 16)
+    assert "exp" in str(seen[0])
+    with pytest.raises(TypeError, match="`trace` must be a `vjp_fn`"):
+        inet.autodiff.tape_summary(x)
+
+
+def test_rules_see_released_values_as_shapes(xp):
+    """A rule that reads a value its declaration does not keep fails with a clear error."""
+
+    @inet.primitive
+    def scale(a, b, /):
+        return a * b
+
+    @inet.defvjp(scale, save_inputs="none", save_output=False)
+    def _scale_vjp(ct, ans, a, b, /, *, xp):
+        assert tuple(a.shape) == (2,) and b.ndim == 1
+        return ct * b, ct * a
+
+    x = xp.asarray([1.0, 2.0])
+    # (array-api-strict refuses the stand-in itself, before it can explain)
+    with pytest.raises(TypeError, match=r"does not keep on the tape|Expected Array"):
+        inet.grad(lambda x: ops.sum(scale(x, x)))(x)
+    with pytest.raises(ValueError, match="`save_inputs` must be"):
+        inet.defvjp(scale, save_inputs="some")
+    with pytest.raises(TypeError, match="`save_output` must be"):
+        inet.defvjp(scale, save_output="yes")
+
+
+# --- vjp: scalar cotangents and auxiliary outputs ------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_vjp_of_a_scalar_output_takes_a_number(xp, dtype):
+    x = xp.asarray([1.0, -2.0], dtype=getattr(xp, dtype))
+    _out, vjp_fn = inet.vjp(lambda x: ops.sum(x * x), x)
+    expected = 2.0 * x
+    for ct in (1.0, 1, xp.asarray(1.0, dtype=xp.float32), xp.asarray(1.0, dtype=xp.float64)):
+        (g,) = vjp_fn(ct)
+        assert_close(g, expected, xp=xp)
+    (g,) = vjp_fn(np.float64(3.0))  # a NumPy scalar, whatever the backend
+    assert_close(g, 3.0 * expected, xp=xp)
+    with pytest.raises(TypeError, match="real number"):
+        vjp_fn(True)
+    with pytest.raises(TypeError, match="real floating"):
+        vjp_fn(xp.asarray(1))
+    _, vjp_vec = inet.vjp(lambda x: x * 2.0, x)
+    with pytest.raises(TypeError, match="got a float"):
+        vjp_vec(1.0)
+
+
+def test_vjp_has_aux(xp):
+    x = xp.asarray([1.0, 2.0])
+    _out, vjp_fn, aux = inet.vjp(lambda x: (x * 3.0, {"sq": x * x, "n": 2}), x, has_aux=True)
+    assert type(aux["sq"]) is not inet.Tensor and aux["n"] == 2
+    assert_close(aux["sq"], x * x, xp=xp)
+    assert_close(vjp_fn(xp.ones(2))[0], xp.asarray([3.0, 3.0]), xp=xp)
+    with pytest.raises(TypeError, match="pair"):
+        inet.vjp(lambda x: x, x, has_aux=True)

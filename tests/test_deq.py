@@ -21,15 +21,8 @@ CHECK_RTOL = {"float32": 1e-4, "float64": 1e-9}
 GRAD_RTOL = 1e-5  # check_grads (float64 only), forward and adjoint solved to 1e-12
 
 
-@dataclass(frozen=True)
-class TanhCell(nn.Module):
-    """``z -> tanh(W z + x)`` (+ optional mask), W a plain or reparameterised layer."""
-
-    linear: Any
-
-    def __call__(self, z, x, mask=None):
-        out = nn.tanh(self.linear(z) + x)
-        return out if mask is None else out * mask
+# ``z -> tanh(W z + x)`` (+ optional mask), W a plain or reparameterised layer.
+TanhCell = nn.TanhCell
 
 
 def _contractive(n, rho, seed):
@@ -259,3 +252,27 @@ def test_bad_arguments():
         nn.conv_deq(image_size=8, pool=3)
     with pytest.raises(TypeError, match="unknown DEQ options"):
         nn.mlp_deq(4, 2, tolerance=1e-3)
+
+
+@pytest.mark.parametrize("name", ["TanhCell", "ReluCell"])
+def test_plain_cells_make_the_smallest_deq(backend, xp, name):
+    """``nn.DEQ(nn.TanhCell.create(d))``: the fixed point of ``sigma(W z + x)``, and its
+    implicit gradient against the unrolled one (Picard run to convergence)."""
+    cls = getattr(nn, name)
+    sigma = {"TanhCell": np.tanh, "ReluCell": lambda v: np.maximum(v, 0.0)}[name]
+    cell = cls.create(6, init_scale=0.5, seed=1, backend=backend, dtype="float64")
+    x_np = np.random.default_rng(2).standard_normal((3, 6))
+    x = xp.asarray(x_np)
+    z, res = nn.DEQ(cell, rtol=1e-12, maxiter=200)(x)
+    assert bool(res.success)
+    W, z_np = backend.to_numpy(cell.linear.weight), backend.to_numpy(z)
+    np.testing.assert_allclose(z_np, sigma(z_np @ W.T + x_np), rtol=1e-9, atol=1e-12)
+
+    def loss(cell, x, backward):
+        deq = nn.DEQ(cell, method="picard", backward=backward, rtol=1e-12, maxiter=300)
+        return inet.ops.sum(deq(x)[0] ** 2)
+
+    g_imp = inet.grad(loss, argnums=(0, 1))(cell, x, "implicit")
+    g_unr = inet.grad(loss, argnums=(0, 1))(cell, x, "unrolled")
+    assert_close(g_imp[0].linear.weight, g_unr[0].linear.weight, rtol=1e-6, atol=1e-9)
+    assert_close(g_imp[1], g_unr[1], rtol=1e-6, atol=1e-9)

@@ -14,6 +14,8 @@ from ._core import stop_gradient as stop_gradient
 from ._namespace import DifferentiableNamespace as DifferentiableNamespace
 from ._namespace import differentiable_namespace as differentiable_namespace
 from ._ops import unbroadcast as unbroadcast
+from ._summary import TapeSummary as TapeSummary
+from ._summary import tape_summary as tape_summary
 from ._transforms import grad as grad
 from ._transforms import value_and_grad as value_and_grad
 from ._transforms import vjp as vjp

@@ -6,8 +6,14 @@ than all earlier ones, boxes its inputs at that level and runs the user's functi
 When a primitive meets boxed arguments it takes the highest level among them, unboxes
 the arguments of that level, evaluates itself on the unboxed values (recursively, so
 that lower-level boxes record on their own traces) and boxes the answer at that level,
-remembering its arguments. That record is the tape: each box points at its arguments,
-nothing points back, and the graph is freed with its last reference.
+remembering in a *node* what the VJP rule will need. That record is the tape: each node
+points at the nodes of its arguments, nothing points back, and the graph is freed with
+its last reference.
+
+A node keeps only what its rule reads (declared with :func:`defvjp`): ``tanh`` keeps
+its output, ``matmul`` the other operand of each argument that needs a gradient, ``add``
+nothing but shapes. Values nobody keeps are freed as soon as the user's code drops them,
+so an unrolled loop holds one array per step where a rule needs one.
 
 Nested traces are therefore independent: the backward pass of level ``L`` only follows
 boxes of level ``L``, and a value of an outer trace met inside an inner one is simply a
@@ -86,7 +92,7 @@ class Tensor:
     array([2., 4.])
     """
 
-    __slots__ = ("_args", "_implicitnet_data", "_kwargs", "_level", "_prim")
+    __slots__ = ("_implicitnet_data", "_level", "_node")
 
     _implicitnet_tensor = True
     __array_priority__ = 1000
@@ -106,12 +112,12 @@ class Tensor:
         what = name if method == "__call__" else f"{name}.{method}"
         raise TypeError(_numpy_message(f"numpy.{what}"))
 
-    def __init__(self, data, level: int = 0, prim=None, args: tuple = (), kwargs=None):
+    def __init__(self, data, level: int = 0, node=None):
         self._implicitnet_data = data
         self._level = level
-        self._prim = prim
-        self._args = args
-        self._kwargs = kwargs
+        # the tape node of a traced tensor (a leaf node for a transform's input); None
+        # for a constant
+        self._node = node if node is not None or level == 0 else _leaf_node()
 
     # --- array attributes -------------------------------------------------------
     @property
@@ -312,10 +318,121 @@ def _raw_namespace(args):
     raise TypeError(msg)
 
 
-class _Primitive:
-    """Bookkeeping for one primitive: forward function, VJP rule, name."""
+class _Released:
+    """What a tape node holds in place of a value its VJP rule does not read.
 
-    __slots__ = ("fun", "module", "name", "pass_xp", "vjp", "vjp_needs", "wrapper")
+    Only the static facts about the value survive: ``shape``, ``dtype`` (and ``ndim``,
+    ``size``), enough for ``unbroadcast`` and for rules that need a shape. Reading
+    anything else is a bug in a rule's declaration, reported as such.
+    """
+
+    __slots__ = ("dtype", "namespace", "shape")
+
+    def __init__(self, value):
+        self.shape = value.shape
+        self.dtype = value.dtype
+        ns = _NS_BY_TYPE.get(type(value))
+        self.namespace = ns if ns is not None else _raw_namespace((value,))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def __getattr__(self, name):
+        msg = (
+            f"a VJP rule read `.{name}` of a value its primitive does not keep on the tape "
+            "(only shape and dtype are kept): declare the value in `defvjp(..., "
+            "save_inputs=..., save_output=...)`"
+        )
+        raise AttributeError(msg)
+
+    def __repr__(self) -> str:
+        return f"<released value, shape={self.shape}, dtype={self.dtype}>"
+
+    def _refuse(self, *args, **kwargs):
+        msg = (
+            "a VJP rule computed with a value its primitive does not keep on the tape "
+            "(only shape and dtype are kept): declare the value in `defvjp(..., "
+            "save_inputs=..., save_output=...)`"
+        )
+        raise TypeError(msg)
+
+    __array_ufunc__ = None
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+    __truediv__ = __rtruediv__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _refuse
+    __neg__ = __getitem__ = __array__ = __array_namespace__ = _refuse
+
+
+# A tape node is a list (cheaper to build than an object, never interned, so its id()
+# identifies it): what one recorded operation's VJP rule needs, and its parents.
+#   NODE_PRIM     the primitive's record (None for a leaf: an input of a transform)
+#   NODE_PARENTS  [(position, parent node)] for the inputs of the trace's level
+#   NODE_SAVED    one entry per positional input: the value, or a `_Released` stand-in
+#   NODE_ANS      the output, or a `_Released` stand-in
+#   NODE_KWARGS   the primitive's keyword arguments
+#   NODE_NEEDS    per positional input, whether it needs a cotangent
+#   NODE_SPEC     the stand-in of this node's output, once made (shared by consumers)
+NODE_PRIM, NODE_PARENTS, NODE_SAVED, NODE_ANS, NODE_KWARGS, NODE_NEEDS, NODE_SPEC = range(7)
+
+#: NODE_ANS of an output its rule does not read (see `_Plan`).
+_UNKEPT = object()
+_ONE_INPUT = (True,)
+_TWO_INPUTS = (((False, False), (False, True)), ((True, False), (True, True)))
+
+
+def _leaf_node() -> list:
+    return [None, (), (), None, None, (), None]
+
+
+def _policy(spec, what: str):
+    """A save declaration as a function ``needs_grad -> tuple of bool`` (or bool)."""
+    if callable(spec):
+        return spec
+    if what == "output":
+        if not isinstance(spec, bool):
+            msg = f"`save_output` must be a bool or a callable, got {spec!r}"
+            raise TypeError(msg)
+        return lambda needs: spec
+    if spec == "all":
+        return lambda needs: (True,) * len(needs)
+    if spec == "none":
+        return lambda needs: (False,) * len(needs)
+    if spec == "others":
+        # input i is read to form the cotangents of the other inputs (products)
+        def others(needs):
+            n = sum(needs)
+            return tuple(n - k > 0 for k in needs)
+
+        return others
+    msg = (
+        "`save_inputs` must be 'all', 'none', 'others' or a callable "
+        f"`needs_grad -> tuple of bool`, got {spec!r}"
+    )
+    raise ValueError(msg)
+
+
+class _Primitive:
+    """Bookkeeping for one primitive: forward function, VJP rule, what the rule reads."""
+
+    __slots__ = (
+        "fun",
+        "module",
+        "name",
+        "pass_xp",
+        "save_inputs",
+        "save_output",
+        "saves",
+        "vjp",
+        "vjp_needs",
+        "wrapper",
+    )
 
     def __init__(self, fun, name):
         self.fun = fun
@@ -325,24 +442,66 @@ class _Primitive:
         self.vjp = None
         self.vjp_needs = False
         self.wrapper = None
+        self.save_inputs = "all"
+        self.save_output = True
+        # needs_grad -> (which inputs to keep, whether to keep the output); memoised
+        self.saves: dict[tuple, tuple] = {}
+
+    def what_to_save(self, needs: tuple) -> tuple:
+        """``(inputs to release, keep the output)`` for the inputs flagged by `needs`."""
+        keep = self.saves.get(needs)
+        if keep is None:
+            ins = tuple(bool(k) for k in _policy(self.save_inputs, "inputs")(needs))
+            if len(ins) != len(needs):
+                msg = (
+                    f"the `save_inputs` of `{self.name}` gave {len(ins)} flags for "
+                    f"{len(needs)} inputs"
+                )
+                raise ValueError(msg)
+            out = bool(_policy(self.save_output, "output")(needs))
+            keep = self.saves[needs] = (tuple(i for i, k in enumerate(ins) if not k), out)
+        return keep
 
 
 #: Every primitive defined so far, in definition order.
 _REGISTRY: list[_Primitive] = []
 
 
+def _unbox_at(a, top: int):
+    """`a` as a primitive of trace `top` computes with it (one box removed, or none)."""
+    if type(a) is Tensor and (a._level == top or a._level == 0):
+        return a._implicitnet_data
+    return a
+
+
 def _apply(rec: _Primitive, args: tuple, kwargs: dict):
     """Evaluate a primitive on arguments of which at least one is a ``Tensor``."""
-    top = 0
-    for a in args:
-        if type(a) is Tensor and a._level > top:
-            top = a._level
-    unboxed = [
-        (a._implicitnet_data if (a._level == top or a._level == 0) else a)
-        if type(a) is Tensor
-        else a
-        for a in args
-    ]
+    # The top level among the arguments, the arguments with that level's boxes removed,
+    # which inputs belong to that trace (`needs`) and their nodes (the parents).
+    # Unary and binary primitives, nearly all of them, are spelled out: no loop.
+    nargs = len(args)
+    if nargs == 1:  # its one input is a tensor
+        a1 = args[0]
+        top = a1._level
+        unboxed = [a1._implicitnet_data]
+        needs = _ONE_INPUT
+    elif nargs == 2:
+        a1, a2 = args
+        l1 = a1._level if type(a1) is Tensor else -1  # -1: not a tensor
+        l2 = a2._level if type(a2) is Tensor else -1
+        top = l1 if l1 > l2 else l2
+        unboxed = [
+            a1._implicitnet_data if l1 == top or l1 == 0 else a1,
+            a2._implicitnet_data if l2 == top or l2 == 0 else a2,
+        ]
+        needs = _TWO_INPUTS[l1 == top][l2 == top]
+    else:
+        top = 0
+        for a in args:
+            if type(a) is Tensor and a._level > top:
+                top = a._level
+        unboxed = [_unbox_at(a, top) for a in args]
+        needs = tuple([type(a) is Tensor and a._level == top for a in args])
     # recurses when a lower-level tensor remains, else computes on raw arrays
     ans = rec.wrapper(*unboxed, **kwargs)
     if top == 0:
@@ -350,7 +509,34 @@ def _apply(rec: _Primitive, args: tuple, kwargs: dict):
     if rec.vjp is None:
         msg = f"`{rec.name}` has no VJP rule: it is not differentiable (yet)"
         raise NotImplementedError(msg)
-    return Tensor(ans, top, rec, args, kwargs)
+    if nargs == 1:
+        parents = [(0, a1._node)]
+    elif nargs == 2:
+        if needs[0]:
+            parents = [(0, a1._node), (1, a2._node)] if needs[1] else [(0, a1._node)]
+        else:
+            parents = [(1, a2._node)]
+    else:
+        parents = [(pos, a._node) for pos, a in enumerate(args) if needs[pos]]
+    # What the rule will need, per its declaration; the rest is released.
+    keep = rec.saves.get(needs)
+    release, keep_out = keep if keep is not None else rec.what_to_save(needs)
+    for pos in release:
+        u = unboxed[pos]
+        if u is None or type(u) in _SCALAR_TYPES:
+            continue
+        if needs[pos]:  # an input of this trace: its node shares one stand-in
+            pnode = args[pos]._node
+            spec = pnode[NODE_SPEC]
+            if spec is None:
+                spec = pnode[NODE_SPEC] = _Released(u)
+            unboxed[pos] = spec
+        else:
+            unboxed[pos] = _Released(u)
+    # An output the rule does not read is not kept: its stand-in is made when needed,
+    # from a consumer (which holds the value or its stand-in) or from the output itself.
+    node = [rec, parents, unboxed, ans if keep_out else _UNKEPT, kwargs, needs, None]
+    return Tensor(ans, top, node)
 
 
 def primitive(fun: Callable | None = None, *, name: str | None = None):
@@ -425,7 +611,7 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
     return wrapper
 
 
-def defvjp(prim: Callable):
+def defvjp(prim: Callable, *, save_inputs: Any = "all", save_output: Any = True):
     """Attach a VJP rule to the primitive `prim`; use as a decorator.
 
     The rule is called as ``rule(ct, ans, *inputs, xp=xp, **static)`` with the output
@@ -436,18 +622,55 @@ def defvjp(prim: Callable):
     inputs need a cotangent, so it can skip work. Write rules with
     :mod:`implicitnet.ops` and tensor operators so they are differentiable themselves.
 
+    Parameters
+    ----------
+    prim : callable
+        A function made by :func:`primitive`.
+    save_inputs : {"all", "none", "others"} or callable, default: "all"
+        Which inputs the rule reads, and so which inputs the tape keeps from the
+        forward pass to the backward pass. ``"all"``: every input. ``"none"``: no input
+        (the rule reads only their ``shape`` and ``dtype``, as ``add`` or ``sum`` do).
+        ``"others"``: an input is kept only when *another* input needs a gradient (a
+        product: ``matmul`` reads ``x2`` for the cotangent of ``x1``). A callable
+        receives ``needs_grad`` and returns one boolean per input. An input that is not
+        kept reaches the rule as a stand-in with only ``shape``, ``dtype``, ``ndim`` and
+        ``size``.
+    save_output : bool or callable, default: True
+        Whether the rule reads `ans` (``tanh`` and ``exp`` do); a callable receives
+        ``needs_grad``. When not kept, `ans` is a stand-in as above.
+
+    Notes
+    -----
+    Declaring what the rule reads is what keeps the memory of a trace low: a value that
+    no rule keeps is freed as soon as the forward code drops it. The defaults keep
+    everything, which is always correct. Python numbers and ``None`` are always passed
+    as they are.
+
     Examples
     --------
-    See :func:`primitive`.
+    See :func:`primitive`. The rule of ``tanh`` reads only its output:
+
+    >>> import implicitnet as inet
+    >>> @inet.primitive
+    ... def tanh(x, /, *, xp):
+    ...     return xp.tanh(x)
+    >>> @inet.defvjp(tanh, save_inputs="none", save_output=True)
+    ... def _tanh_vjp(ct, ans, x, /, *, xp):
+    ...     return (ct * (1.0 - ans * ans),)
     """
     rec = getattr(prim, "_implicitnet_primitive", None)
     if rec is None:
         msg = f"`prim` must be a function made by `primitive`, got {prim!r}"
         raise TypeError(msg)
+    _policy(save_inputs, "inputs")  # refuse a bad declaration now
+    _policy(save_output, "output")
 
     def register(rule):
         rec.vjp = rule
         rec.vjp_needs = "needs_grad" in inspect.signature(rule).parameters
+        rec.save_inputs = save_inputs
+        rec.save_output = save_output
+        rec.saves = {}
         return rule
 
     return register

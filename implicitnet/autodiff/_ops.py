@@ -117,6 +117,16 @@ def unbroadcast(ct, like, *, xp=None):
     return ct
 
 
+class _ShapeDtype:
+    """The shape and dtype of an operand, for :func:`unbroadcast` (no value needed)."""
+
+    __slots__ = ("dtype", "shape")
+
+    def __init__(self, shape, dtype):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+
+
 def _keepdims_shape(shape, axes):
     return tuple(1 if i in axes else s for i, s in enumerate(shape))
 
@@ -135,6 +145,36 @@ def _float_mask(mask, dtype):
     return _raw_namespace((mask,)).astype(mask, dtype)
 
 
+# What the rules read, for the declarations of `defvjp` (see its `save_inputs`): a rule
+# that reads only shapes keeps nothing; products keep the other operand.
+def _needs_first(needs):
+    return needs[0]
+
+
+def _needs_second(needs):
+    return needs[1]
+
+
+def _divide_saves(needs):  # d/dx1 = 1/x2, d/dx2 = -ans/x2
+    return (False, True)
+
+
+def _pow_saves(needs):  # d/dx1 = x2 x1**(x2-1), d/dx2 = log(x1) ans
+    return (True, needs[0])
+
+
+def _where_saves(needs):  # only the condition
+    return (True, False, False)
+
+
+def _solve_saves(needs):  # dB = A^{-T} dX, dA = -dB X^T
+    return (True, False)
+
+
+def _take_saves(needs):  # only the indices
+    return (False, True)
+
+
 # ----------------------------------------------------------------------------------
 # Elementwise arithmetic
 # ----------------------------------------------------------------------------------
@@ -145,7 +185,7 @@ def add(x1, x2, /):
     return x1 + x2
 
 
-@defvjp(add)
+@defvjp(add, save_inputs="none", save_output=False)
 def _add_vjp(ct, ans, x1, x2, /, *, xp):
     return unbroadcast(ct, x1), unbroadcast(ct, x2)
 
@@ -155,7 +195,7 @@ def subtract(x1, x2, /):
     return x1 - x2
 
 
-@defvjp(subtract)
+@defvjp(subtract, save_inputs="none", save_output=False)
 def _subtract_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     return unbroadcast(ct, x1), (unbroadcast(-ct, x2) if needs_grad[1] else None)
 
@@ -165,7 +205,7 @@ def multiply(x1, x2, /):
     return x1 * x2
 
 
-@defvjp(multiply)
+@defvjp(multiply, save_inputs="others", save_output=False)
 def _multiply_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     g1 = unbroadcast(multiply(ct, x2), x1) if needs_grad[0] else None
     g2 = unbroadcast(multiply(ct, x1), x2) if needs_grad[1] else None
@@ -177,7 +217,7 @@ def divide(x1, x2, /):
     return x1 / x2
 
 
-@defvjp(divide)
+@defvjp(divide, save_inputs=_divide_saves, save_output=_needs_second)
 def _divide_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     g1 = unbroadcast(divide(ct, x2), x1) if needs_grad[0] else None
     g2 = unbroadcast(divide(multiply(-ct, ans), x2), x2) if needs_grad[1] else None
@@ -189,7 +229,7 @@ def pow(x1, x2, /):
     return x1**x2
 
 
-@defvjp(pow)
+@defvjp(pow, save_inputs=_pow_saves, save_output=_needs_second)
 def _pow_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     g1 = g2 = None
     if needs_grad[0]:
@@ -210,7 +250,7 @@ def negative(x, /):
     return -x
 
 
-@defvjp(negative)
+@defvjp(negative, save_inputs="none", save_output=False)
 def _negative_vjp(ct, ans, x, /, *, xp):
     return (-ct,)
 
@@ -220,7 +260,7 @@ def maximum(x1, x2, /, *, xp):
     return xp.maximum(x1, x2)
 
 
-@defvjp(maximum)
+@defvjp(maximum, save_output=False)
 def _maximum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     # ties split the cotangent evenly; masks compare the raw values (a raw
     # array-api-strict array refuses a Tensor on its right)
@@ -237,7 +277,7 @@ def minimum(x1, x2, /, *, xp):
     return xp.minimum(x1, x2)
 
 
-@defvjp(minimum)
+@defvjp(minimum, save_output=False)
 def _minimum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     dtype = ans.dtype
     r1, r2 = _raw(x1), _raw(x2)
@@ -264,7 +304,7 @@ def where(condition, x1, x2, /, *, xp):
     return xp.where(condition, x1, x2)
 
 
-@defvjp(where)
+@defvjp(where, save_inputs=_where_saves, save_output=False)
 def _where_vjp(ct, ans, condition, x1, x2, /, *, xp, needs_grad):
     cond = _raw(condition)
     g1 = unbroadcast(where(cond, ct, 0.0), x1) if needs_grad[1] else None
@@ -277,7 +317,7 @@ def _clip(x, min, max, /, *, xp):
     return xp.clip(x, min, max)
 
 
-@defvjp(_clip)
+@defvjp(_clip, save_output=False)
 def _clip_vjp(ct, ans, x, min, max, /, *, xp, needs_grad):
     inside = None
     g_min = g_max = None
@@ -311,7 +351,7 @@ def exp(x, /, *, xp):
     return xp.exp(x)
 
 
-@defvjp(exp)
+@defvjp(exp, save_inputs="none")
 def _exp_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, ans),)
 
@@ -321,7 +361,7 @@ def log(x, /, *, xp):
     return xp.log(x)
 
 
-@defvjp(log)
+@defvjp(log, save_output=False)
 def _log_vjp(ct, ans, x, /, *, xp):
     return (divide(ct, x),)
 
@@ -331,7 +371,7 @@ def log1p(x, /, *, xp):
     return xp.log1p(x)
 
 
-@defvjp(log1p)
+@defvjp(log1p, save_output=False)
 def _log1p_vjp(ct, ans, x, /, *, xp):
     return (divide(ct, 1.0 + x),)
 
@@ -341,7 +381,7 @@ def expm1(x, /, *, xp):
     return xp.expm1(x)
 
 
-@defvjp(expm1)
+@defvjp(expm1, save_inputs="none")
 def _expm1_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, ans + 1.0),)
 
@@ -351,7 +391,7 @@ def sqrt(x, /, *, xp):
     return xp.sqrt(x)
 
 
-@defvjp(sqrt)
+@defvjp(sqrt, save_inputs="none")
 def _sqrt_vjp(ct, ans, x, /, *, xp):
     return (divide(ct * 0.5, ans),)
 
@@ -361,7 +401,7 @@ def tanh(x, /, *, xp):
     return xp.tanh(x)
 
 
-@defvjp(tanh)
+@defvjp(tanh, save_inputs="none")
 def _tanh_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, 1.0 - ans * ans),)
 
@@ -371,7 +411,7 @@ def sin(x, /, *, xp):
     return xp.sin(x)
 
 
-@defvjp(sin)
+@defvjp(sin, save_output=False)
 def _sin_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, cos(x)),)
 
@@ -381,7 +421,7 @@ def cos(x, /, *, xp):
     return xp.cos(x)
 
 
-@defvjp(cos)
+@defvjp(cos, save_output=False)
 def _cos_vjp(ct, ans, x, /, *, xp):
     return (-multiply(ct, sin(x)),)
 
@@ -391,7 +431,7 @@ def abs(x, /, *, xp):
     return xp.abs(x)
 
 
-@defvjp(abs)
+@defvjp(abs, save_output=False)
 def _abs_vjp(ct, ans, x, /, *, xp):
     raw = _raw(x)
     return (multiply(ct, _raw_namespace((raw,)).sign(raw)),)
@@ -402,7 +442,7 @@ def square(x, /, *, xp):
     return xp.square(x)
 
 
-@defvjp(square)
+@defvjp(square, save_output=False)
 def _square_vjp(ct, ans, x, /, *, xp):
     return (multiply(2.0 * ct, x),)
 
@@ -412,7 +452,7 @@ def _astype(x, /, *, dtype, xp):
     return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
-@defvjp(_astype)
+@defvjp(_astype, save_inputs="none", save_output=False)
 def _astype_vjp(ct, ans, x, /, *, xp, dtype):
     return (astype(ct, x.dtype),)
 
@@ -446,7 +486,7 @@ def sum(x, /, *, axis=None, dtype=None, keepdims=False, xp):
     return xp.sum(x, axis=axis, dtype=dtype, keepdims=keepdims)
 
 
-@defvjp(sum)
+@defvjp(sum, save_inputs="none", save_output=False)
 def _sum_vjp(ct, ans, x, /, *, xp, axis=None, dtype=None, keepdims=False):
     g = _expand_to(ct, x, axis, keepdims)
     return (g if g.dtype == x.dtype else astype(g, x.dtype),)
@@ -457,7 +497,7 @@ def mean(x, /, *, axis=None, keepdims=False, xp):
     return xp.mean(x, axis=axis, keepdims=keepdims)
 
 
-@defvjp(mean)
+@defvjp(mean, save_inputs="none", save_output=False)
 def _mean_vjp(ct, ans, x, /, *, xp, axis=None, keepdims=False):
     shape = tuple(x.shape)
     n = math.prod(shape[a] for a in _norm_axes(axis, len(shape)))
@@ -500,7 +540,7 @@ def prod(x, /, *, axis=None, dtype=None, keepdims=False, xp):
     return xp.prod(x, axis=axis, dtype=dtype, keepdims=keepdims)
 
 
-@defvjp(prod)
+@defvjp(prod, save_output=False)
 def _prod_vjp(ct, ans, x, /, *, xp, axis=None, dtype=None, keepdims=False):
     # d prod / d x_i = prod_{j != i} x_j. With z = number of zeros along the axis and
     # p = product of the non-zero entries: z == 0 -> p / x_i; z == 1 -> p at the zero
@@ -526,11 +566,11 @@ def matmul(x1, x2, /):
     return x1 @ x2
 
 
-@defvjp(matmul)
+@defvjp(matmul, save_inputs="others", save_output=False)
 def _matmul_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     # C = A B: dA = dC B^T, dB = A^T dC; 1-D operands are promoted to matrices first.
-    a = expand_dims(x1, axis=0) if x1.ndim == 1 else x1
-    b = expand_dims(x2, axis=-1) if x2.ndim == 1 else x2
+    # Each operand is kept only for the other's cotangent: read shapes, not values,
+    # of an operand that is not.
     g = ct
     if x2.ndim == 1:
         g = expand_dims(g, axis=-1)
@@ -538,11 +578,15 @@ def _matmul_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
         g = expand_dims(g, axis=-2)
     g1 = g2 = None
     if needs_grad[0]:
-        g1 = unbroadcast(matmul(g, matrix_transpose(b)), a)
+        b = expand_dims(x2, axis=-1) if x2.ndim == 1 else x2
+        g1 = matmul(g, matrix_transpose(b))
+        g1 = unbroadcast(g1, _ShapeDtype((1, *x1.shape), x1.dtype) if x1.ndim == 1 else x1)
         if x1.ndim == 1:
             g1 = reshape(g1, tuple(x1.shape))
     if needs_grad[1]:
-        g2 = unbroadcast(matmul(matrix_transpose(a), g), b)
+        a = expand_dims(x1, axis=0) if x1.ndim == 1 else x1
+        g2 = matmul(matrix_transpose(a), g)
+        g2 = unbroadcast(g2, _ShapeDtype((*x2.shape, 1), x2.dtype) if x2.ndim == 1 else x2)
         if x2.ndim == 1:
             g2 = reshape(g2, tuple(x2.shape))
     return g1, g2
@@ -553,7 +597,7 @@ def matrix_transpose(x, /, *, xp):
     return xp.matrix_transpose(x)
 
 
-@defvjp(matrix_transpose)
+@defvjp(matrix_transpose, save_inputs="none", save_output=False)
 def _matrix_transpose_vjp(ct, ans, x, /, *, xp):
     return (matrix_transpose(ct),)
 
@@ -579,7 +623,7 @@ def tensordot(x1, x2, /, *, axes=2, xp):
     return xp.tensordot(x1, x2, axes=axes)
 
 
-@defvjp(tensordot)
+@defvjp(tensordot, save_inputs="others", save_output=False)
 def _tensordot_vjp(ct, ans, x1, x2, /, *, xp, needs_grad, axes=2):
     n1, n2 = x1.ndim, x2.ndim
     c1, c2 = _tensordot_axes(axes, n1, n2)
@@ -605,7 +649,7 @@ def vecdot(x1, x2, /, *, axis=-1, xp):
     return xp.vecdot(x1, x2, axis=axis)
 
 
-@defvjp(vecdot)
+@defvjp(vecdot, save_inputs="others", save_output=False)
 def _vecdot_vjp(ct, ans, x1, x2, /, *, xp, needs_grad, axis=-1):
     ndim = builtins.max(x1.ndim, x2.ndim)
     ax = axis - ndim if axis >= 0 else axis
@@ -620,18 +664,19 @@ def solve(x1, x2, /, *, xp):
     return xp.linalg.solve(x1, x2)
 
 
-@defvjp(solve)
+@defvjp(solve, save_inputs=_solve_saves, save_output=_needs_first)
 def _solve_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
-    # X = A^{-1} B: dB = A^{-T} dX, dA = -dB X^T. A 1-D B is a single column.
+    # X = A^{-1} B: dB = A^{-T} dX, dA = -dB X^T. A 1-D B is a single column. Only A
+    # is kept, and X when A needs a cotangent.
     vector = x2.ndim == 1
-    b = expand_dims(x2, axis=-1) if vector else x2
-    X = expand_dims(ans, axis=-1) if vector else ans
     g = expand_dims(ct, axis=-1) if vector else ct
     gb = solve(matrix_transpose(x1), g)
-    g1 = unbroadcast(-matmul(gb, matrix_transpose(X)), x1) if needs_grad[0] else None
-    g2 = None
+    g1 = g2 = None
+    if needs_grad[0]:
+        X = expand_dims(ans, axis=-1) if vector else ans
+        g1 = unbroadcast(-matmul(gb, matrix_transpose(X)), x1)
     if needs_grad[1]:
-        g2 = unbroadcast(gb, b)
+        g2 = unbroadcast(gb, _ShapeDtype((*x2.shape, 1), x2.dtype) if vector else x2)
         if vector:
             g2 = reshape(g2, tuple(x2.shape))
     return g1, g2
@@ -681,7 +726,7 @@ def _reshape(x, /, *, shape, xp):
     return xp.reshape(x, shape)
 
 
-@defvjp(_reshape)
+@defvjp(_reshape, save_inputs="none", save_output=False)
 def _reshape_vjp(ct, ans, x, /, *, xp, shape):
     return (reshape(ct, tuple(x.shape)),)
 
@@ -696,7 +741,7 @@ def _permute_dims(x, /, *, axes, xp):
     return xp.permute_dims(x, axes)
 
 
-@defvjp(_permute_dims)
+@defvjp(_permute_dims, save_inputs="none", save_output=False)
 def _permute_dims_vjp(ct, ans, x, /, *, xp, axes):
     return (permute_dims(ct, _inverse_perm([a % x.ndim for a in axes])),)
 
@@ -711,7 +756,7 @@ def expand_dims(x, /, *, axis=0, xp):
     return xp.expand_dims(x, axis=axis)
 
 
-@defvjp(expand_dims)
+@defvjp(expand_dims, save_inputs="none", save_output=False)
 def _expand_dims_vjp(ct, ans, x, /, *, xp, axis=0):
     return (reshape(ct, tuple(x.shape)),)
 
@@ -721,7 +766,7 @@ def _squeeze(x, /, *, axis, xp):
     return xp.squeeze(x, axis=axis)
 
 
-@defvjp(_squeeze)
+@defvjp(_squeeze, save_inputs="none", save_output=False)
 def _squeeze_vjp(ct, ans, x, /, *, xp, axis):
     return (reshape(ct, tuple(x.shape)),)
 
@@ -736,7 +781,7 @@ def _broadcast_to(x, /, *, shape, xp):
     return xp.broadcast_to(x, shape)
 
 
-@defvjp(_broadcast_to)
+@defvjp(_broadcast_to, save_inputs="none", save_output=False)
 def _broadcast_to_vjp(ct, ans, x, /, *, xp, shape):
     return (unbroadcast(ct, x),)
 
@@ -753,7 +798,7 @@ def flip(x, /, *, axis=None, xp):
     return xp.flip(x, axis=axis)
 
 
-@defvjp(flip)
+@defvjp(flip, save_inputs="none", save_output=False)
 def _flip_vjp(ct, ans, x, /, *, xp, axis=None):
     return (flip(ct, axis=axis),)
 
@@ -763,7 +808,7 @@ def _concat(*arrays, axis, xp):
     return xp.concat(arrays, axis=axis)
 
 
-@defvjp(_concat)
+@defvjp(_concat, save_inputs="none", save_output=False)
 def _concat_vjp(ct, ans, *arrays, xp, axis, needs_grad):
     ax = axis % ans.ndim
     out = []
@@ -791,7 +836,7 @@ def _stack(*arrays, axis, xp):
     return xp.stack(arrays, axis=axis)
 
 
-@defvjp(_stack)
+@defvjp(_stack, save_inputs="none", save_output=False)
 def _stack_vjp(ct, ans, *arrays, xp, axis, needs_grad):
     ax = axis % ans.ndim
     return tuple(
@@ -817,7 +862,7 @@ def _getitem(x, /, *, key):
     return x[key]
 
 
-@defvjp(_getitem)
+@defvjp(_getitem, save_inputs="none", save_output=False)
 def _getitem_vjp(ct, ans, x, /, *, xp, key):
     return (_scatter(ct, shape=tuple(x.shape), key=key),)
 
@@ -858,7 +903,7 @@ def _scatter(ct, /, *, shape, key, take_axis=None, xp):
     return xp.reshape(xp.astype(out, ct.dtype), shape)
 
 
-@defvjp(_scatter)
+@defvjp(_scatter, save_inputs="none", save_output=False)
 def _scatter_vjp(ct, ans, g, /, *, xp, shape, key, take_axis=None):
     if take_axis is not None:
         return (take(ct, key, axis=take_axis),)
@@ -875,7 +920,7 @@ def take(x, indices, /, *, axis=None, xp):
     return xp.take(x, indices, axis=axis)
 
 
-@defvjp(take)
+@defvjp(take, save_inputs=_take_saves, save_output=False)
 def _take_vjp(ct, ans, x, indices, /, *, xp, axis=None):
     ax = 0 if axis is None else axis % x.ndim
     return _scatter(ct, shape=tuple(x.shape), key=_raw(indices), take_axis=ax), None

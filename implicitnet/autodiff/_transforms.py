@@ -8,8 +8,24 @@ from typing import Any
 
 from .._tree import tree_flatten, tree_unflatten
 from .._xp import is_array as _is_any_array
+from .._xp import device as _device
 from . import _ops
-from ._core import Tensor, _as_array, _new_level, _raw, _raw_namespace
+from ._core import (
+    _UNKEPT,
+    NODE_ANS,
+    NODE_KWARGS,
+    NODE_NEEDS,
+    NODE_PARENTS,
+    NODE_PRIM,
+    NODE_SAVED,
+    NODE_SPEC,
+    Tensor,
+    _as_array,
+    _new_level,
+    _raw,
+    _raw_namespace,
+    _Released,
+)
 from ._namespace import differentiable_namespace
 
 __all__ = ["grad", "value_and_grad", "vjp"]
@@ -25,75 +41,82 @@ _SCALARS = (bool, int, float, complex)
 class _Plan:
     """The backward pass of one trace, compiled once and run for every cotangent.
 
-    Nodes (boxes of the trace's level with a recorded operation) are numbered in
-    topological order, outputs first; leaves (the trace's inputs) follow them. Each
-    step holds everything its VJP rule needs (rule, answer, unboxed inputs, keyword
-    arguments including ``xp`` and ``needs_grad``) and, for every input of the trace,
-    the slot that receives its cotangent. A run is then a loop over a list with
-    cotangents accumulated in a list indexed by slot: no graph walk, no dictionary.
+    Nodes (recorded operations of the trace's level) are numbered in topological order,
+    outputs first; leaves (the trace's inputs) follow them. Each step holds everything
+    its VJP rule needs (rule, kept answer, kept inputs, keyword arguments including
+    ``xp`` and ``needs_grad``) and, for every input of the trace, the slot that
+    receives its cotangent. A run is then a loop over a list with cotangents
+    accumulated in a list indexed by slot: no graph walk, no dictionary. The plan holds
+    no node: once built, what the rules do not keep is freed with the graph.
     """
 
     __slots__ = ("nslots", "slot_of", "steps")
 
-    def __init__(self, roots, level: int):
-        order = _toposort(roots, level)
-        slot_of = {id(t): i for i, t in enumerate(order)}
+    def __init__(self, roots, level: int, root_values=()):
+        order = _toposort(roots)
+        # The value (or stand-in) of each node's output as a consumer holds it, for
+        # the stand-ins of outputs that their own rules do not keep.
+        seen_as = {id(r): v for r, v in zip(roots, root_values)}
+        slot_of = {id(n): i for i, n in enumerate(order)}
         for r in roots:  # an output that is an input leaf
             if id(r) not in slot_of:
                 slot_of[id(r)] = len(slot_of)
         namespaces: dict[type, Any] = {}
         steps = []
-        for t in order:
-            rec = t._prim
-            unboxed = []
-            needs = []
+        for node in order:
+            rec = node[NODE_PRIM]
+            saved = node[NODE_SAVED]
             targets = []
-            for pos, a in enumerate(t._args):
-                if type(a) is Tensor:
-                    lv = a._level
-                    if lv == level:
-                        slot = slot_of.get(id(a))
-                        if slot is None:
-                            slot = slot_of[id(a)] = len(slot_of)
-                        targets.append((pos, slot, a.shape))
-                        unboxed.append(a._implicitnet_data)
-                        needs.append(True)
-                        continue
-                    unboxed.append(a._implicitnet_data if lv == 0 else a)
-                else:
-                    unboxed.append(a)
-                needs.append(False)
-            ans = t._implicitnet_data
-            xp = namespaces.get(type(ans))
-            if xp is None:
-                raw = _raw(ans)
-                xp = differentiable_namespace(_raw_namespace((raw,)))
-                if type(ans) is not Tensor:
-                    namespaces[type(ans)] = xp
-            kwargs = {**t._kwargs, "xp": xp} if t._kwargs else {"xp": xp}
+            for pos, parent in node[NODE_PARENTS]:
+                slot = slot_of.get(id(parent))
+                if slot is None:
+                    slot = slot_of[id(parent)] = len(slot_of)
+                targets.append((pos, slot, tuple(saved[pos].shape)))
+                seen_as[id(parent)] = saved[pos]
+            ans = node[NODE_ANS]
+            if ans is _UNKEPT:
+                ans = node[NODE_SPEC]
+                if ans is None:
+                    v = seen_as[id(node)]
+                    ans = v if type(v) is _Released else _Released(v)
+            if type(ans) is _Released:
+                xp = differentiable_namespace(ans.namespace)
+            else:
+                xp = namespaces.get(type(ans))
+                if xp is None:
+                    xp = differentiable_namespace(_raw_namespace((_raw(ans),)))
+                    if type(ans) is not Tensor:
+                        namespaces[type(ans)] = xp
+            static = node[NODE_KWARGS]
+            kwargs = {**static, "xp": xp} if static else {"xp": xp}
             if rec.vjp_needs:
-                kwargs["needs_grad"] = tuple(needs)
-            steps.append((rec, ans, unboxed, kwargs, targets))
+                kwargs["needs_grad"] = node[NODE_NEEDS]
+            steps.append((rec, ans, saved, kwargs, targets))
         self.steps = steps
         self.slot_of = slot_of
         self.nslots = len(slot_of)
 
-    def run(self, outputs, cotangents) -> list:
-        """Cotangents of every slot, given `cotangents` of `outputs` (slots freed)."""
+    def run(self, root_slots, cotangents, *, release: bool = False) -> list:
+        """Cotangents of every slot, given `cotangents` of the outputs in `root_slots`.
+
+        Intermediate cotangents are freed as soon as they are used; with `release`, so
+        is what each step kept (a plan run once, as by :func:`value_and_grad`).
+        """
         acc = [None] * self.nslots
         add = _ops.add
-        slot_of = self.slot_of
-        for o, c in zip(outputs, cotangents):
-            k = slot_of[id(o)]
+        for k, c in zip(root_slots, cotangents):
             acc[k] = c if acc[k] is None else add(acc[k], c)
-        for i, (rec, ans, unboxed, kwargs, targets) in enumerate(self.steps):
+        steps = self.steps
+        for i, (rec, ans, saved, kwargs, targets) in enumerate(steps):
+            if release:
+                steps[i] = None  # the kept values die with the step
             ct = acc[i]
             if ct is None:
                 continue
             acc[i] = None  # intermediate cotangents die as soon as they are used
-            cts = rec.vjp(ct, ans, *unboxed, **kwargs)
-            if len(cts) != len(unboxed):
-                _bad_rule(rec, len(cts), len(unboxed))
+            cts = rec.vjp(ct, ans, *saved, **kwargs)
+            if len(cts) != len(saved):
+                _bad_rule(rec, len(cts), len(saved))
             for pos, slot, shape in targets:
                 c = cts[pos]
                 if c is None:
@@ -118,34 +141,29 @@ def _bad_rule_shape(rec, c, shape):
     raise ValueError(msg)
 
 
-def _toposort(roots, level: int) -> list[Tensor]:
-    """Boxes of `level` reachable from `roots` with a recorded operation, outputs first.
+def _toposort(roots) -> list[list]:
+    """Recorded nodes reachable from the nodes `roots`, outputs first.
 
     Iterative depth-first search (no recursion limit on long unrolled graphs); the
-    reversed post-order is a topological order.
+    reversed post-order is a topological order. Leaf nodes are not included.
     """
     visited: set[int] = set()
-    order: list[Tensor] = []
+    order: list[list] = []
     for root in roots:
-        if root._prim is None or id(root) in visited:
+        if root[NODE_PRIM] is None or id(root) in visited:
             continue
         visited.add(id(root))
-        stack = [(root, iter(root._args))]
+        stack = [(root, iter(root[NODE_PARENTS]))]
         while stack:
-            t, pending = stack[-1]
-            for a in pending:
-                if (
-                    type(a) is Tensor
-                    and a._level == level
-                    and a._prim is not None
-                    and id(a) not in visited
-                ):
-                    visited.add(id(a))
-                    stack.append((a, iter(a._args)))
+            node, pending = stack[-1]
+            for _, p in pending:
+                if p[NODE_PRIM] is not None and id(p) not in visited:
+                    visited.add(id(p))
+                    stack.append((p, iter(p[NODE_PARENTS])))
                     break
             else:
                 stack.pop()
-                order.append(t)
+                order.append(node)
     order.reverse()
     return order
 
@@ -253,15 +271,19 @@ def _output_leaves(out, level: int, what: str):
 # ----------------------------------------------------------------------------------
 
 
-def vjp(fun: Callable, *primals: Any):
+def vjp(fun: Callable, *primals: Any, has_aux: bool = False):
     """Evaluate `fun` at `primals` and return its vector-Jacobian product function.
 
     Parameters
     ----------
     fun : callable
-        ``fun(*primals)`` returning an array or a tree of arrays.
+        ``fun(*primals)`` returning an array or a tree of arrays (or ``(out, aux)``
+        when `has_aux`).
     *primals : array or tree of arrays
         Points of evaluation; every leaf must be a real floating array.
+    has_aux : bool, default: False
+        Whether `fun` returns a pair ``(out, aux)``: only `out` is differentiated, `aux`
+        is returned as it is (traced arrays in it as plain arrays), as in JAX.
 
     Returns
     -------
@@ -269,13 +291,18 @@ def vjp(fun: Callable, *primals: Any):
         ``fun(*primals)``.
     vjp_fn : callable
         ``vjp_fn(ct)`` maps a cotangent shaped like `out` to a tuple with one cotangent
-        per primal, each shaped like it. It may be called any number of times without
-        re-running `fun`; the recorded graph lives as long as `vjp_fn`.
+        per primal, each shaped like it. For a 0-D output, `ct` may also be a Python
+        number or a 0-D array of any real floating dtype (cast to the output's). It may
+        be called any number of times without re-running `fun`; what the VJP rules need
+        (see :func:`tape_summary`) lives as long as `vjp_fn`.
+    aux : any
+        Only with `has_aux`: the second element of `fun`'s output.
 
     Raises
     ------
     TypeError
-        If a leaf of `primals` is not a real floating array.
+        If a leaf of `primals` is not a real floating array, or `fun` does not return a
+        pair with `has_aux`.
 
     Examples
     --------
@@ -285,6 +312,13 @@ def vjp(fun: Callable, *primals: Any):
     >>> out, vjp_fn = inet.vjp(lambda x: A @ x, np.array([1.0, 1.0]))
     >>> vjp_fn(np.array([1.0, 0.0]))
     (array([1., 2.]),)
+
+    A scalar output takes a Python number as cotangent; `has_aux` returns extra values:
+
+    >>> out, vjp_fn, aux = inet.vjp(lambda x: (inet.ops.sum(x * x), "aux"),
+    ...                             np.array([1.0, 2.0]), has_aux=True)
+    >>> vjp_fn(1.0), aux
+    ((array([2., 4.]),), 'aux')
     """
     level = _new_level()
     boxed_args = []
@@ -295,24 +329,45 @@ def vjp(fun: Callable, *primals: Any):
         inputs.append((boxed, td))
         boxed_args.append(boxed[0] if td.kind == "leaf" else tree_unflatten(td, boxed))
     out = fun(*boxed_args)
+    aux = None
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            msg = "with `has_aux=True`, `fun` must return a pair (out, aux)"
+            raise TypeError(msg)
+        out, aux = out
+        aux_leaves, aux_td = tree_flatten(aux)
+        aux = tree_unflatten(aux_td, [_unbox(x, level) for x in aux_leaves])
+        del aux_leaves
     out_leaves, out_td = _output_leaves(out, level, "the output of `fun`")
     out_value = tree_unflatten(out_td, [_unbox(x, level) for x in out_leaves])
-    # Which outputs are traced, and their shapes; the compiled backward pass is built at
-    # the first call and reused (the adjoint solves call vjp_fn dozens of times a step).
+    # Which outputs are traced, and their shapes. The backward pass is compiled now,
+    # once, and reused (the adjoint solves call vjp_fn dozens of times a step); the
+    # graph itself is then dropped, so only what the rules keep stays alive.
     traced = [type(x) is Tensor and x._level == level for x in out_leaves]
     out_shapes = [tuple(x.shape) for x in out_leaves]
+    # 0-D outputs (raw), to turn a Python number cotangent into an array like them
+    scalar_outs = [_raw(x) if s == () else None for x, s in zip(out_leaves, out_shapes)]
     leaf_out = out_td.kind == "leaf"
-    compiled: list = []
+    roots = [x._node for x, t in zip(out_leaves, traced) if t]
+    plan = _Plan(roots, level, [x._implicitnet_data for x, t in zip(out_leaves, traced) if t])
+    root_slots = [plan.slot_of[id(r)] for r in roots]
+    slots = [[plan.slot_of.get(id(b._node)) for b in boxed] for boxed, _ in inputs]
+    likes = [([b._implicitnet_data for b in boxed], td) for boxed, td in inputs]
+    del out, out_leaves, roots, inputs, boxed_args
+    plan.slot_of = None  # not needed any more
 
     def vjp_fn(ct):
-        if leaf_out and hasattr(type(ct), "shape"):  # one array: skip tree_flatten
+        if leaf_out and _is_any_array(ct):  # one array: skip tree_flatten
             ct_leaves = (ct,)
         else:
             ct_leaves, ct_td = tree_flatten(ct)
             if ct_td != out_td:
                 msg = "`ct` must have the tree structure of the output of `fun`"
                 raise ValueError(msg)
-        for c, shape in zip(ct_leaves, out_shapes):
+        ct_leaves = list(ct_leaves)
+        for i, (c, shape) in enumerate(zip(ct_leaves, out_shapes)):
+            if shape == ():
+                c = ct_leaves[i] = _scalar_cotangent(c, scalar_outs[i])
             c_shape = getattr(c, "shape", None)
             if c_shape is None:
                 msg = f"`ct` must be an array or a tree of arrays, got a {type(c).__name__}"
@@ -320,23 +375,40 @@ def vjp(fun: Callable, *primals: Any):
             if c_shape != shape and tuple(c_shape) != shape:
                 msg = f"`ct` has shape {tuple(c_shape)}, the output has shape {shape}"
                 raise ValueError(msg)
-        if not compiled:
-            roots = [x for x, t in zip(out_leaves, traced) if t]
-            plan = _Plan(roots, level)
-            slots = [[plan.slot_of.get(id(b)) for b in boxed] for boxed, _ in inputs]
-            compiled.extend((plan, roots, slots))
-        plan, roots, slots = compiled
-        acc = plan.run(roots, [c for c, t in zip(ct_leaves, traced) if t])
+        acc = plan.run(root_slots, [c for c, t in zip(ct_leaves, traced) if t])
         result = []
-        for (boxed, td), in_slots in zip(inputs, slots):
-            grads = [
-                _unbox_ct(None if k is None else acc[k], b._implicitnet_data)
-                for k, b in zip(in_slots, boxed)
-            ]
+        for (like, td), in_slots in zip(likes, slots):
+            grads = [_unbox_ct(None if k is None else acc[k], b) for k, b in zip(in_slots, like)]
             result.append(grads[0] if td.kind == "leaf" else tree_unflatten(td, grads))
         return tuple(result)
 
+    vjp_fn._implicitnet_plan = plan
+    if has_aux:
+        return out_value, vjp_fn, aux
     return out_value, vjp_fn
+
+
+def _scalar_cotangent(c, like):
+    """The cotangent `c` of a 0-D output `like`: numbers and other float dtypes cast."""
+    t = type(c)
+    if t is bool or t is complex:
+        msg = f"`ct` must be a real number or a real floating array, got a {t.__name__}"
+        raise TypeError(msg)
+    bxp = _raw_namespace((like,))
+    if t is int or t is float:
+        return bxp.asarray(c, dtype=like.dtype, device=_device(like))
+    if t is Tensor or getattr(c, "shape", None) != ():
+        return c
+    raw = _raw(c)
+    cxp = _raw_namespace((raw,))
+    if cxp is bxp and raw.dtype == like.dtype:
+        return c
+    if not cxp.isdtype(raw.dtype, "real floating"):
+        msg = f"`ct` must have a real floating dtype, got {raw.dtype}"
+        raise TypeError(msg)
+    if cxp is not bxp:  # a 0-d array of another library (a NumPy scalar, ...)
+        return bxp.asarray(float(raw), dtype=like.dtype, device=_device(like))
+    return bxp.astype(raw, like.dtype)
 
 
 def _unbox_ct(c, like):
@@ -429,23 +501,27 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
             msg = f"`fun` must return a real floating array, got dtype {raw.dtype}"
             raise TypeError(msg)
         acc = None
+        value = _unbox(out, level)
         if type(out) is Tensor and out._level == level:
             one = bxp.ones((), dtype=raw.dtype, device=out.device)
-            plan = _Plan([out], level)
-            acc = plan.run([out], [one])
+            plan = _Plan([out._node], level, [out._implicitnet_data])
             slot_of = plan.slot_of
+            root = slot_of[id(out._node)]
+            # Drop the graph: from here on the plan alone holds what the rules keep, and
+            # it releases each step's values once the step has run.
+            del out, call_args
+            acc = plan.run([root], [one], release=True)
             del plan
         grads = []
         for i in nums:
             boxed, td = inputs[i]
             leaves = []
             for b in boxed:
-                k = None if acc is None else slot_of.get(id(b))
+                k = None if acc is None else slot_of.get(id(b._node))
                 c = None if k is None else acc[k]
                 leaves.append(_unbox_ct(c, b._implicitnet_data))
             grads.append(leaves[0] if td.kind == "leaf" else tree_unflatten(td, leaves))
         del acc
-        value = _unbox(out, level)
         if has_aux:
             leaves, td = tree_flatten(aux)
             value = (value, tree_unflatten(td, [_unbox(x, level) for x in leaves]))

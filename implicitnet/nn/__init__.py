@@ -36,6 +36,8 @@ from ._layers import Linear as Linear
 from ._models import ConvCell as ConvCell
 from ._models import DEQClassifier as DEQClassifier
 from ._models import MLPCell as MLPCell
+from ._models import ReluCell as ReluCell
+from ._models import TanhCell as TanhCell
 from ._models import conv_deq as conv_deq
 from ._models import mlp_deq as mlp_deq
 from ._module import Module as Module
@@ -64,10 +66,12 @@ __all__ = [
     "Module",
     "MonotoneLinear",
     "ReLU",
+    "ReluCell",
     "Sequential",
     "Sigmoid",
     "SpectralNorm",
     "Tanh",
+    "TanhCell",
     "VariationalDropout",
     "WeightNorm",
     "accuracy",

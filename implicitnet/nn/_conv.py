@@ -70,7 +70,7 @@ def conv2d_weight_grad(g, x, /, *, w_shape, stride: int = 1, padding: int = 0):
     return conv2d_weight_grad_raw(g, x, w_shape, stride, padding)
 
 
-@defvjp(conv2d)
+@defvjp(conv2d, save_inputs="others", save_output=False)
 def _conv2d_vjp(ct, ans, x, w, /, *, xp, needs_grad, stride=1, padding=0):
     dx = dw = None
     if needs_grad[0]:
@@ -80,7 +80,7 @@ def _conv2d_vjp(ct, ans, x, w, /, *, xp, needs_grad, stride=1, padding=0):
     return dx, dw
 
 
-@defvjp(conv2d_input_grad)
+@defvjp(conv2d_input_grad, save_inputs="others", save_output=False)
 def _conv2d_input_grad_vjp(ct, ans, g, w, /, *, xp, needs_grad, x_shape, stride=1, padding=0):
     dg = dw = None
     if needs_grad[0]:
@@ -90,7 +90,7 @@ def _conv2d_input_grad_vjp(ct, ans, g, w, /, *, xp, needs_grad, x_shape, stride=
     return dg, dw
 
 
-@defvjp(conv2d_weight_grad)
+@defvjp(conv2d_weight_grad, save_inputs="others", save_output=False)
 def _conv2d_weight_grad_vjp(ct, ans, g, x, /, *, xp, needs_grad, w_shape, stride=1, padding=0):
     dg = dx = None
     if needs_grad[0]:

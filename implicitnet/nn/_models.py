@@ -10,13 +10,13 @@ from .._xp import device as _device
 from .._xp import namespace
 from ._deq import DEQ
 from ._dropout import VariationalDropout
-from ._functional import relu
+from ._functional import relu, tanh
 from ._init import generator
 from ._layers import Conv2d, GroupNorm, LayerNorm, Linear, _check_int
 from ._module import Module
 from ._reparam import weight_norm
 
-__all__ = ["ConvCell", "DEQClassifier", "MLPCell", "conv_deq", "mlp_deq"]
+__all__ = ["ConvCell", "DEQClassifier", "MLPCell", "ReluCell", "TanhCell", "conv_deq", "mlp_deq"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,130 @@ class MLPCell(Module):
     def __call__(self, z, x, mask=None):
         out = relu(self.norm(self.linear(z) + x))
         return out if mask is None else out * mask
+
+
+def _plain_cell(linear, z, x, mask, activation):
+    out = activation(linear(z) + x)
+    return out if mask is None else out * mask
+
+
+def _plain_linear(width, init_scale, seed, kw):
+    """A bias-free ``width x width`` layer, initialised as :meth:`Linear.create` and scaled."""
+    _check_int("width", width, 1)
+    lin = Linear.create(width, width, bias=False, seed=seed, **kw)
+    return lin.replace(weight=float(init_scale) * lin.weight)
+
+
+@dataclass(frozen=True)
+class TanhCell(Module):
+    """The textbook DEQ cell ``z -> tanh(W z + x)``, `x` the input injection.
+
+    With :class:`DEQ` it makes the smallest equilibrium model, ``z* = tanh(W z* + x)``,
+    with no hand-written module. The map is a contraction when ``||W||_2 < 1``
+    (``tanh`` is 1-Lipschitz).
+
+    Parameters
+    ----------
+    linear : Module
+        The map ``z -> W z``: a :class:`Linear` (a bias there is a bias of the cell),
+        or a reparameterised one (:func:`weight_norm`, :func:`spectral_norm`,
+        :class:`MonotoneLinear`).
+
+    See Also
+    --------
+    ReluCell : the same cell with ``relu``.
+    TanhCell.create : initialise from a seed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from implicitnet import nn
+    >>> deq = nn.DEQ(nn.TanhCell.create(8, seed=0), rtol=1e-8)
+    >>> x = np.ones((3, 8))
+    >>> z, res = deq(x)
+    >>> bool(res.success), bool(np.allclose(z, deq.cell(z, x)))
+    (True, True)
+    """
+
+    linear: Any
+
+    def __call__(self, z, x, mask=None):
+        """``tanh(W z + x)``, times the dropout `mask` when one is given."""
+        return _plain_cell(self.linear, z, x, mask, tanh)
+
+    @classmethod
+    def create(
+        cls,
+        width: int,
+        *,
+        init_scale: float = 0.5,
+        seed=0,
+        dtype=None,
+        backend="numpy",
+        device=None,
+    ) -> TanhCell:
+        """A cell of `width` features: ``W`` as :meth:`Linear.create`, times `init_scale`.
+
+        Parameters
+        ----------
+        width : int
+            Size of the state (and of the injection).
+        init_scale : float, default: 0.5
+            Factor on the initial ``W``, whose entries are ``U(-1/sqrt(width),
+            1/sqrt(width))``; ``||W||_2`` is then about ``1.15 * init_scale``, so the
+            default starts as a contraction.
+        seed, dtype, backend, device
+            As in :meth:`Linear.create`.
+        """
+        kw = {"dtype": dtype, "backend": backend, "device": device}
+        return cls(linear=_plain_linear(width, init_scale, seed, kw))
+
+
+@dataclass(frozen=True)
+class ReluCell(Module):
+    """The textbook DEQ cell ``z -> relu(W z + x)``, `x` the input injection.
+
+    A contraction when ``||W||_2 < 1`` (``relu`` is 1-Lipschitz).
+
+    Parameters
+    ----------
+    linear : Module
+        The map ``z -> W z``, as in :class:`TanhCell`.
+
+    See Also
+    --------
+    TanhCell : the same cell with ``tanh``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from implicitnet import nn
+    >>> deq = nn.DEQ(nn.ReluCell.create(8, seed=0), rtol=1e-8)
+    >>> z, res = deq(np.ones((3, 8)))
+    >>> bool(res.success), bool((z >= 0).all())
+    (True, True)
+    """
+
+    linear: Any
+
+    def __call__(self, z, x, mask=None):
+        """``relu(W z + x)``, times the dropout `mask` when one is given."""
+        return _plain_cell(self.linear, z, x, mask, relu)
+
+    @classmethod
+    def create(
+        cls,
+        width: int,
+        *,
+        init_scale: float = 0.5,
+        seed=0,
+        dtype=None,
+        backend="numpy",
+        device=None,
+    ) -> ReluCell:
+        """A cell of `width` features; the arguments are those of :meth:`TanhCell.create`."""
+        kw = {"dtype": dtype, "backend": backend, "device": device}
+        return cls(linear=_plain_linear(width, init_scale, seed, kw))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._result import Result, Status, status_message
 from .._tree import tree_map
-from .._xp import host_reader
+from .._xp import host_reader, untraced
 from ._base import row_norms
 
 __all__ = ["iterate"]
@@ -117,17 +117,21 @@ def iterate(
     read = host_reader(problem.x0)
 
     def host_norms(x, gx, r, g):
-        """Residual norms (and norms of f(x) for a fixed-point problem) on the host."""
+        """Residual norms (and norms of f(x) for a fixed-point problem) on the host.
+
+        Computed on the untraced values: under ``backward="unrolled"`` these norms only
+        steer the loop, so they are not recorded on the tape.
+        """
         if r is None:
-            r = row_norms(gx, xp=xp)
+            r = row_norms(untraced(gx), xp=xp)
         if not fixed:
             # A non-finite iterate may still have a finite F(x) (F = tanh at x = inf):
             # read one sum per row with the norms; non-finite rows get a NaN residual.
             both = read(xp.stack([r, xp.sum(x, axis=-1)]))
             return [v if t - t == 0.0 else nan for v, t in zip(both[0], both[1])], None
         last_gx, last_f = g.inner.last
-        fx = last_f if last_gx is gx else x + gx
-        both = read(xp.stack([r, row_norms(fx, xp=xp)]))
+        fx = last_f if last_gx is gx else untraced(x) + untraced(gx)
+        both = read(xp.stack([untraced(r), row_norms(untraced(fx), xp=xp)]))
         return both[0], both[1]
 
     # -- iteration 0 ------------------------------------------------------------------

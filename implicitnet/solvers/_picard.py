@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._base import AbstractIterativeSolver, Step, _check_real
+from ._base import AbstractIterativeSolver, Step, _check_real, point_value
 
 __all__ = ["Picard"]
 
@@ -51,6 +51,11 @@ class Picard(AbstractIterativeSolver):
         return None
 
     def step(self, g, x, gx, state, *, xp):
-        # x_{k+1} = x_k + (1 - damping) * g(x_k) = (1 - damping) f(x_k) + damping x_k
-        x_new = x + gx if self.damping == 0.0 else x + (1.0 - self.damping) * gx
+        # x_{k+1} = x_k + (1 - damping) * g(x_k) = (1 - damping) f(x_k) + damping x_k;
+        # undamped on a fixed-point problem, f(x_k) itself (no new array: an unrolled
+        # backward pass then keeps one array per iteration, as a plain loop does)
+        if self.damping == 0.0:
+            x_new = point_value(g, x, gx, xp=xp)
+        else:
+            x_new = x + (1.0 - self.damping) * gx
         return Step(x_new, g(x_new), state)
