@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._tree import tree_flatten, tree_unflatten
-from .._xp import is_array as _is_any_array
 from .._xp import device as _device
+from .._xp import is_array as _is_any_array
 from . import _ops
 from ._core import (
     _UNKEPT,
