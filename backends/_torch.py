@@ -112,6 +112,12 @@ def random_uniform(shape, seed, *, low=0.0, high=1.0, dtype=None, device=None):
     return from_numpy(_common.host_uniform(shape, seed, dtype, low, high), device=device)
 
 
+def storage(x) -> tuple[int, int]:
+    """``(key, nbytes)`` of the storage `x` lives in; views of one storage share the key."""
+    s = x.untyped_storage()
+    return (s.device.type, s.data_ptr()), int(s.nbytes())
+
+
 def synchronize() -> None:
     """Wait for queued CUDA work (nothing to wait for on the CPU)."""
     torch = _torch()

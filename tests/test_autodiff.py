@@ -568,7 +568,7 @@ def test_unrolled_loop_keeps_one_array_per_step(xp, steps):
     """
     Wt, inj, z0 = _loop_problem(xp)
 
-    def loop(Wt, inj):
+    def loop(Wt, inj, z0=z0):
         z = z0
         for _ in range(steps):
             z = _loop_cell(z, Wt, inj)
@@ -583,8 +583,10 @@ def test_unrolled_loop_keeps_one_array_per_step(xp, steps):
     assert s.nbytes == itemsize * (kept_wt * d * d + (steps + 1) * n * d)
     assert s.by_primitive["add"] == (steps, 0)
     # what is kept is what the gradient needs: it matches the unrolled reference
+    z0_64 = xp.astype(z0, xp.float64)  # no mixed dtypes: torch refuses them in matmul
     check_grads(
-        lambda Wt, inj: loop(Wt, inj), (xp.astype(Wt, xp.float64), xp.astype(inj, xp.float64))
+        lambda Wt, inj: loop(Wt, inj, z0_64),
+        (xp.astype(Wt, xp.float64), xp.astype(inj, xp.float64)),
     )
 
 
