@@ -61,8 +61,7 @@ class Anderson(AbstractIterativeSolver):
         size of `x0` whatever the scale of ``F``), or, when one directional difference
         (one extra evaluation) shows that this step would go clearly uphill (cosine
         between ``F0`` and ``J F0`` above 0.1), the step that minimises the linearised
-        residual along ``F0``, ``-(F0 . J F0) / ||J F0||^2`` (see
-        :func:`~implicitnet.solvers._base.initial_beta`).
+        residual along ``F0``, ``-(F0 . J F0) / ||J F0||^2``.
     regularization : float, default: 1e-8
         Tikhonov regularisation ``lambda`` of the least-squares problem, relative to
         the scale of the residuals (the Gram matrix is scaled to unit diagonal before

@@ -95,8 +95,7 @@ class Broyden(AbstractIterativeSolver):
         size of `x0` whatever the scale of ``F``), or, when one directional difference
         (one extra evaluation) shows that this step would go clearly uphill (cosine
         between ``F0`` and ``J F0`` above 0.1), the step that minimises the linearised
-        residual along ``F0``, ``-(F0 . J F0) / ||J F0||^2`` (see
-        :func:`~implicitnet.solvers._base.initial_beta`).
+        residual along ``F0``, ``-(F0 . J F0) / ||J F0||^2``.
     line_search : bool, default: False
         Backtracking on the residual norm: a trial ``x + t d`` is accepted when
         ``||g(x + t d)|| <= (1 - 1e-4 t) ||g(x)||``; otherwise `t` is halved. When `t`
