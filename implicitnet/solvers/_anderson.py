@@ -59,9 +59,9 @@ class Anderson(AbstractIterativeSolver):
         ``-I / beta``. Default: 1 for a fixed-point problem; for a root problem, per
         system, SciPy's ``0.5 * max(||x0||, 1) / ||F(x0)||`` (a first step about half the
         size of `x0` whatever the scale of ``F``), or, when one directional difference
-        (one extra evaluation) shows that this step would go uphill
-        (``F0 . J F0 > 0``), the step that minimises the linearised residual along
-        ``F0``, ``-(F0 . J F0) / ||J F0||^2``.
+        (one extra evaluation) shows that this step would go clearly uphill (cosine
+        between ``F0`` and ``J F0`` above 0.1), the step that minimises the linearised
+        residual along ``F0``, ``-(F0 . J F0) / ||J F0||^2``.
     regularization : float, default: 1e-8
         Tikhonov regularisation ``lambda`` of the least-squares problem, relative to
         the scale of the residuals (the Gram matrix is scaled to unit diagonal before

@@ -93,9 +93,9 @@ class Broyden(AbstractIterativeSolver):
         Default: 1 for a fixed-point problem; for a root problem, per system,
         SciPy's ``0.5 * max(||x0||, 1) / ||F(x0)||`` (a first step about half the
         size of `x0` whatever the scale of ``F``), or, when one directional difference
-        (one extra evaluation) shows that this step would go uphill
-        (``F0 . J F0 > 0``), the step that minimises the linearised residual along
-        ``F0``, ``-(F0 . J F0) / ||J F0||^2``.
+        (one extra evaluation) shows that this step would go clearly uphill (cosine
+        between ``F0`` and ``J F0`` above 0.1), the step that minimises the linearised
+        residual along ``F0``, ``-(F0 . J F0) / ||J F0||^2``.
     line_search : bool, default: False
         Backtracking on the residual norm: a trial ``x + t d`` is accepted when
         ``||g(x + t d)|| <= (1 - 1e-4 t) ||g(x)||``; otherwise `t` is halved. When `t`
