@@ -691,6 +691,10 @@ def _cmd_train(ns) -> int:
         meta["config"].setdefault("classes", meta["num_classes"])
     config = _config_from(ns, None if meta is None else meta["config"])
     seq = config["model"] == "transformer"
+    if seq and float(config.get("dropout") or 0.0) != 0.0:
+        raise _Usage("--dropout: the transformer model has no dropout")
+    if seq and ns.classes is not None:
+        raise _Usage("--classes is for image data; a text's symbols are its classes")
     if not seq and not config.get("data") and int(config.get("classes") or 10) != 10:
         raise _Usage(f"--classes {config['classes']}: the digits have 10 classes; it is for --data")
     # A resumed run goes on saving to its own checkpoint unless --save names another.

@@ -100,6 +100,10 @@ def test_jacobian_regularisation_option(capsys):
     assert np.isfinite(row["train_bpc"])
     code, out, err = _run(capsys, [*TINY, "--jac-reg", "-1"])
     assert code == 2 and "--jac-reg" in err
+    code, out, err = _run(capsys, [*TINY, "--dropout", "0.2"])
+    assert code == 2 and "--dropout" in err
+    code, out, err = _run(capsys, [*TINY, "--classes", "5"])
+    assert code == 2 and "--classes" in err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
