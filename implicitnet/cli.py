@@ -70,7 +70,7 @@ def _cmd_info(ns) -> int:
 
 _SOLVERS = ("anderson", "broyden", "picard", "newton_krylov")
 _BACKWARDS = ("implicit", "phantom", "unrolled")
-_MODELS = ("mlp", "conv")
+_MODELS = ("mlp", "conv", "transformer")
 # Options that define the model, the data order or the optimizer: a resumed run takes
 # them from the checkpoint, and refuses different values on the command line.
 _FIXED_ON_RESUME = (
@@ -84,6 +84,9 @@ _FIXED_ON_RESUME = (
     "dtype",
     "limit",
     "classes",
+    "heads",
+    "seq_len",
+    "jac_reg",
 )
 
 
@@ -102,6 +105,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 
@@ -137,6 +150,7 @@ def _seed(text: str) -> int:
 
 def _add_train_parser(sub) -> None:
     from ._train import COMMON_DEFAULTS, DEFAULTS
+    from ._train_seq import SEQ_DEFAULTS as seq
 
     mlp, conv = DEFAULTS["mlp"], DEFAULTS["conv"]
     p = sub.add_parser(
@@ -151,7 +165,13 @@ def _add_train_parser(sub) -> None:
         ),
     )
     g = p.add_argument_group("model and solver")
-    g.add_argument("--model", choices=_MODELS, default=None, help="architecture (default: mlp)")
+    g.add_argument(
+        "--model",
+        choices=_MODELS,
+        default=None,
+        help="architecture (default: mlp); transformer: a weight-tied transformer DEQ "
+        "language model on characters (pydoc_data.topics, or the text file --data)",
+    )
     g.add_argument(
         "--solver",
         choices=_SOLVERS,
@@ -188,6 +208,26 @@ def _add_train_parser(sub) -> None:
         type=_rate,
         default=None,
         help=f"variational dropout rate (default: mlp {mlp['dropout']}, conv {conv['dropout']})",
+    )
+    g.add_argument(
+        "--heads",
+        type=_positive_int,
+        default=None,
+        help=f"attention heads of the transformer (default: {seq['heads']})",
+    )
+    g.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        default=None,
+        help=f"characters per training window of the transformer (default: {seq['seq_len']})",
+    )
+    g.add_argument(
+        "--jac-reg",
+        type=_nonnegative_float,
+        default=None,
+        metavar="WEIGHT",
+        help="weight of the Jacobian regularisation ||df/dz||_F^2 added to the "
+        "transformer's loss (Bai, Koltun & Kolter, 2021; default: 0, none)",
     )
     t = p.add_argument_group("training")
     t.add_argument(
@@ -227,10 +267,11 @@ def _add_train_parser(sub) -> None:
     io = p.add_argument_group("data, checkpoints and output")
     io.add_argument(
         "--data",
-        metavar="DIR",
+        metavar="PATH",
         default=None,
         help="directory of MNIST-format IDX files (train-images-idx3-ubyte, ...) "
-        "instead of the embedded digits",
+        "instead of the embedded digits; with --model transformer, a UTF-8 text file "
+        "instead of pydoc_data.topics",
     )
     io.add_argument(
         "--classes",
@@ -338,12 +379,17 @@ def _config_from(ns, checkpoint_config: dict | None) -> dict:
             "data",
             "classes",
             "limit",
+            "heads",
+            "seq_len",
+            "jac_reg",
         )
         if getattr(ns, k, None) is not None
     }
     if checkpoint_config is None:
+        from ._train_seq import SEQ_DEFAULTS
+
         model = given.setdefault("model", "mlp")
-        return {**COMMON_DEFAULTS, **DEFAULTS[model], **given}
+        return {**COMMON_DEFAULTS, **DEFAULTS.get(model, SEQ_DEFAULTS), **given}
     config = dict(checkpoint_config)
     for key in _FIXED_ON_RESUME:
         if key in given and given[key] != config.get(key):
@@ -403,6 +449,103 @@ def _load_data(config: dict, be):
         return load_data(config, backend=be)
     except (OSError, ValueError) as exc:
         raise _Failure(str(exc)) from None
+
+
+def _load_corpus(config: dict, be):
+    from ._train_seq import load_corpus
+
+    try:
+        return load_corpus(config, backend=be)
+    except (OSError, ValueError) as exc:
+        raise _Failure(str(exc)) from None
+
+
+def _seq_windows(corpus, config: dict, split: str = "train") -> int:
+    from ._train_seq import count_windows
+
+    try:
+        return count_windows(corpus, config, split)
+    except ValueError as exc:
+        raise _Failure(f"--seq-len {config['seq_len']}: {exc}") from None
+
+
+def _train_epoch_lm(*args, **kwargs):
+    from ._train_seq import train_epoch_lm
+
+    return train_epoch_lm(*args, **kwargs)
+
+
+def _evaluate_lm_splits(model, corpus, config: dict) -> dict:
+    from ._train_seq import evaluate_lm
+
+    valid = evaluate_lm(model, corpus.valid, config)
+    test = evaluate_lm(model, corpus.test, config)
+    return {
+        "valid_bpc": valid["bpc"],
+        "test_bpc": test["bpc"],
+        "test_fwd_iter": test["fwd_iter"],
+        "test_fwd_rel_residual": test["fwd_rel_residual"],
+        "eval_seconds": valid["seconds"] + test["seconds"],
+    }
+
+
+def _seq_epoch_line(row: dict, epochs: int, rtol: float) -> str:
+    width = len(str(epochs))
+    bwd = "-" if row["bwd_iter"] is None else f"{row['bwd_iter']:.1f}"
+    line = (
+        f"epoch {row['epoch']:>{width}}/{epochs}  train {row['train_bpc']:.3f}  "
+        f"valid {row['valid_bpc']:.3f}  test {row['test_bpc']:.3f} bpc  "
+        f"fwd {row['fwd_iter']:4.1f} it (rel res {row['fwd_rel_residual']:.1e}, "
+        f"rtol {rtol:.1e})  bwd {bwd:>4} it  {row['seconds'] + row['eval_seconds']:.1f} s"
+    )
+    notes = []
+    if row.get("unconverged"):
+        notes.append(f"{row['unconverged']} unconverged windows")
+    if row.get("bwd_failures"):
+        notes.append(f"{row['bwd_failures']} adjoint solves unconverged")
+    return line + (f"  [{'; '.join(notes)}]" if notes else "")
+
+
+def _write_seq_plot(path: str, history: list, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    axes = fig.subplots(2, 2)
+    ax = axes[0, 0]
+    for key, label in (("train_bpc", "train"), ("valid_bpc", "validation"), ("test_bpc", "test")):
+        ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    ax.set_title("bits per character")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    ax = axes[0, 1]
+    per_batch = [b for h in history for b in h.get("fwd_iter_batches", [])]
+    ax.plot(range(1, len(per_batch) + 1), per_batch)
+    ax.set_title("forward iterations per batch")
+    ax.set_xlabel("batch")
+    ax = axes[1, 0]
+    ax.plot(epochs, [h["fwd_iter"] for h in history], marker="o", label="forward")
+    bwd = [h["bwd_iter"] for h in history]
+    if any(b is not None for b in bwd):
+        ax.plot(epochs, [math.nan if b is None else b for b in bwd], marker="o", label="backward")
+    ax.set_title("mean solver iterations")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    ax = axes[1, 1]
+    ax.plot(epochs, [h["fwd_rel_residual"] for h in history], marker="o")
+    ax.set_yscale("log")
+    ax.set_title("mean relative forward residual")
+    ax.set_xlabel("epoch")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise _Failure(f"--plot {path}: directory {directory} does not exist")
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise _Failure(f"--plot {path}: {exc.strerror or exc}") from None
 
 
 class _Progress:
@@ -576,7 +719,14 @@ def _cmd_train(ns) -> int:
         # Checkpoints from before --classes: the model's class count is the one trained.
         meta["config"].setdefault("classes", meta["num_classes"])
     config = _config_from(ns, None if meta is None else meta["config"])
-    if not config.get("data") and int(config.get("classes") or 10) != 10:
+    seq = config["model"] == "transformer"
+    if seq and float(config.get("dropout") or 0.0) != 0.0:
+        raise _Usage("--dropout: the transformer model has no dropout")
+    if seq and ns.distributed:
+        raise _Usage("--distributed trains the image models; --model transformer runs on one process")
+    if seq and ns.classes is not None:
+        raise _Usage("--classes is for image data; a text's symbols are its classes")
+    if not seq and not config.get("data") and int(config.get("classes") or 10) != 10:
         raise _Usage(f"--classes {config['classes']}: the digits have 10 classes; it is for --data")
     # A resumed run goes on saving to its own checkpoint unless --save names another.
     save = ns.save if ns.save is not None else ns.resume
@@ -591,25 +741,41 @@ def _cmd_train(ns) -> int:
     if save is not None:
         _check_writable(save, save_flag)
     be = _backend_module(config["backend"], ns.device)
-    ds = _load_data(config, be)
-    in_shape = tuple(int(s) for s in ds.x_train.shape[1:])
-    n_train = int(ds.x_train.shape[0])
+    if seq:
+        ds = _load_corpus(config, be)
+        in_shape, num_classes = (int(config["seq_len"]),), ds.vocab_size
+        n_train = _seq_windows(ds, config)
+        n_test = _seq_windows(ds, config, "test")
+    else:
+        ds = _load_data(config, be)
+        in_shape, num_classes = tuple(int(s) for s in ds.x_train.shape[1:]), ds.num_classes
+        n_train, n_test = int(ds.x_train.shape[0]), int(ds.x_test.shape[0])
     if n_train == 0:
         raise _Failure("the training set is empty")
     try:
         rng = nn.generator(int(config["seed"]))
-        model = build_model(config, rng, in_shape=in_shape, num_classes=ds.num_classes, backend=be)
+        if seq:
+            from ._train_seq import build_lm
+
+            model = build_lm(config, rng, vocab_size=num_classes, backend=be)
+        else:
+            model = build_model(config, rng, in_shape=in_shape, num_classes=num_classes, backend=be)
         optimizer = build_optimizer(config, n_train)
     except (TypeError, ValueError) as exc:
         raise _Usage(str(exc)) from None
     opt_state = optimizer.init(model)
     start, history = 0, []
     if meta is not None:
-        if list(meta["in_shape"]) != list(in_shape) or meta["num_classes"] != ds.num_classes:
+        if seq and meta.get("vocab") != ds.vocab:
+            raise _Failure(
+                f"{ns.resume}: the checkpoint was trained on text with another vocabulary "
+                f"({meta['num_classes']} symbols; this text has {num_classes})"
+            )
+        if list(meta["in_shape"]) != list(in_shape) or meta["num_classes"] != num_classes:
             raise _Failure(
                 f"{ns.resume}: the checkpoint was trained on inputs of shape "
                 f"{tuple(meta['in_shape'])} with {meta['num_classes']} classes, the data "
-                f"has {in_shape} and {ds.num_classes}"
+                f"has {in_shape} and {num_classes}"
             )
         try:
             tree = nn.load(ns.resume, like={"model": model, "optimizer": opt_state})
@@ -630,7 +796,7 @@ def _cmd_train(ns) -> int:
             "epochs": history[-1]["epoch"] if history else 0,
             "of": epochs,
             "ran": len(history) - (len(meta["history"]) if meta is not None else 0),
-            "test_acc": history[-1]["test_acc"] if history else None,
+            "test_acc": history[-1].get("test_acc") if history else None,
             "seconds": elapsed,
             "seed": config["seed"],
             "model": config["model"],
@@ -640,6 +806,10 @@ def _cmd_train(ns) -> int:
             "saved_epoch": saved_epoch if saved is not None else None,
             "plot": ns.plot,
         }
+        if seq:
+            del out["test_acc"]
+            out["test_bpc"] = history[-1].get("test_bpc") if history else None
+            out["valid_bpc"] = history[-1].get("valid_bpc") if history else None
         if message is not None:
             out["message"] = message
         if saved is not None and saved_epoch < epochs and status != "diverged":
@@ -658,7 +828,17 @@ def _cmd_train(ns) -> int:
         return 0
     stop = epochs if ns.stop_after is None else min(epochs, start + ns.stop_after)
     disable = True if ns.no_progress else None
-    if not ns.json:
+    if not ns.json and seq:
+        print(
+            f"training a transformer DEQ language model on {ds.name} ({n_train} train / "
+            f"{n_test} test windows of {config['seq_len']} characters, {num_classes} "
+            f"symbols, {model.num_parameters()} parameters): solver {config['solver']}, "
+            f"backward {config['backward']}, rtol {config['rtol']:g}, jac-reg "
+            f"{config['jac_reg']:g}, seed {config['seed']}, backend {config['backend']}"
+            + (f"; resuming after epoch {start}" if start else ""),
+            flush=True,
+        )
+    elif not ns.json:
         kind = "an MLP" if config["model"] == "mlp" else "a convolutional"
         data_name = config["data"] or "digits"
         print(
@@ -675,23 +855,29 @@ def _cmd_train(ns) -> int:
         for epoch in range(start, stop):
             bar = _Progress(n_train, f"epoch {epoch + 1}/{epochs}", disable)
             try:
-                model, opt_state, metrics = getattr(ns, "data_parallel", train_epoch)(
+                step = _train_epoch_lm if seq else getattr(ns, "data_parallel", train_epoch)
+                model, opt_state, metrics = step(
                     model, optimizer, opt_state, ds, config, epoch, rng, progress=bar
                 )
             finally:
                 bar.close()
-            test = evaluate(model, ds.x_test, ds.y_test)
-            row = {
-                "epoch": epoch + 1,
-                **metrics,
-                "test_acc": test["accuracy"],
-                "test_loss": test["loss"],
-                "test_fwd_iter": test["fwd_iter"],
-            }
-            row["seconds"] = metrics["seconds"] + test["seconds"]
+            if seq:
+                row = {"epoch": epoch + 1, **metrics, **_evaluate_lm_splits(model, ds, config)}
+            else:
+                test = evaluate(model, ds.x_test, ds.y_test)
+                row = {
+                    "epoch": epoch + 1,
+                    **metrics,
+                    "test_acc": test["accuracy"],
+                    "test_loss": test["loss"],
+                    "test_fwd_iter": test["fwd_iter"],
+                }
+                row["seconds"] = metrics["seconds"] + test["seconds"]
             history.append(row)
             if ns.json:
                 print(json.dumps(_jsonable(row)), flush=True)
+            elif seq:
+                print(_seq_epoch_line(row, epochs, config["rtol"]), flush=True)
             else:
                 print(_epoch_line(row, epochs, config["rtol"]), flush=True)
             if save is not None:
@@ -703,8 +889,10 @@ def _cmd_train(ns) -> int:
                     "rng": rng.bit_generator.state,
                     "history": _jsonable(history),
                     "in_shape": list(in_shape),
-                    "num_classes": ds.num_classes,
+                    "num_classes": num_classes,
                 }
+                if seq:
+                    meta_out["vocab"] = ds.vocab
                 try:
                     nn.save(save, {"model": model, "optimizer": opt_state}, metadata=meta_out)
                 except OSError as exc:
@@ -739,7 +927,14 @@ def _cmd_train(ns) -> int:
             print(json.dumps(_jsonable(out)), flush=True)
         raise _Stopped(status, message, 1) from None
     elapsed = time.perf_counter() - t_run
-    if ns.plot is not None and history:
+    if ns.plot is not None and history and seq:
+        _write_seq_plot(
+            ns.plot,
+            history,
+            f"transformer DEQ, {config['solver']} / {config['backward']}, "
+            f"jac-reg {config['jac_reg']:g}, seed {config['seed']}",
+        )
+    elif ns.plot is not None and history:
         _write_plot(
             ns.plot,
             history,
@@ -757,13 +952,22 @@ def _cmd_train(ns) -> int:
         if ns.plot:
             extra.append(f"plot in {ns.plot}")
         status = "done" if done == epochs else f"stopped after epoch {done} of {epochs}"
-        print(
-            f"{status}: test accuracy {100 * result['test_acc']:.2f}% after {done} "
-            f"epoch{'' if done == 1 else 's'} "
-            f"({result['ran']} in this run, {elapsed:.1f} s), seed {config['seed']}"
-            + (f"; {', '.join(extra)}" if extra else ""),
-            flush=True,
-        )
+        if seq:
+            print(
+                f"{status}: test {result['test_bpc']:.3f} bits per character after {done} "
+                f"epoch{'' if done == 1 else 's'} ({result['ran']} in this run, "
+                f"{elapsed:.1f} s), seed {config['seed']}"
+                + (f"; {', '.join(extra)}" if extra else ""),
+                flush=True,
+            )
+        else:
+            print(
+                f"{status}: test accuracy {100 * result['test_acc']:.2f}% after {done} "
+                f"epoch{'' if done == 1 else 's'} "
+                f"({result['ran']} in this run, {elapsed:.1f} s), seed {config['seed']}"
+                + (f"; {', '.join(extra)}" if extra else ""),
+                flush=True,
+            )
         if "resume" in result:
             print(f"continue with: {result['resume']}", flush=True)
     return 0
@@ -785,6 +989,8 @@ def _cmd_evaluate(ns) -> int:
 
     meta, _ = _read_checkpoint(ns.path)
     config = dict(meta["config"])
+    if config.get("model") == "transformer":
+        return _evaluate_seq(ns, meta, config)
     config.setdefault("classes", meta["num_classes"])
     for key in ("data", "backend", "solver", "rtol", "maxiter"):
         if getattr(ns, key) is not None:
@@ -824,6 +1030,106 @@ def _cmd_evaluate(ns) -> int:
     return 0
 
 
+def _load_lm(path: str, meta: dict, config: dict, be):
+    """The language model of a transformer checkpoint."""
+    from . import nn
+    from ._train import build_optimizer
+    from ._train_seq import build_lm
+
+    if not isinstance(meta.get("vocab"), str) or len(meta["vocab"]) != meta["num_classes"]:
+        raise _Failure(f"{path}: corrupt checkpoint (no vocabulary)")
+    try:
+        model = build_lm(config, nn.generator(0), vocab_size=meta["num_classes"], backend=be)
+        opt_state = build_optimizer(config, 1).init(model)
+        tree = nn.load(path, like={"model": model, "optimizer": opt_state})
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise _Failure(f"corrupt checkpoint: {exc}") from None
+    return tree["model"]
+
+
+def _evaluate_seq(ns, meta: dict, config: dict) -> int:
+    from ._train_seq import evaluate_lm
+
+    for key in ("data", "backend", "solver", "rtol", "maxiter"):
+        if getattr(ns, key) is not None:
+            config[key] = getattr(ns, key)
+    be = _backend_module(config["backend"])
+    corpus = _load_corpus(config, be)
+    if corpus.vocab != meta.get("vocab"):
+        raise _Failure(f"{ns.path}: the text's vocabulary differs from the model's")
+    model = _load_lm(ns.path, meta, config, be)
+    out = evaluate_lm(model, corpus.test, config)
+    out = {"path": ns.path, "epoch": meta["epoch"], **out}
+    if ns.json:
+        print(json.dumps(_jsonable(out)))
+        return 0
+    print(
+        f"{ns.path}: transformer DEQ after {meta['epoch']} epochs, {out['windows']} test "
+        f"windows of {corpus.name}"
+    )
+    print(
+        f"test {out['bpc']:.3f} bits per character  fwd {out['fwd_iter']:.1f} it (mean rel "
+        f"res {out['fwd_rel_residual']:.1e}, {out['unconverged']} unconverged)  solver "
+        f"{config['solver']} rtol {config['rtol']:g}  {out['seconds']:.2f} s"
+    )
+    return 0
+
+
+def _add_sample_parser(sub) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate text with a trained transformer language model",
+        description="Continue a prompt with characters drawn one at a time from a "
+        "checkpoint written by `implicitnet train --model transformer --save`.",
+    )
+    p.add_argument("path", metavar="CHECKPOINT", help="transformer checkpoint")
+    p.add_argument("--prompt", required=True, help="text to continue (symbols of the corpus)")
+    p.add_argument(
+        "--length", type=_positive_int, default=200, help="characters to generate (default: 200)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=_nonnegative_float,
+        default=1.0,
+        help="softmax temperature; 0 picks the most likely character (default: 1)",
+    )
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    p.add_argument("--backend", choices=_backends.BACKEND_NAMES, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _cmd_sample(ns) -> int:
+    from ._train_seq import sample_text
+
+    meta, _ = _read_checkpoint(ns.path)
+    config = dict(meta["config"])
+    if config.get("model") != "transformer":
+        raise _Failure(f"{ns.path}: a {config.get('model')} classifier, not a language model")
+    if ns.backend is not None:
+        config["backend"] = ns.backend
+    be = _backend_module(config["backend"])
+    model = _load_lm(ns.path, meta, config, be)
+    try:
+        text = sample_text(
+            model,
+            meta["vocab"],
+            ns.prompt,
+            ns.length,
+            context=int(config["seq_len"]),
+            temperature=ns.temperature,
+            seed=ns.seed,
+        )
+    except ValueError as exc:
+        raise _Usage(str(exc).replace("`prompt`", "--prompt")) from None
+    if ns.json:
+        out = {"prompt": ns.prompt, "text": text, "temperature": ns.temperature, "seed": ns.seed}
+        print(json.dumps(out))
+    else:
+        print(ns.prompt + text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="implicitnet", description="Implicit layers on the array API.")
     parser.add_argument("--version", action="version", version=f"implicitnet {__version__}")
@@ -836,6 +1142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.set_defaults(func=_cmd_info)
     _add_train_parser(sub)
     _add_evaluate_parser(sub)
+    _add_sample_parser(sub)
     return parser
 
 

@@ -48,6 +48,15 @@ from ._reparam import WeightNorm as WeightNorm
 from ._reparam import spectral_norm as spectral_norm
 from ._reparam import update_buffers as update_buffers
 from ._reparam import weight_norm as weight_norm
+from ._sequence import CausalSelfAttention as CausalSelfAttention
+from ._sequence import Embedding as Embedding
+from ._sequence import SequenceLM as SequenceLM
+from ._sequence import TransformerCell as TransformerCell
+from ._sequence import Unrolled as Unrolled
+from ._sequence import causal_mask as causal_mask
+from ._sequence import positional_encoding as positional_encoding
+from ._sequence import transformer_deq as transformer_deq
+from ._sequence import transformer_stack as transformer_stack
 from ._serialize import load as load
 from ._serialize import load_metadata as load_metadata
 from ._serialize import named_leaves as named_leaves
@@ -56,9 +65,11 @@ from ._serialize import save as save
 __all__ = [
     "DEQ",
     "GELU",
+    "CausalSelfAttention",
     "Conv2d",
     "ConvCell",
     "DEQClassifier",
+    "Embedding",
     "GroupNorm",
     "LayerNorm",
     "Linear",
@@ -67,14 +78,18 @@ __all__ = [
     "MonotoneLinear",
     "ReLU",
     "ReluCell",
+    "SequenceLM",
     "Sequential",
     "Sigmoid",
     "SpectralNorm",
     "Tanh",
     "TanhCell",
+    "TransformerCell",
+    "Unrolled",
     "VariationalDropout",
     "WeightNorm",
     "accuracy",
+    "causal_mask",
     "conv2d",
     "conv2d_input_grad",
     "conv2d_weight_grad",
@@ -91,12 +106,15 @@ __all__ = [
     "mlp_deq",
     "named_leaves",
     "normal_init",
+    "positional_encoding",
     "relu",
     "save",
     "sigmoid",
     "softmax",
     "spectral_norm",
     "tanh",
+    "transformer_deq",
+    "transformer_stack",
     "uniform_init",
     "update_buffers",
     "weight_norm",
