@@ -270,7 +270,19 @@ def train_epoch(
         mask = model.mask(n, rng, like=xb)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            (loss, (logits, res)), grads = loss_grad(model, xb, yb, mask)
+            try:
+                (loss, (logits, res)), grads = loss_grad(model, xb, yb, mask)
+            except ValueError as exc:
+                # Finite but huge parameters can make the cell overflow at the start of
+                # the solve, which the solver refuses as a bad problem: here it is the
+                # training that diverged.
+                if "is not finite" not in str(exc):
+                    raise
+                msg = (
+                    f"the forward solve met inf or NaN in epoch {epoch + 1}, batch "
+                    f"{batch + 1}: the parameters overflowed ({exc})"
+                )
+                raise FloatingPointError(msg) from None
         backward_failures += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
         model, opt_state = optimizer.update(model, grads, opt_state)
         probe = _finite_probe(model)

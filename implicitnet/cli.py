@@ -723,7 +723,7 @@ def _cmd_train(ns) -> int:
     if seq and float(config.get("dropout") or 0.0) != 0.0:
         raise _Usage("--dropout: the transformer model has no dropout")
     if seq and ns.distributed:
-        raise _Usage("--distributed is for the image models; --model transformer runs in one process")
+        raise _Usage("--distributed is for the image models; --model transformer runs alone")
     if seq and ns.classes is not None:
         raise _Usage("--classes is for image data; a text's symbols are its classes")
     if not seq and not config.get("data") and int(config.get("classes") or 10) != 10:
