@@ -428,7 +428,10 @@ def test_bad_inputs(xp):
         inet.linalg.gmres(A, b, maxiter=-1)
     with pytest.raises(ValueError, match="`batch_axis`"):
         inet.linalg.gmres(A, b, batch_axis=3)
-    with pytest.raises(ValueError, match="`b`"):
+    with pytest.raises(ValueError, match="`maxiter` must be at least 1"):
+        inet.linalg.gmres(A, b, maxiter=0)
+    # A 0-D `b` is one equation in one unknown (as in SciPy): a 3 x 3 `A` does not fit.
+    with pytest.raises(ValueError, match=r"`A` as a matrix must have shape \(1, 1\)"):
         inet.linalg.gmres(A, xp.asarray(1.0))
 
 
