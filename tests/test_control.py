@@ -311,11 +311,6 @@ def _loss(x0, params, weights, **kw):
     return xp.sum(u[:, :3, 0] ** 2) + xp.sum(u)
 
 
-@pytest.mark.skip_backend(
-    "array_api_strict",
-    reason="Broyden's rejected-step update mixes a raw array and a Tensor "
-    "(solvers/_broyden.py), which array-api-strict refuses under backward='unrolled'",
-)
 def test_implicit_gradient_equals_unrolled_backprop(xp, backend):
     params = MODEL.default_params(xp=xp, damping=0.1)
     args = (xp.asarray(X0), params, _weights(xp))

@@ -394,7 +394,7 @@ class Broyden(AbstractIterativeSolver):
         # rejected trial.
         cx = t_new[:, None] * cn if line_search else cn
         if not all_accepted:
-            cx = cx - xp.where(accept, 0.0, t)[:, None] * C[:, j, : k + 1]
+            cx = cx - C[:, j, : k + 1] * xp.where(accept, 0.0, t)[:, None]
         x_new = x + xp.matmul(cx[:, None, :], R[:, : k + 1, :])[:, 0, :]
         g_new = g(x_new)
         r_new = row_norms(g_new, xp=xp)
