@@ -224,6 +224,26 @@ class _Running:
         return self.sums.get(key, math.nan) / self.n if self.n else math.nan
 
 
+def _checked_loss(loss, model, epoch: int, batch: int) -> float:
+    """The batch's loss as a float, after checking it and the updated `model`.
+
+    One host read checks both (the loss plus :func:`_finite_probe`); raises
+    ``FloatingPointError`` naming the epoch, the batch and, if the loss is finite, the
+    parameter that is not.
+    """
+    probe = _finite_probe(model)
+    checked = float(_raw(loss) if probe is None else _raw(loss) + probe)
+    value = float(_raw(loss))
+    if not math.isfinite(checked):
+        where = f"in epoch {epoch + 1}, batch {batch + 1}"
+        if not math.isfinite(value):
+            msg = f"the training loss became {value} {where}"
+        else:
+            msg = f"parameter {_nonfinite_parameter(model)!r} became inf or NaN {where}"
+        raise FloatingPointError(msg)
+    return value
+
+
 def train_epoch(
     model,
     optimizer,
@@ -285,17 +305,7 @@ def train_epoch(
                 raise FloatingPointError(msg) from None
         backward_failures += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
         model, opt_state = optimizer.update(model, grads, opt_state)
-        probe = _finite_probe(model)
-        checked = float(_raw(loss) if probe is None else _raw(loss) + probe)
-        loss = float(_raw(loss))
-        if not math.isfinite(checked):
-            where = f"in epoch {epoch + 1}, batch {batch + 1}"
-            if not math.isfinite(loss):
-                msg = f"the training loss became {loss} {where}"
-            else:
-                name = _nonfinite_parameter(model)
-                msg = f"parameter {name!r} became inf or NaN {where}"
-            raise FloatingPointError(msg)
+        loss = _checked_loss(loss, model, epoch, batch)
         bwd = res.stats.get("backward")
         if bwd is not None:
             backward_seen = True

@@ -14,7 +14,7 @@ from typing import Any
 from . import backends, nn
 from . import data as _data
 from ._result import ConvergenceWarning
-from ._train import _finite_probe, _mean, _nonfinite_parameter, _raw, _relative_residuals, _Running
+from ._train import _checked_loss, _mean, _relative_residuals, _Running
 from ._xp import device, namespace
 from .autodiff import value_and_grad
 
@@ -154,16 +154,7 @@ def train_epoch_lm(
             (_, (ce, res)), grads = loss_grad(model, xb, yb, jac_reg, seed)
         backward_failures += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
         model, opt_state = optimizer.update(model, grads, opt_state)
-        probe = _finite_probe(model)
-        checked = float(_raw(ce) if probe is None else _raw(ce) + probe)
-        loss = float(_raw(ce))
-        if not math.isfinite(checked):
-            where = f"in epoch {epoch + 1}, batch {batch + 1}"
-            if not math.isfinite(loss):
-                msg = f"the training loss became {loss} {where}"
-            else:
-                msg = f"parameter {_nonfinite_parameter(model)!r} became inf or NaN {where}"
-            raise FloatingPointError(msg)
+        loss = _checked_loss(ce, model, epoch, batch)
         bwd = res.stats.get("backward")
         backward_seen = backward_seen or bwd is not None
         xp = namespace(res.converged)

@@ -491,19 +491,12 @@ def _evaluate_lm_splits(model, corpus, config: dict) -> dict:
 
 def _seq_epoch_line(row: dict, epochs: int, rtol: float) -> str:
     width = len(str(epochs))
-    bwd = "-" if row["bwd_iter"] is None else f"{row['bwd_iter']:.1f}"
-    line = (
+    head = (
         f"epoch {row['epoch']:>{width}}/{epochs}  train {row['train_bpc']:.3f}  "
         f"valid {row['valid_bpc']:.3f}  test {row['test_bpc']:.3f} bpc  "
-        f"fwd {row['fwd_iter']:4.1f} it (rel res {row['fwd_rel_residual']:.1e}, "
-        f"rtol {rtol:.1e})  bwd {bwd:>4} it  {row['seconds'] + row['eval_seconds']:.1f} s"
     )
-    notes = []
-    if row.get("unconverged"):
-        notes.append(f"{row['unconverged']} unconverged windows")
-    if row.get("bwd_failures"):
-        notes.append(f"{row['bwd_failures']} adjoint solves unconverged")
-    return line + (f"  [{'; '.join(notes)}]" if notes else "")
+    seconds = row["seconds"] + row["eval_seconds"]
+    return head + _solver_columns(row, rtol, seconds, "windows")
 
 
 def _write_seq_plot(path: str, history: list, title: str) -> None:
@@ -567,23 +560,29 @@ class _Progress:
         self.bar.close()
 
 
-def _epoch_line(row: dict, epochs: int, rtol: float) -> str:
+def _solver_columns(row: dict, rtol: float, seconds: float, units: str) -> str:
     # The forward residual is shown relative to the state's norm, beside the rtol it
     # is tested against (the absolute figure is in the --json output).
-    width = len(str(epochs))
     bwd = "-" if row["bwd_iter"] is None else f"{row['bwd_iter']:.1f}"
     line = (
-        f"epoch {row['epoch']:>{width}}/{epochs}  loss {row['loss']:.4f}  "
-        f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
         f"fwd {row['fwd_iter']:4.1f} it (rel res {row['fwd_rel_residual']:.1e}, "
-        f"rtol {rtol:.1e})  bwd {bwd:>4} it  {row['seconds']:.1f} s"
+        f"rtol {rtol:.1e})  bwd {bwd:>4} it  {seconds:.1f} s"
     )
     notes = []
     if row.get("unconverged"):
-        notes.append(f"{row['unconverged']} unconverged samples")
+        notes.append(f"{row['unconverged']} unconverged {units}")
     if row.get("bwd_failures"):
         notes.append(f"{row['bwd_failures']} adjoint solves unconverged")
     return line + (f"  [{'; '.join(notes)}]" if notes else "")
+
+
+def _epoch_line(row: dict, epochs: int, rtol: float) -> str:
+    width = len(str(epochs))
+    head = (
+        f"epoch {row['epoch']:>{width}}/{epochs}  loss {row['loss']:.4f}  "
+        f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
+    )
+    return head + _solver_columns(row, rtol, row["seconds"], "samples")
 
 
 def _check_plot_available() -> None:

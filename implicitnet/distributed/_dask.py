@@ -14,6 +14,7 @@ from .._tree import tree_leaves
 from .._xp import device, namespace
 from ..solvers import fixed_point as _fixed_point
 from ..solvers import root as _root
+from ..solvers._api import check_tolerances
 from ..solvers._iterate import overall_status
 from ..solvers._registry import resolve_method
 
@@ -190,22 +191,6 @@ def _host_ints(a) -> list[int]:
     return [int(v) for v in to_host(a)]
 
 
-def _check_tolerances(rtol, atol, maxiter) -> None:
-    for value, label in ((rtol, "rtol"), (atol, "atol")):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            msg = f"`{label}` must be a real number, got {value!r}"
-            raise TypeError(msg)
-        if not (value >= 0 and math.isfinite(value)):
-            msg = f"`{label}` must be finite and non-negative, got {value!r}"
-            raise ValueError(msg)
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int):
-        msg = f"`maxiter` must be an integer, got {maxiter!r}"
-        raise TypeError(msg)
-    if maxiter < 1:
-        msg = f"`maxiter` must be at least 1, got {maxiter}"
-        raise ValueError(msg)
-
-
 def _normalise_axes(arg_batch_axes, n_args: int) -> tuple:
     if arg_batch_axes is None or (
         isinstance(arg_batch_axes, int) and not isinstance(arg_batch_axes, bool)
@@ -305,7 +290,7 @@ def _solve(
     if not isinstance(args, tuple | list):
         args = (args,)
     args = tuple(args)
-    _check_tolerances(rtol, atol, maxiter)
+    check_tolerances(rtol, atol, maxiter)
     solver = resolve_method(method, options)  # unknown names fail here, not on a worker
     ndim = x0.ndim
     if isinstance(batch_axis, bool) or not isinstance(batch_axis, int):

@@ -50,6 +50,23 @@ _COMMON_DOC = """
 """
 
 
+def check_tolerances(rtol, atol, maxiter) -> None:
+    """Raise ``TypeError``/``ValueError`` naming `rtol`, `atol` or `maxiter` if invalid."""
+    for value, label in ((rtol, "rtol"), (atol, "atol")):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            msg = f"`{label}` must be a real number, got {value!r}"
+            raise TypeError(msg)
+        if not (value >= 0 and math.isfinite(value)):
+            msg = f"`{label}` must be finite and non-negative, got {value!r}"
+            raise ValueError(msg)
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int):
+        msg = f"`maxiter` must be an integer, got {maxiter!r}"
+        raise TypeError(msg)
+    if maxiter < 1:
+        msg = f"`maxiter` must be at least 1, got {maxiter}"
+        raise ValueError(msg)
+
+
 def _solve(
     kind: str,
     f: Callable,
@@ -86,19 +103,7 @@ def _solve(
                 msg = f"`x0` must be an array (or pass `xp`): {exc}"
                 raise TypeError(msg) from exc
     x0 = as_float_array(x0, xp=xp, name="x0")
-    for value, label in ((rtol, "rtol"), (atol, "atol")):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            msg = f"`{label}` must be a real number, got {value!r}"
-            raise TypeError(msg)
-        if not (value >= 0 and math.isfinite(value)):
-            msg = f"`{label}` must be finite and non-negative, got {value!r}"
-            raise ValueError(msg)
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int):
-        msg = f"`maxiter` must be an integer, got {maxiter!r}"
-        raise TypeError(msg)
-    if maxiter < 1:
-        msg = f"`maxiter` must be at least 1, got {maxiter}"
-        raise ValueError(msg)
+    check_tolerances(rtol, atol, maxiter)
     if callback is not None and not callable(callback):
         msg = f"`callback` must be callable or None, got {type(callback).__name__}"
         raise TypeError(msg)
