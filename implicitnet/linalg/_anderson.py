@@ -6,24 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .._result import Result
+from .._validate import check_int, check_real
 from .._xp import device, small_solve
-from ._base import (
-    AbstractLinearSolver,
-    _check_int,
-    _check_tolerances,
-    make_result,
-    prepare,
-    resolve_namespace,
-    tolerance,
-)
+from ._base import AbstractBatchedLinearSolver, _Outcome, _Problem
+from ._forms import function_form
 from ._iterate import Step, iterate
 
 __all__ = ["Anderson", "anderson"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Anderson(AbstractLinearSolver):
+class Anderson(AbstractBatchedLinearSolver):
     """Anderson acceleration of ``x <- x + (b - A x)``, memory `m`.
 
     Parameters
@@ -89,17 +82,12 @@ class Anderson(AbstractLinearSolver):
     callback: Callable[[Any], None] | None = None
 
     def __post_init__(self):
-        _check_tolerances(self)
-        _check_int(self.m, "m", minimum=1)
-        reg = self.regularization
-        if isinstance(reg, bool) or not isinstance(reg, int | float) or not reg >= 0:
-            msg = f"`regularization` must be a non-negative number, got {reg!r}"
-            raise ValueError(msg)
+        super().__post_init__()
+        check_int(self.m, "m", minimum=1)
+        check_real(self.regularization, "regularization", low=0.0)
 
-    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
-        """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp, A)
-        problem = prepare(A, b, x0, None, batch_axis, xp=xp)
+    def run(self, problem: _Problem, tol: Any, *, xp: Any) -> _Outcome:
+        """Anderson-accelerated Richardson iteration on `problem` (internal layout)."""
         m = self.m
         finfo = xp.finfo(problem.b.dtype)
         lam = max(self.regularization, 10 * float(finfo.eps))
@@ -113,18 +101,17 @@ class Anderson(AbstractLinearSolver):
         def step(p, x, r, st, k, *, xp):
             return _step(p, x, r, st, k, m=m, lam=lam, tiny=tiny, xp=xp)
 
-        out = iterate(
+        return iterate(
             problem,
             init=init,
             step=step,
             matvecs_per_step=1,
-            tol=tolerance(problem, self.rtol, self.atol, xp=xp),
+            tol=tol,
             maxiter=200 if self.maxiter is None else self.maxiter,
             callback=self.callback,
             verify=False,
             xp=xp,
         )
-        return make_result(problem, out, xp=xp)
 
 
 class _State(NamedTuple):
@@ -164,67 +151,18 @@ def _step(p, x, r, st: _State, k: int, *, m: int, lam: float, tiny: float, xp) -
     return Step(x=x_new, r=r_new, state=_State(dF=dF, dG=dG, f=f, g=g))
 
 
-def anderson(
-    A,
-    b,
-    /,
-    *,
-    x0=None,
-    rtol=1e-6,
-    atol=0.0,
-    maxiter=None,
-    m=5,
-    batch_axis=None,
-    callback=None,
-    xp=None,
-) -> Result:
-    """Solve ``A x = b`` by Anderson acceleration of the Neumann (Richardson) iteration.
-
-    Parameters
-    ----------
-    A : callable, array or object with ``matvec``
-        The operator, as for :func:`gmres`; for an adjoint, ``A(u) = u - vjp(u)``.
-    b : array, or a Python number or (nested) list of numbers
-        Right-hand side (numbers and lists become an array of the namespace of `A`, or
-        NumPy's; a 0-D `b` is one equation).
-    x0 : array, optional
-        Initial guess. Default: zeros.
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
-    maxiter : int, optional
-        Maximum number of iterations, one product with ``A`` each. Default: 200.
-    m : int, default: 5
-        Number of previous differences mixed.
-    batch_axis : int, optional
-        Solve every slice along this axis as its own system.
-    callback : callable, optional
-        Called after every iteration with the residual norm.
-    xp : array namespace, optional
-        Namespace of `b`. Default: inferred.
-
-    Returns
-    -------
-    Result
-        As for :func:`gmres`; ``nmatvec == nit`` (plus one for a nonzero `x0`).
-
-    Raises
-    ------
-    ValueError
-        If `b` or `x0` is non-finite or misshapen, `A` has the wrong shape, or `m` is
-        not positive.
-
-    See Also
-    --------
-    Anderson : The solver object, with the algorithm and the design note.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import implicitnet as inet
-    >>> A = np.array([[1.2, 0.1], [-0.2, 0.9]])
-    >>> res = inet.linalg.anderson(A, np.array([1.0, 0.0]), rtol=1e-10)
-    >>> bool(res.success)
-    True
-    """
-    solver = Anderson(rtol=rtol, atol=atol, maxiter=maxiter, m=m, callback=callback)
-    return solver.solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
+anderson = function_form(
+    Anderson,
+    "anderson",
+    summary="Solve ``A x = b`` by Anderson acceleration of the Neumann (Richardson) iteration.",
+    returns="``nmatvec == nit`` (plus one for a nonzero `x0`).",
+    see_also="neumann : The iteration it accelerates.",
+    examples="""
+>>> import numpy as np
+>>> import implicitnet as inet
+>>> A = np.array([[1.2, 0.1], [-0.2, 0.9]])
+>>> res = inet.linalg.anderson(A, np.array([1.0, 0.0]), rtol=1e-10)
+>>> bool(res.success)
+True
+""",
+)

@@ -12,12 +12,19 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from .._result import Result, Status, status_message
+from .._validate import (
+    check_batch_axis,
+    check_callable,
+    check_finite,
+    check_tolerances,
+    is_python_numbers,
+)
 from .._xp import as_float_array, device, is_array, namespace, vector_norm
 
-__all__ = ["AbstractLinearSolver"]
+__all__ = ["AbstractBatchedLinearSolver", "AbstractLinearSolver"]
 
 
 class AbstractLinearSolver(abc.ABC):
@@ -58,32 +65,34 @@ class AbstractLinearSolver(abc.ABC):
         """
 
 
-def _check_tolerances(obj: Any) -> None:
-    """Validate the fields every linear solver has (`rtol`, `atol`, `maxiter`)."""
-    for name in ("rtol", "atol"):
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            msg = f"`{name}` must be a real number, got {value!r}"
-            raise TypeError(msg)
-        if not (value >= 0 and math.isfinite(value)):
-            msg = f"`{name}` must be finite and non-negative, got {value!r}"
-            raise ValueError(msg)
-    _check_int(obj.maxiter, "maxiter", minimum=1, optional=True)
-    cb = getattr(obj, "callback", None)
-    if cb is not None and not callable(cb):
-        msg = f"`callback` must be callable or None, got {type(cb).__name__}"
-        raise TypeError(msg)
+class AbstractBatchedLinearSolver(AbstractLinearSolver):
+    """A built-in linear solver: checks, layout and `Result` done here, the method in
+    :meth:`run`.
 
+    Subclasses are frozen, keyword-only dataclasses with the fields `rtol`, `atol`,
+    `maxiter` (None for the solver's default) and `callback`, and `M` (a right
+    preconditioner) if they take one. :meth:`solve` validates the problem, brings it to
+    the internal ``(B, n)`` layout and builds the :class:`Result` of what :meth:`run`
+    returns.
+    """
 
-def _check_int(value: Any, name: str, *, minimum: int, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"`{name}` must be an integer, got {value!r}"
-        raise TypeError(msg)
-    if value < minimum:
-        msg = f"`{name}` must be at least {minimum}, got {value}"
-        raise ValueError(msg)
+    #: The right preconditioner; a solver that takes one declares `M` as a field.
+    M: ClassVar[Any] = None
+
+    def __post_init__(self):
+        check_tolerances(self.rtol, self.atol, self.maxiter, maxiter_optional=True)
+        check_callable(self.callback, "callback", optional=True)
+
+    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
+        """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
+        xp = resolve_namespace(b, x0, xp, A)
+        problem = prepare(A, b, x0, self.M, batch_axis, xp=xp)
+        tol = tolerance(problem, self.rtol, self.atol, xp=xp)
+        return make_result(problem, self.run(problem, tol, xp=xp), xp=xp)
+
+    @abc.abstractmethod
+    def run(self, problem: _Problem, tol: Any, *, xp: Any) -> _Outcome:
+        """Solve `problem` (internal layout) to the per-system thresholds `tol` ``(B,)``."""
 
 
 class _Problem(NamedTuple):
@@ -186,31 +195,19 @@ def _operator(A, name: str, *, b_shape, perm, batched: bool, B: int, n: int, dty
     return matvec
 
 
-def _all_finite(x, *, xp) -> bool:
-    return bool(xp.all(xp.isfinite(x)))
-
-
 def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
     """Validate the inputs of a linear solve and bring them to the ``(B, n)`` layout."""
     b = as_float_array(b, xp=xp, name="b")
     dtype = b.dtype
-    if not _all_finite(b, xp=xp):
-        msg = "`b` contains non-finite values (nan or inf)"
-        raise ValueError(msg)
+    check_finite(b, "b", xp=xp)
     shape = tuple(b.shape)
     if batch_axis is None:
         batched, perm, B = False, None, 1
     else:
-        if isinstance(batch_axis, bool) or not isinstance(batch_axis, int):
-            msg = f"`batch_axis` must be an integer or None, got {batch_axis!r}"
-            raise TypeError(msg)
-        if not -b.ndim <= batch_axis < b.ndim:
-            msg = f"`batch_axis` {batch_axis} is out of range for `b` with {b.ndim} dimensions"
-            raise ValueError(msg)
+        axis = check_batch_axis(batch_axis, b.ndim, "b")
         if b.ndim < 2:
             msg = "`b` needs at least two dimensions (batch and unknowns) with `batch_axis`"
             raise ValueError(msg)
-        axis = batch_axis % b.ndim
         batched = True
         perm = None if axis == 0 else (axis, *(i for i in range(b.ndim) if i != axis))
         B = shape[axis]
@@ -226,9 +223,7 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
         if tuple(x0.shape) != shape:
             msg = f"`x0` must have the shape of `b` {shape}, got {tuple(x0.shape)}"
             raise ValueError(msg)
-        if not _all_finite(x0, xp=xp):
-            msg = "`x0` contains non-finite values (nan or inf)"
-            raise ValueError(msg)
+        check_finite(x0, "x0", xp=xp)
         x2 = _to_internal(x0, shape=shape, perm=perm, B=B, xp=xp)
     for name, op in (("A", A), ("M", M)):
         if is_array(op):
@@ -253,7 +248,7 @@ def resolve_namespace(b, x0, xp, A=None):
     """
     if xp is not None:
         return xp
-    arrays = [v for v in (b, x0) if v is not None and not _is_python_numbers(v)]
+    arrays = [v for v in (b, x0) if v is not None and not is_python_numbers(v)]
     if not arrays:
         if is_array(A):
             return namespace(A)
@@ -266,17 +261,6 @@ def resolve_namespace(b, x0, xp, A=None):
         which = "`b`" if arrays[0] is b else "`x0`"
         msg = f"{which} must be an array or a (nested) list of numbers (or pass `xp`): {exc}"
         raise TypeError(msg) from exc
-
-
-def _is_python_numbers(x) -> bool:
-    """Whether `x` is a real Python number or a non-empty nested list/tuple of them."""
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, int | float):
-        return True
-    if isinstance(x, list | tuple) and x:
-        return all(_is_python_numbers(v) for v in x)
-    return False
 
 
 def tolerance(problem: _Problem, rtol: float, atol: float, *, xp):

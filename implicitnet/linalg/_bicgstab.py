@@ -7,25 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .._result import Result
 from .._xp import vdot, vector_norm
-from ._base import (
-    CODE_BREAKDOWN,
-    CODE_STAGNATED,
-    AbstractLinearSolver,
-    _check_tolerances,
-    make_result,
-    prepare,
-    resolve_namespace,
-    tolerance,
-)
+from ._base import CODE_BREAKDOWN, CODE_STAGNATED, AbstractBatchedLinearSolver, _Outcome, _Problem
+from ._forms import function_form
 from ._iterate import Step, iterate
 
 __all__ = ["BiCGSTAB", "bicgstab"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class BiCGSTAB(AbstractLinearSolver):
+class BiCGSTAB(AbstractBatchedLinearSolver):
     """BiCGSTAB (van der Vorst), right-preconditioned, batched.
 
     Parameters
@@ -87,18 +78,12 @@ class BiCGSTAB(AbstractLinearSolver):
     M: Any = None
     callback: Callable[[Any], None] | None = None
 
-    def __post_init__(self):
-        _check_tolerances(self)
-
-    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
-        """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp, A)
-        problem = prepare(A, b, x0, self.M, batch_axis, xp=xp)
+    def run(self, problem: _Problem, tol: Any, *, xp: Any) -> _Outcome:
+        """BiCGSTAB on `problem` (internal layout), with residual replacement."""
         maxiter = 100 if self.maxiter is None else self.maxiter
-        tol = tolerance(problem, self.rtol, self.atol, xp=xp)
         eps = float(xp.finfo(problem.b.dtype).eps)
 
-        def run(prob, budget):
+        def attempt(prob, budget):
             return iterate(
                 prob,
                 init=_init,
@@ -111,7 +96,7 @@ class BiCGSTAB(AbstractLinearSolver):
                 xp=xp,
             )
 
-        out = run(problem, maxiter)
+        out = attempt(problem, maxiter)
         # Residual replacement: when the recurrence claimed convergence but the true
         # residual b - A x disagrees (it drifted, typically after a near-breakdown in
         # low precision), restart from the best iterate with the true residual, while
@@ -120,76 +105,29 @@ class BiCGSTAB(AbstractLinearSolver):
             used = int(xp.max(out.nit))
             if used >= maxiter or not bool(xp.any(out.code == CODE_STAGNATED)):
                 break
-            again = run(problem._replace(x0=out.x), maxiter - used)
+            again = attempt(problem._replace(x0=out.x), maxiter - used)
             out = _merge(out, again, xp=xp)
-        return make_result(problem, out, xp=xp)
+        return out
 
 
-def bicgstab(
-    A,
-    b,
-    /,
-    *,
-    x0=None,
-    rtol=1e-6,
-    atol=0.0,
-    maxiter=None,
-    M=None,
-    batch_axis=None,
-    callback=None,
-    xp=None,
-) -> Result:
-    """Solve ``A x = b`` by BiCGSTAB, given only ``v -> A v``.
-
-    Parameters
-    ----------
-    A : callable, array or object with ``matvec``
-        The operator, as for :func:`gmres`.
-    b : array, or a Python number or (nested) list of numbers
-        Right-hand side (numbers and lists become an array of the namespace of `A`, or
-        NumPy's; a 0-D `b` is one equation).
-    x0 : array, optional
-        Initial guess. Default: zeros.
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
-    maxiter : int, optional
-        Maximum number of iterations (two products with ``A`` each). Default: 100.
-    M : callable, array or object with ``matvec``, optional
-        Right preconditioner approximating ``A^{-1}``.
-    batch_axis : int, optional
-        Solve every slice along this axis as its own system.
-    callback : callable, optional
-        Called after every iteration with the residual norm.
-    xp : array namespace, optional
-        Namespace of `b`. Default: inferred.
-
-    Returns
-    -------
-    Result
-        As for :func:`gmres`; ``nmatvec`` is ``2 * nit`` plus one for a nonzero `x0`
-        and one for the final residual check.
-
-    Raises
-    ------
-    ValueError
-        If `b` or `x0` is non-finite or misshapen, or `A` has the wrong shape.
-
-    See Also
-    --------
-    BiCGSTAB : The solver object, with the algorithm.
-    gmres : The more robust alternative.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import implicitnet as inet
-    >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
-    >>> res = inet.linalg.bicgstab(lambda v: A @ v, np.array([1.0, 0.0]), rtol=1e-10)
-    >>> bool(res.success), np.allclose(A @ res.x, [1.0, 0.0])
-    (True, True)
-    """
-    solver = BiCGSTAB(rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
-    return solver.solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
+bicgstab = function_form(
+    BiCGSTAB,
+    "bicgstab",
+    summary="Solve ``A x = b`` by BiCGSTAB, given only ``v -> A v``.",
+    returns="""
+``nmatvec`` is ``2 * nit`` plus one for a nonzero `x0` and one for the final residual
+check.
+""",
+    see_also="gmres : The more robust alternative.",
+    examples="""
+>>> import numpy as np
+>>> import implicitnet as inet
+>>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
+>>> res = inet.linalg.bicgstab(lambda v: A @ v, np.array([1.0, 0.0]), rtol=1e-10)
+>>> bool(res.success), np.allclose(A @ res.x, [1.0, 0.0])
+(True, True)
+""",
+)
 
 
 class _State(NamedTuple):

@@ -6,24 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .._result import Result
+from .._validate import check_int
 from .._xp import vdot, vector_norm
-from ._base import (
-    AbstractLinearSolver,
-    _check_int,
-    _check_tolerances,
-    make_result,
-    prepare,
-    resolve_namespace,
-    tolerance,
-)
+from ._base import AbstractBatchedLinearSolver, _Outcome, _Problem
+from ._forms import function_form
 from ._iterate import Step, iterate
 
 __all__ = ["Broyden", "broyden"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Broyden(AbstractLinearSolver):
+class Broyden(AbstractBatchedLinearSolver):
     """Broyden's good method on ``F(x) = A x - b``, inverse form, limited memory.
 
     Parameters
@@ -89,31 +82,28 @@ class Broyden(AbstractLinearSolver):
     callback: Callable[[Any], None] | None = None
 
     def __post_init__(self):
-        _check_tolerances(self)
-        _check_int(self.m, "m", minimum=1)
+        super().__post_init__()
+        check_int(self.m, "m", minimum=1)
 
-    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
-        """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp, A)
-        problem = prepare(A, b, x0, None, batch_axis, xp=xp)
+    def run(self, problem: _Problem, tol: Any, *, xp: Any) -> _Outcome:
+        """Limited-memory Broyden on `problem` (internal layout)."""
         m = self.m
         eps = float(xp.finfo(problem.b.dtype).eps)
 
         def init(p, x, r, *, xp):
             return _State(C=None, D=None, s=None)
 
-        out = iterate(
+        return iterate(
             problem,
             init=init,
             step=lambda p, x, r, st, k, *, xp: _step(p, x, r, st, k, m=m, eps=eps, xp=xp),
             matvecs_per_step=1,
-            tol=tolerance(problem, self.rtol, self.atol, xp=xp),
+            tol=tol,
             maxiter=200 if self.maxiter is None else self.maxiter,
             callback=self.callback,
             verify=False,
             xp=xp,
         )
-        return make_result(problem, out, xp=xp)
 
 
 class _State(NamedTuple):
@@ -166,67 +156,18 @@ def _step(p, x, r, st: _State, k: int, *, m: int, eps: float, xp) -> Step:
     return Step(x=x + s, r=r_new, state=_State(C=C, D=D, s=s_next))
 
 
-def broyden(
-    A,
-    b,
-    /,
-    *,
-    x0=None,
-    rtol=1e-6,
-    atol=0.0,
-    maxiter=None,
-    m=20,
-    batch_axis=None,
-    callback=None,
-    xp=None,
-) -> Result:
-    """Solve ``A x = b`` by Broyden's good method (linear, limited memory).
-
-    Parameters
-    ----------
-    A : callable, array or object with ``matvec``
-        The operator, as for :func:`gmres`.
-    b : array, or a Python number or (nested) list of numbers
-        Right-hand side (numbers and lists become an array of the namespace of `A`, or
-        NumPy's; a 0-D `b` is one equation).
-    x0 : array, optional
-        Initial guess. Default: zeros.
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
-    maxiter : int, optional
-        Maximum number of iterations, one product with ``A`` each. Default: 200.
-    m : int, default: 20
-        Rank-one updates kept before restarting from the identity.
-    batch_axis : int, optional
-        Solve every slice along this axis as its own system.
-    callback : callable, optional
-        Called after every iteration with the residual norm.
-    xp : array namespace, optional
-        Namespace of `b`. Default: inferred.
-
-    Returns
-    -------
-    Result
-        As for :func:`gmres`; ``nmatvec == nit`` (plus one for a nonzero `x0`).
-
-    Raises
-    ------
-    ValueError
-        If `b` or `x0` is non-finite or misshapen, `A` has the wrong shape, or `m` is
-        not positive.
-
-    See Also
-    --------
-    Broyden : The solver object, with the algorithm and the design note.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import implicitnet as inet
-    >>> A = np.array([[1.2, 0.1], [-0.2, 0.9]])
-    >>> res = inet.linalg.broyden(A, np.array([1.0, 0.0]), rtol=1e-10)
-    >>> bool(res.success), res.nit <= 4
-    (True, True)
-    """
-    solver = Broyden(rtol=rtol, atol=atol, maxiter=maxiter, m=m, callback=callback)
-    return solver.solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
+broyden = function_form(
+    Broyden,
+    "broyden",
+    summary="Solve ``A x = b`` by Broyden's good method (linear, limited memory).",
+    returns="``nmatvec == nit`` (plus one for a nonzero `x0`).",
+    see_also="anderson : The other quasi-Newton solver.",
+    examples="""
+>>> import numpy as np
+>>> import implicitnet as inet
+>>> A = np.array([[1.2, 0.1], [-0.2, 0.9]])
+>>> res = inet.linalg.broyden(A, np.array([1.0, 0.0]), rtol=1e-10)
+>>> bool(res.success), res.nit <= 4
+(True, True)
+""",
+)

@@ -6,30 +6,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._result import Result
+from .._validate import check_int
 from .._xp import device, is_tensor, set_index, small_solve, vector_norm
 from ._base import (
     CODE_BREAKDOWN,
     CODE_DIVERGED,
     CODE_STAGNATED,
-    AbstractLinearSolver,
-    _check_int,
-    _check_tolerances,
+    AbstractBatchedLinearSolver,
     _Outcome,
     _Problem,
     initial_residual,
     int_zeros,
-    make_result,
-    prepare,
-    resolve_namespace,
-    tolerance,
 )
+from ._forms import function_form
 
 __all__ = ["GMRES", "gmres"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class GMRES(AbstractLinearSolver):
+class GMRES(AbstractBatchedLinearSolver):
     """Restarted GMRES(`restart`), right-preconditioned, batched.
 
     Parameters
@@ -114,112 +109,49 @@ class GMRES(AbstractLinearSolver):
     callback: Callable[[Any], None] | None = None
 
     def __post_init__(self):
-        _check_tolerances(self)
-        _check_int(self.restart, "restart", minimum=1)
+        super().__post_init__()
+        check_int(self.restart, "restart", minimum=1)
 
-    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
-        """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp, A)
-        problem = prepare(A, b, x0, self.M, batch_axis, xp=xp)
+    def run(self, problem: _Problem, tol: Any, *, xp: Any) -> _Outcome:
+        """Restarted GMRES on `problem` (internal layout); see :func:`_gmres`."""
         maxiter = 10 * self.restart if self.maxiter is None else self.maxiter
-        out = _gmres(
+        return _gmres(
             problem,
-            tol=tolerance(problem, self.rtol, self.atol, xp=xp),
+            tol=tol,
             restart=self.restart,
             maxiter=maxiter,
             callback=self.callback,
             xp=xp,
         )
-        return make_result(problem, out, xp=xp)
 
 
-def gmres(
-    A,
-    b,
-    /,
-    *,
-    x0=None,
-    rtol=1e-6,
-    atol=0.0,
-    restart=20,
-    maxiter=None,
-    M=None,
-    batch_axis=None,
-    callback=None,
-    xp=None,
-) -> Result:
-    """Solve ``A x = b`` by restarted GMRES, given only ``v -> A v``.
-
-    Parameters
-    ----------
-    A : callable, array or object with ``matvec``
-        ``A(v)`` returns ``A @ v`` for an array ``v`` shaped like `b`. A 2-D array is
-        the matrix itself (acting on each system); with ``batch_axis=0`` and a 2-D `b`,
-        a 3-D array ``(batch, n, n)`` holds one matrix per system.
-    b : array, or a Python number or (nested) list of numbers
-        Right-hand side (numbers and lists become an array of the namespace of `A`, or
-        NumPy's; a 0-D `b` is one equation). Without `batch_axis` an N-D `b` is one
-        system of ``b.size`` unknowns (flattened, and the solution reshaped back).
-    x0 : array, optional
-        Initial guess, shaped like `b`. Default: zeros.
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
-    restart : int, default: 20
-        Krylov subspace dimension between restarts.
-    maxiter : int, optional
-        Maximum number of inner iterations in total (not restart cycles, unlike
-        :func:`scipy.sparse.linalg.gmres`). Default: ``10 * restart``.
-    M : callable, array or object with ``matvec``, optional
-        Right preconditioner, ``M(r)`` approximating ``A^{-1} r``.
-    batch_axis : int, optional
-        Solve every slice along this axis as its own system.
-    callback : callable, optional
-        Called after each inner iteration with the residual-norm estimate.
-    xp : array namespace, optional
-        Namespace of `b`. Default: inferred.
-
-    Returns
-    -------
-    Result
-        ``x`` (shaped like `b`, in its namespace and dtype), ``success``, ``status``,
-        ``nit`` (inner iterations), ``nfev`` / ``nmatvec`` (products with ``A``,
-        including one per restart cycle and one for a nonzero `x0`), ``residual`` (true
-        residual norm) and ``history`` (entry 0 the initial residual norm, then one
-        entry per inner iteration). Batched: one entry per system.
-
-    Raises
-    ------
-    ValueError
-        If `b` or `x0` is non-finite or misshapen, `A` has the wrong shape, or
-        `restart` or `maxiter` is not positive.
-    TypeError
-        If `A` is neither callable, an array nor has a ``matvec``.
-
-    See Also
-    --------
-    GMRES : The configurable solver object (for implicit layers).
-    bicgstab, neumann, broyden, anderson : The other matrix-free solvers.
-
-    Notes
-    -----
-    A right-hand side of zero gives ``x = 0`` at once. A system that does not converge
-    returns ``success=False`` with the iterate of smallest true residual and status
-    ``"maxiter"`` (or ``"stagnated"`` when a restart cycle made no progress,
-    ``"breakdown"`` when the Krylov space became singular). See :class:`GMRES`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import implicitnet as inet
-    >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
-    >>> res = inet.linalg.gmres(lambda v: A @ v, np.array([1.0, 0.0]))
-    >>> bool(res.success)
-    True
-    >>> np.allclose(A @ res.x, [1.0, 0.0])
-    True
-    """
-    solver = GMRES(rtol=rtol, atol=atol, restart=restart, maxiter=maxiter, M=M, callback=callback)
-    return solver.solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
+gmres = function_form(
+    GMRES,
+    "gmres",
+    summary="Solve ``A x = b`` by restarted GMRES, given only ``v -> A v``.",
+    returns="""
+``nit`` counts inner iterations; ``nfev`` includes one product per restart cycle
+(the true residual) and one for a nonzero `x0`. Unlike
+:func:`scipy.sparse.linalg.gmres`, `maxiter` counts inner iterations, not cycles.
+""",
+    see_also="bicgstab, neumann, broyden, anderson : The other matrix-free solvers.",
+    notes="""
+A right-hand side of zero gives ``x = 0`` at once. A system that does not converge
+returns ``success=False`` with the iterate of smallest true residual and status
+``"maxiter"`` (or ``"stagnated"`` when a restart cycle made no progress,
+``"breakdown"`` when the Krylov space became singular). See :class:`GMRES`.
+""",
+    examples="""
+>>> import numpy as np
+>>> import implicitnet as inet
+>>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
+>>> res = inet.linalg.gmres(lambda v: A @ v, np.array([1.0, 0.0]))
+>>> bool(res.success)
+True
+>>> np.allclose(A @ res.x, [1.0, 0.0])
+True
+""",
+)
 
 
 def _gmres(

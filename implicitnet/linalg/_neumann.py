@@ -6,22 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._result import Result
-from ._base import (
-    AbstractLinearSolver,
-    _check_tolerances,
-    make_result,
-    prepare,
-    resolve_namespace,
-    tolerance,
-)
+from ._base import AbstractBatchedLinearSolver, _Outcome, _Problem
+from ._forms import function_form
 from ._iterate import Step, iterate
 
 __all__ = ["Neumann", "neumann"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Neumann(AbstractLinearSolver):
+class Neumann(AbstractBatchedLinearSolver):
     """Truncated Neumann series ``x = sum_k (I - A)^k b``, i.e. Richardson iteration.
 
     Parameters
@@ -70,88 +63,36 @@ class Neumann(AbstractLinearSolver):
     maxiter: int | None = None
     callback: Callable[[Any], None] | None = None
 
-    def __post_init__(self):
-        _check_tolerances(self)
-
-    def solve(self, A, b, /, *, x0=None, batch_axis=None, xp=None) -> Result:
-        """Solve ``A x = b``; see :class:`AbstractLinearSolver` for the arguments."""
-        xp = resolve_namespace(b, x0, xp, A)
-        problem = prepare(A, b, x0, None, batch_axis, xp=xp)
-        out = iterate(
+    def run(self, problem: _Problem, tol: Any, *, xp: Any) -> _Outcome:
+        """Richardson iteration on `problem` (internal layout)."""
+        return iterate(
             problem,
             init=lambda p, x, r, *, xp: None,
             step=_step,
             matvecs_per_step=1,
-            tol=tolerance(problem, self.rtol, self.atol, xp=xp),
+            tol=tol,
             maxiter=50 if self.maxiter is None else self.maxiter,
             callback=self.callback,
             verify=False,
             xp=xp,
         )
-        return make_result(problem, out, xp=xp)
 
 
 def _step(p, x, r, state, k, *, xp) -> Step:
     return Step(x=x + r, r=r - p.matvec(r), state=None)
 
 
-def neumann(
-    A,
-    b,
-    /,
-    *,
-    x0=None,
-    rtol=1e-6,
-    atol=0.0,
-    maxiter=None,
-    batch_axis=None,
-    callback=None,
-    xp=None,
-) -> Result:
-    """Solve ``A x = b`` by the truncated Neumann series (Richardson iteration).
-
-    Parameters
-    ----------
-    A : callable, array or object with ``matvec``
-        The operator, as for :func:`gmres`; for an adjoint, ``A(u) = u - vjp(u)``.
-    b : array, or a Python number or (nested) list of numbers
-        Right-hand side (numbers and lists become an array of the namespace of `A`, or
-        NumPy's; a 0-D `b` is one equation).
-    x0 : array, optional
-        Initial guess. Default: zeros (the plain series).
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
-    maxiter : int, optional
-        Maximum number of terms after the first, one product with ``A`` each.
-        Default: 50.
-    batch_axis : int, optional
-        Solve every slice along this axis as its own system.
-    callback : callable, optional
-        Called after every term with the residual norm.
-    xp : array namespace, optional
-        Namespace of `b`. Default: inferred.
-
-    Returns
-    -------
-    Result
-        As for :func:`gmres`; ``nmatvec == nit`` (plus one for a nonzero `x0`).
-
-    Raises
-    ------
-    ValueError
-        If `b` or `x0` is non-finite or misshapen, or `A` has the wrong shape.
-
-    See Also
-    --------
-    Neumann : The solver object, with the mathematics.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import implicitnet as inet
-    >>> res = inet.linalg.neumann(lambda u: u - 0.5 * u, np.ones(3), rtol=1e-8)
-    >>> np.allclose(res.x, 2.0), res.nit
-    (True, 27)
-    """
-    solver = Neumann(rtol=rtol, atol=atol, maxiter=maxiter, callback=callback)
-    return solver.solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
+neumann = function_form(
+    Neumann,
+    "neumann",
+    summary="Solve ``A x = b`` by the truncated Neumann series (Richardson iteration).",
+    returns="``nmatvec == nit`` (plus one for a nonzero `x0`).",
+    see_also="anderson : Anderson acceleration of the same iteration.",
+    examples="""
+>>> import numpy as np
+>>> import implicitnet as inet
+>>> res = inet.linalg.neumann(lambda u: u - 0.5 * u, np.ones(3), rtol=1e-8)
+>>> np.allclose(res.x, 2.0), res.nit
+(True, 27)
+""",
+)
