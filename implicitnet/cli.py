@@ -7,6 +7,7 @@ Metrics go to stdout, diagnostics to stderr.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from . import backends as _backends
+from ._validate import check_int, check_nonnegative, check_positive, check_real
 
 __all__ = ["main", "main_entry"]
 
@@ -98,44 +100,30 @@ class _Usage(Exception):
     """A usage error found after parsing (exit code 2)."""
 
 
-def _positive_int(text: str) -> int:
+def _parse(text: str, convert, check, expected: str):
+    """`text` converted to a number and checked (a check of :mod:`implicitnet._validate`);
+    an argparse usage error saying what was `expected` if either fails."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        return check(convert(text), "value")
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    return _parse(text, int, functools.partial(check_int, minimum=1), "a positive integer")
 
 
 def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+    return _parse(text, float, check_nonnegative, "a number >= 0")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return _parse(text, float, check_positive, "a positive number")
 
 
 def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+    unit = functools.partial(check_real, low=0.0, high=1.0, high_open=True)
+    return _parse(text, float, unit, "a number in [0, 1)")
 
 
 def _seed(text: str) -> int:

@@ -9,20 +9,12 @@ parameters, one step of Gymnasium's environments of the same name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from .._validate import check_positive
 from .._xp import default_float, namespace
 
 __all__ = ["CartPole", "Pendulum"]
-
-
-def _check_positive(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"`{name}` must be a real number, got {value!r}"
-        raise TypeError(msg)
-    if not value > 0:
-        msg = f"`{name}` must be positive, got {value!r}"
-        raise ValueError(msg)
 
 
 def _params(defaults: dict, *, xp, dtype, **values) -> dict:
@@ -88,7 +80,7 @@ class Pendulum:
 
     def __post_init__(self):
         for name in ("dt", "max_speed", "max_torque"):
-            _check_positive(getattr(self, name), name)
+            check_positive(getattr(self, name), name)
         if not isinstance(self.clip_speed, bool):
             msg = f"`clip_speed` must be True or False, got {self.clip_speed!r}"
             raise TypeError(msg)
@@ -164,7 +156,7 @@ class CartPole:
     )
 
     def __post_init__(self):
-        _check_positive(self.dt, "dt")
+        check_positive(self.dt, "dt")
 
     def default_params(self, *, xp, dtype=None, **values) -> dict:
         """Gymnasium's parameters as 0-D arrays, overridden by keyword."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._result import Result, Status
 from .._tree import tree_flatten, tree_leaves, tree_unflatten
+from .._validate import check_int, check_real, check_tolerances
 from .._xp import as_float_array, is_tensor, namespace, vector_norm
 from ..autodiff import grad
 from ..autodiff._core import _raw
@@ -303,12 +304,6 @@ class MPCResult:
     result: Result
 
 
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"`{name}` must be an integer >= {minimum}, got {value!r}"
-        raise ValueError(msg)
-
-
 def _limits(u_lower, u_upper, *, dtype, xp):
     lo = as_float_array(u_lower, xp=xp, dtype=dtype)
     hi = as_float_array(u_upper, xp=xp, dtype=dtype)
@@ -537,16 +532,10 @@ def mpc(
     if not callable(dynamics):
         msg = f"`dynamics` must be callable, got {type(dynamics).__name__}"
         raise TypeError(msg)
-    _check_int(horizon, "horizon", 1)
-    _check_int(maxiter, "maxiter", 1)
-    _check_int(newton_steps, "newton_steps", 0)
-    if not (isinstance(regularization, int | float) and regularization >= 0):
-        msg = f"`regularization` must be a non-negative number, got {regularization!r}"
-        raise ValueError(msg)
-    for value, name in ((rtol, "rtol"), (atol, "atol")):
-        if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
-            msg = f"`{name}` must be finite and non-negative, got {value!r}"
-            raise ValueError(msg)
+    check_int(horizon, "horizon", minimum=1)
+    check_tolerances(rtol, atol, maxiter)
+    check_int(newton_steps, "newton_steps", minimum=0)
+    check_real(regularization, "regularization", low=0.0)
     leaves = tree_leaves((params, weights))
     xp = namespace(x0, *leaves) if xp is None else xp
     bxp = namespace(_raw(x0))  # the backend namespace (no tape)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import types
 from typing import Any, NamedTuple
 
 from .. import backends
+from .._validate import check_int, check_real
 from ..backends import _data as _host
 
 __all__ = ["Dataset", "load_digits", "load_idx", "load_mnist", "read_idx"]
@@ -103,12 +103,7 @@ def load_digits(
     ((1438, 1, 8, 8), (359, 1, 8, 8), 'float32', 10)
     """
     be = _backend(backend)
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
-        msg = f"`test_fraction` must be a number, got {type(test_fraction).__name__}"
-        raise TypeError(msg)
-    if not 0.0 < float(test_fraction) < 1.0:
-        msg = f"`test_fraction` must lie in (0, 1), got {test_fraction}"
-        raise ValueError(msg)
+    check_real(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True)
     images, labels = _host.digits(dtype=_dtype_name(dtype))
     train, test = _host.split_indices(images.shape[0], float(test_fraction), seed)
     images = _images(images, flatten=flatten)
@@ -167,16 +162,6 @@ def read_idx(path: str | os.PathLike, *, backend="numpy", device=None):
     return be.from_numpy(_host.read_idx(path), device=device)
 
 
-def _check_num_classes(num_classes) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        msg = f"`num_classes` must be an integer, got {type(num_classes).__name__}"
-        raise TypeError(msg)
-    if num_classes < 1:
-        msg = f"`num_classes` must be at least 1, got {num_classes}"
-        raise ValueError(msg)
-    return int(num_classes)
-
-
 def load_idx(
     images_path: str | os.PathLike,
     labels_path: str | os.PathLike,
@@ -219,7 +204,7 @@ def load_idx(
         name the file.
     """
     be = _backend(backend)
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
     images = _host.read_idx(images_path)
     labels = _host.read_idx(labels_path)
     if images.ndim != 3:
@@ -310,7 +295,7 @@ def load_mnist(
     if not os.path.isdir(directory):
         msg = f"{directory}: not a directory"
         raise FileNotFoundError(msg)
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
     kw = {
         "num_classes": num_classes,
         "flatten": flatten,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from .._tree import static_field, tree_map
+from .._validate import check_tolerances
 from .._xp import device, namespace
 from ._module import Module
 from ._reparam import MonotoneLinear, SpectralNorm, WeightNorm
@@ -66,16 +65,6 @@ def materialize(tree: Any) -> Any:
 
 def _apply_cell(z, cell, x, *mask):
     return cell(z, x, *mask)
-
-
-def _check_tol(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        msg = f"`{name}` must be a real number, got {value!r}"
-        raise TypeError(msg)
-    if not (value >= 0 and math.isfinite(value)):
-        msg = f"`{name}` must be finite and non-negative, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -156,14 +145,7 @@ class DEQ(Module):
         if not callable(self.cell):
             msg = f"`cell` must be callable (a module), got {type(self.cell).__name__}"
             raise TypeError(msg)
-        _check_tol("rtol", self.rtol)
-        _check_tol("atol", self.atol)
-        if isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int):
-            msg = f"`maxiter` must be an integer, got {self.maxiter!r}"
-            raise TypeError(msg)
-        if self.maxiter < 1:
-            msg = f"`maxiter` must be at least 1, got {self.maxiter}"
-            raise ValueError(msg)
+        check_tolerances(self.rtol, self.atol, self.maxiter)
         for name in ("options", "backward_options"):
             if not isinstance(getattr(self, name), dict):
                 msg = f"`{name}` must be a dict, got {type(getattr(self, name)).__name__}"

@@ -5,19 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._tree import static_field
+from .._validate import check_real
 from .._xp import namespace
 from ._init import resolve_backend
 from ._module import Module
 
 __all__ = ["VariationalDropout", "dropout_mask"]
-
-
-def _check_rate(rate) -> float:
-    rate = float(rate)
-    if not 0.0 <= rate < 1.0:
-        msg = f"`rate` must lie in [0, 1), got {rate}"
-        raise ValueError(msg)
-    return rate
 
 
 def dropout_mask(shape, rate: float, seed, *, dtype=None, backend="numpy", device=None):
@@ -49,7 +42,7 @@ def dropout_mask(shape, rate: float, seed, *, dtype=None, backend="numpy", devic
     >>> sorted(set(m.ravel().tolist())) in ([0.0, 2.0], [0.0], [2.0])
     True
     """
-    rate = _check_rate(rate)
+    rate = check_real(rate, "rate", low=0.0, high=1.0, high_open=True)
     be = resolve_backend(backend)
     from ..backends._common import dtype_name
 
@@ -95,7 +88,7 @@ class VariationalDropout(Module):
     rate: float = static_field(default=0.0)
 
     def __post_init__(self):
-        _check_rate(self.rate)
+        check_real(self.rate, "rate", low=0.0, high=1.0, high_open=True)
 
     def mask(self, shape, seed, *, like=None, dtype=None, backend="numpy", device=None):
         """Draw a mask of `shape` (``None`` when ``rate == 0``).

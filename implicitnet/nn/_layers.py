@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from .._tree import static_field
+from .._validate import check_int
 from .._xp import namespace
 from ._conv import conv2d
 from ._init import fan_in_bound, generator, resolve_backend, uniform_init
@@ -15,23 +15,13 @@ from ._module import Module
 __all__ = ["Conv2d", "GroupNorm", "LayerNorm", "Linear"]
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        msg = f"`{name}` must be an int, got {type(value).__name__}"
-        raise TypeError(msg)
-    if value < minimum:
-        msg = f"`{name}` must be at least {minimum}, got {value}"
-        raise ValueError(msg)
-    return int(value)
-
-
 def _pair(name: str, value) -> tuple[int, int]:
     if isinstance(value, tuple | list):
         if len(value) != 2:
             msg = f"`{name}` must be an int or a pair of ints, got {value!r}"
             raise ValueError(msg)
-        return _check_int(name, value[0], 1), _check_int(name, value[1], 1)
-    v = _check_int(name, value, 1)
+        return check_int(value[0], name, minimum=1), check_int(value[1], name, minimum=1)
+    v = check_int(value, name, minimum=1)
     return v, v
 
 
@@ -94,8 +84,8 @@ class Linear(Module):
         device : optional
             Device of the arrays.
         """
-        in_features = _check_int("in_features", in_features, 1)
-        out_features = _check_int("out_features", out_features, 1)
+        in_features = check_int(in_features, "in_features", minimum=1)
+        out_features = check_int(out_features, "out_features", minimum=1)
         rng = generator(seed)
         bound = fan_in_bound(in_features)
         kw = {"dtype": dtype, "backend": resolve_backend(backend), "device": device}
@@ -135,8 +125,8 @@ class Conv2d(Module):
     padding: int = static_field(default=0)
 
     def __post_init__(self):
-        _check_int("stride", self.stride, 1)
-        _check_int("padding", self.padding, 0)
+        check_int(self.stride, "stride", minimum=1)
+        check_int(self.padding, "padding", minimum=0)
 
     def __call__(self, x):
         if x.ndim != 4:
@@ -176,8 +166,8 @@ class Conv2d(Module):
         bias, seed, dtype, backend, device
             As in :meth:`Linear.create`.
         """
-        in_channels = _check_int("in_channels", in_channels, 1)
-        out_channels = _check_int("out_channels", out_channels, 1)
+        in_channels = check_int(in_channels, "in_channels", minimum=1)
+        out_channels = check_int(out_channels, "out_channels", minimum=1)
         kh, kw = _pair("kernel_size", kernel_size)
         rng = generator(seed)
         bound = fan_in_bound(in_channels * kh * kw)
@@ -236,7 +226,7 @@ class LayerNorm(Module):
     eps: float = static_field(default=1e-5)
 
     def __post_init__(self):
-        _check_int("num_axes", self.num_axes, 1)
+        check_int(self.num_axes, "num_axes", minimum=1)
         if not self.eps > 0:
             msg = f"`eps` must be positive, got {self.eps}"
             raise ValueError(msg)
@@ -316,7 +306,7 @@ class GroupNorm(Module):
     eps: float = static_field(default=1e-5)
 
     def __post_init__(self):
-        _check_int("num_groups", self.num_groups, 1)
+        check_int(self.num_groups, "num_groups", minimum=1)
         if not self.eps > 0:
             msg = f"`eps` must be positive, got {self.eps}"
             raise ValueError(msg)
@@ -356,8 +346,8 @@ class GroupNorm(Module):
         device=None,
     ) -> GroupNorm:
         """Unit weight and zero bias for `num_channels` channels."""
-        num_channels = _check_int("num_channels", num_channels, 1)
-        num_groups = _check_int("num_groups", num_groups, 1)
+        num_channels = check_int(num_channels, "num_channels", minimum=1)
+        num_groups = check_int(num_groups, "num_groups", minimum=1)
         if num_channels % num_groups:
             msg = f"`num_groups` ({num_groups}) must divide `num_channels` ({num_channels})"
             raise ValueError(msg)

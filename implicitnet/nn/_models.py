@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._tree import static_field
+from .._validate import check_int
 from .._xp import device as _device
 from .._xp import namespace
 from ._deq import DEQ
 from ._dropout import VariationalDropout
 from ._functional import relu, tanh
 from ._init import generator
-from ._layers import Conv2d, GroupNorm, LayerNorm, Linear, _check_int
+from ._layers import Conv2d, GroupNorm, LayerNorm, Linear
 from ._module import Module
 from ._reparam import weight_norm
 
@@ -46,7 +47,7 @@ def _plain_cell(linear, z, x, mask, activation):
 
 def _plain_linear(width, init_scale, seed, kw):
     """A bias-free ``width x width`` layer, initialised as :meth:`Linear.create` and scaled."""
-    _check_int("width", width, 1)
+    check_int(width, "width", minimum=1)
     lin = Linear.create(width, width, bias=False, seed=seed, **kw)
     return lin.replace(weight=float(init_scale) * lin.weight)
 
@@ -316,7 +317,7 @@ def mlp_deq(
     -------
     DEQClassifier
     """
-    _check_int("width", width, 1)
+    check_int(width, "width", minimum=1)
     rng = generator(seed)
     kw = {"dtype": dtype, "backend": backend, "device": device}
     injection = Linear.create(in_features, width, seed=rng, **kw)
@@ -383,9 +384,9 @@ def conv_deq(
     -------
     DEQClassifier
     """
-    _check_int("channels", channels, 1)
-    _check_int("image_size", image_size, 1)
-    _check_int("pool", pool, 1)
+    check_int(channels, "channels", minimum=1)
+    check_int(image_size, "image_size", minimum=1)
+    check_int(pool, "pool", minimum=1)
     if image_size % pool:
         msg = f"`pool` ({pool}) must divide `image_size` ({image_size})"
         raise ValueError(msg)

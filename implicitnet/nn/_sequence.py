@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._tree import static_field
+from .._validate import check_int
 from .._xp import device as _device
 from .._xp import namespace
 from ._deq import DEQ
 from ._functional import gelu, softmax
 from ._init import generator, normal_init, resolve_backend
-from ._layers import LayerNorm, Linear, _check_int
+from ._layers import LayerNorm, Linear
 from ._module import Module
 
 __all__ = [
@@ -63,7 +64,7 @@ def causal_mask(length: int, *, dtype, xp, device=None):
     >>> (nn.causal_mask(3, dtype=np.float64, xp=np) < 0).astype(int).tolist()
     [[0, 1, 1], [0, 0, 1], [0, 0, 0]]
     """
-    length = _check_int("length", length, 1)
+    length = check_int(length, "length", minimum=1)
     i = xp.reshape(xp.arange(length, device=device), (length, 1))
     j = xp.reshape(xp.arange(length, device=device), (1, length))
     # future = 1 where j > i, else 0: clip(j - i, 0, 1) on integers.
@@ -87,8 +88,8 @@ def positional_encoding(length: int, dim: int, *, dtype, xp, device=None):
     >>> pe.shape, pe[0].tolist()
     ((4, 6), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
     """
-    length = _check_int("length", length, 1)
-    dim = _check_int("dim", dim, 2)
+    length = check_int(length, "length", minimum=1)
+    dim = check_int(dim, "dim", minimum=2)
     if dim % 2:
         msg = f"`dim` must be even, got {dim}"
         raise ValueError(msg)
@@ -154,8 +155,8 @@ class Embedding(Module):
         seed, dtype, backend, device
             As in :meth:`Linear.create`.
         """
-        num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
-        embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
+        num_embeddings = check_int(num_embeddings, "num_embeddings", minimum=1)
+        embedding_dim = check_int(embedding_dim, "embedding_dim", minimum=1)
         w = normal_init(
             (num_embeddings, embedding_dim),
             float(std),
@@ -203,7 +204,7 @@ class CausalSelfAttention(Module):
     num_heads: int = static_field(default=1)
 
     def __post_init__(self):
-        _check_int("num_heads", self.num_heads, 1)
+        check_int(self.num_heads, "num_heads", minimum=1)
 
     def __call__(self, x):
         if x.ndim != 3:
@@ -242,8 +243,8 @@ class CausalSelfAttention(Module):
         device=None,
     ) -> CausalSelfAttention:
         """Projections with :meth:`Linear.create`'s initialisation."""
-        dim = _check_int("dim", dim, 1)
-        num_heads = _check_int("num_heads", num_heads, 1)
+        dim = check_int(dim, "dim", minimum=1)
+        num_heads = check_int(num_heads, "num_heads", minimum=1)
         if dim % num_heads:
             msg = f"`num_heads` ({num_heads}) must divide `dim` ({dim})"
             raise ValueError(msg)
@@ -320,8 +321,8 @@ class TransformerCell(Module):
         `init_scale` multiplies the initial output projections of the attention and
         the MLP (below 1, the block starts closer to a contraction).
         """
-        dim = _check_int("dim", dim, 1)
-        hidden = 4 * dim if hidden is None else _check_int("hidden", hidden, 1)
+        dim = check_int(dim, "dim", minimum=1)
+        hidden = 4 * dim if hidden is None else check_int(hidden, "hidden", minimum=1)
         rng = generator(seed)
         kw = {"dtype": dtype, "backend": backend, "device": device}
         attn = CausalSelfAttention.create(dim, num_heads=num_heads, seed=rng, **kw)
@@ -456,7 +457,7 @@ class SequenceLM(Module):
 
 
 def _lm_parts(vocab_size, dim, rng, kw):
-    vocab_size = _check_int("vocab_size", vocab_size, 1)
+    vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
     emb = Embedding.create(vocab_size, dim, std=1.0, seed=rng, **kw)
     return emb, LayerNorm.create(dim, **kw), Linear.create(dim, vocab_size, seed=rng, **kw)
 
@@ -500,7 +501,7 @@ def transformer_deq(
     -------
     SequenceLM
     """
-    dim = _check_int("dim", dim, 2)
+    dim = check_int(dim, "dim", minimum=2)
     rng = generator(seed)
     kw = {"dtype": dtype, "backend": backend, "device": device}
     emb, norm, head = _lm_parts(vocab_size, dim, rng, kw)
@@ -547,8 +548,8 @@ def transformer_stack(
     -------
     SequenceLM
     """
-    depth = _check_int("depth", depth, 1)
-    dim = _check_int("dim", dim, 2)
+    depth = check_int(depth, "depth", minimum=1)
+    dim = check_int(dim, "dim", minimum=2)
     rng = generator(seed)
     kw = {"dtype": dtype, "backend": backend, "device": device}
     emb, norm, head = _lm_parts(vocab_size, dim, rng, kw)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import abc
-import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._tree import tree_flatten, tree_unflatten
+from .._validate import check_nonnegative, check_positive, check_real
 from .._xp import device, namespace
 from ._schedules import resolve_lr
 
@@ -52,29 +51,9 @@ def _match(params, grads):
     return p, g, td
 
 
-def _check_real(
-    name: str, value, *, low: float = 0.0, high: float | None = None, open_high: bool = False
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        msg = f"`{name}` must be a real number, got {type(value).__name__}"
-        raise TypeError(msg)
-    value = float(value)
-    ok = math.isfinite(value) and value >= low
-    if high is not None:
-        ok = ok and (value < high if open_high else value <= high)
-    if not ok:
-        rng = f"[{low}, {high})" if open_high else f"[{low}, {high}]"
-        msg = f"`{name}` must lie in {rng if high is not None else f'[{low}, inf)'}, got {value}"
-        raise ValueError(msg)
-    return value
-
-
 def _check_lr(lr) -> None:
     if not callable(lr):
-        _check_real("lr", lr)
-        if lr <= 0:
-            msg = f"`lr` must be positive, got {lr}"
-            raise ValueError(msg)
+        check_positive(lr, "lr")
 
 
 def _step_counter(leaves):
@@ -144,10 +123,7 @@ def clip_by_global_norm(grads: Any, max_norm: float) -> Any:
     >>> np.round(g["w"], 12).tolist()
     [0.6, 0.8]
     """
-    max_norm = _check_real("max_norm", max_norm)
-    if max_norm <= 0:
-        msg = f"`max_norm` must be positive, got {max_norm}"
-        raise ValueError(msg)
+    max_norm = check_positive(max_norm, "max_norm")
     leaves, td = _flatten(grads)
     first = _first_array(leaves, "grads")
     xp = namespace(first)
@@ -228,8 +204,8 @@ class SGD(AbstractOptimizer):
 
     def __post_init__(self):
         _check_lr(self.lr)
-        _check_real("momentum", self.momentum, high=1.0, open_high=True)
-        _check_real("weight_decay", self.weight_decay)
+        check_real(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        check_nonnegative(self.weight_decay, "weight_decay")
         if self.nesterov and self.momentum == 0:
             msg = "`nesterov=True` needs a positive `momentum`"
             raise ValueError(msg)
@@ -319,10 +295,10 @@ def _adam_init(params) -> AdamState:
 
 def _check_adam(opt) -> None:
     _check_lr(opt.lr)
-    _check_real("b1", opt.b1, high=1.0, open_high=True)
-    _check_real("b2", opt.b2, high=1.0, open_high=True)
-    _check_real("eps", opt.eps)
-    _check_real("weight_decay", opt.weight_decay)
+    check_real(opt.b1, "b1", low=0.0, high=1.0, high_open=True)
+    check_real(opt.b2, "b2", low=0.0, high=1.0, high_open=True)
+    check_nonnegative(opt.eps, "eps")
+    check_nonnegative(opt.weight_decay, "weight_decay")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -453,9 +429,7 @@ class ClipByGlobalNorm(AbstractOptimizer):
         if not isinstance(self.inner, AbstractOptimizer):
             msg = f"`inner` must be an optimizer, got {type(self.inner).__name__}"
             raise TypeError(msg)
-        if _check_real("max_norm", self.max_norm) <= 0:
-            msg = f"`max_norm` must be positive, got {self.max_norm}"
-            raise ValueError(msg)
+        check_positive(self.max_norm, "max_norm")
 
     def init(self, params: Any) -> Any:
         return self.inner.init(params)

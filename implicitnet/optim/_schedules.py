@@ -8,6 +8,8 @@ import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .._validate import check_int, check_nonnegative, check_positive
+
 __all__ = [
     "Constant",
     "Cosine",
@@ -17,28 +19,6 @@ __all__ = [
     "resolve_lr",
     "step_schedule",
 ]
-
-
-def _check_positive(name: str, value, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        msg = f"`{name}` must be a real number, got {type(value).__name__}"
-        raise TypeError(msg)
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "non-negative" if allow_zero else "positive"
-        msg = f"`{name}` must be finite and {bound}, got {value}"
-        raise ValueError(msg)
-    return value
-
-
-def _check_int(name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        msg = f"`{name}` must be an int, got {type(value).__name__}"
-        raise TypeError(msg)
-    if value < minimum:
-        msg = f"`{name}` must be at least {minimum}, got {value}"
-        raise ValueError(msg)
-    return int(value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +89,7 @@ def constant(lr: float) -> Constant:
     >>> optim.constant(0.1)(1000)
     0.1
     """
-    return Constant(lr=_check_positive("lr", lr))
+    return Constant(lr=check_positive(lr, "lr"))
 
 
 def cosine_schedule(
@@ -148,10 +128,10 @@ def cosine_schedule(
     >>> s(0), round(s(5), 12), s(10), s(20)
     (1.0, 0.5, 0.0, 0.0)
     """
-    lr = _check_positive("lr", lr)
-    steps = _check_int("steps", steps, minimum=1)
-    final_lr = _check_positive("final_lr", final_lr, allow_zero=True)
-    warmup_steps = _check_int("warmup_steps", warmup_steps, minimum=0)
+    lr = check_positive(lr, "lr")
+    steps = check_int(steps, "steps", minimum=1)
+    final_lr = check_nonnegative(final_lr, "final_lr")
+    warmup_steps = check_int(warmup_steps, "warmup_steps", minimum=0)
     if warmup_steps > steps:
         msg = f"`warmup_steps` ({warmup_steps}) must not exceed `steps` ({steps})"
         raise ValueError(msg)
@@ -183,13 +163,13 @@ def step_schedule(lr: float, milestones: int | Sequence[int], *, gamma: float = 
     >>> [s(t) for t in range(6)]
     [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     """
-    lr = _check_positive("lr", lr)
-    gamma = _check_positive("gamma", gamma)
+    lr = check_positive(lr, "lr")
+    gamma = check_positive(gamma, "gamma")
     if isinstance(milestones, numbers.Integral) and not isinstance(milestones, bool):
-        every = _check_int("milestones", milestones, minimum=1)
+        every = check_int(milestones, "milestones", minimum=1)
         return Step(lr=lr, milestones=(), gamma=gamma, every=every)
     try:
-        ms = tuple(_check_int("milestones", m, minimum=0) for m in milestones)
+        ms = tuple(check_int(m, "milestones", minimum=0) for m in milestones)
     except TypeError:
         msg = f"`milestones` must be an int or a sequence of ints, got {milestones!r}"
         raise TypeError(msg) from None
