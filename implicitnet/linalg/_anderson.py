@@ -10,7 +10,7 @@ from .._validate import check_int, check_real
 from .._xp import device, small_solve
 from ._base import AbstractBatchedLinearSolver, _Outcome, _Problem
 from ._forms import function_form
-from ._iterate import Step, iterate
+from ._iterate import Step, iterate_solver
 
 __all__ = ["Anderson", "anderson"]
 
@@ -19,10 +19,11 @@ __all__ = ["Anderson", "anderson"]
 class Anderson(AbstractBatchedLinearSolver):
     """Anderson acceleration of ``x <- x + (b - A x)``, memory `m`.
 
+    One product with ``A`` and one small least-squares solve per iteration; without
+    truncation, equivalent to GMRES.
+
     Parameters
     ----------
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
     maxiter : int, optional
         Maximum number of iterations, one product with ``A`` each. Default: 200.
     m : int, default: 5
@@ -30,9 +31,6 @@ class Anderson(AbstractBatchedLinearSolver):
     regularization : float, default: 1e-10
         Tikhonov term of the mixing least squares, relative to the largest squared
         difference norm (never below ``10 * eps`` of the dtype).
-    callback : callable, optional
-        Called after every iteration with the residual norm (one per system when
-        batched).
 
     See Also
     --------
@@ -68,9 +66,10 @@ class Anderson(AbstractBatchedLinearSolver):
     --------
     >>> import numpy as np
     >>> import implicitnet as inet
-    >>> J = np.array([[0.2, 0.1], [0.0, 0.3]])
-    >>> res = inet.linalg.Anderson(rtol=1e-12).solve(np.eye(2) - J.T, np.ones(2))
-    >>> np.allclose(res.x, np.linalg.solve(np.eye(2) - J.T, np.ones(2)))
+    >>> A = np.array([[[2.0, 0.5], [0.0, 1.0]], [[1.0, 0.0], [0.3, 3.0]]])
+    >>> b = np.ones((2, 2))  # with batch_axis=0: one system per row, one matrix each
+    >>> res = inet.linalg.Anderson(rtol=1e-12).solve(A, b, batch_axis=0)
+    >>> np.allclose((A @ res.x[:, :, None])[:, :, 0], b)
     True
     """
 
@@ -101,17 +100,7 @@ class Anderson(AbstractBatchedLinearSolver):
         def step(p, x, r, st, k, *, xp):
             return _step(p, x, r, st, k, m=m, lam=lam, tiny=tiny, xp=xp)
 
-        return iterate(
-            problem,
-            init=init,
-            step=step,
-            matvecs_per_step=1,
-            tol=tol,
-            maxiter=200 if self.maxiter is None else self.maxiter,
-            callback=self.callback,
-            verify=False,
-            xp=xp,
-        )
+        return iterate_solver(self, problem, tol, init=init, step=step, default_maxiter=200, xp=xp)
 
 
 class _State(NamedTuple):
@@ -153,16 +142,12 @@ def _step(p, x, r, st: _State, k: int, *, m: int, lam: float, tiny: float, xp) -
 
 anderson = function_form(
     Anderson,
-    "anderson",
     summary="Solve ``A x = b`` by Anderson acceleration of the Neumann (Richardson) iteration.",
-    returns="``nmatvec == nit`` (plus one for a nonzero `x0`).",
     see_also="neumann : The iteration it accelerates.",
     examples="""
->>> import numpy as np
->>> import implicitnet as inet
->>> A = np.array([[1.2, 0.1], [-0.2, 0.9]])
->>> res = inet.linalg.anderson(A, np.array([1.0, 0.0]), rtol=1e-10)
->>> bool(res.success)
-True
+>>> J = 0.5 * np.eye(3)  # an adjoint system (I - J^T) u = g
+>>> res = inet.linalg.anderson(lambda u: u - J.T @ u, np.ones(3), m=2, rtol=1e-10)
+>>> bool(res.success), np.allclose(res.x, 2.0)
+(True, True)
 """,
 )

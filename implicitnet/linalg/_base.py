@@ -23,6 +23,7 @@ from .._validate import (
     is_python_numbers,
 )
 from .._xp import as_float_array, device, is_array, namespace, vector_norm
+from ._forms import with_shared_parameters
 
 __all__ = ["AbstractBatchedLinearSolver", "AbstractLinearSolver"]
 
@@ -73,11 +74,18 @@ class AbstractBatchedLinearSolver(AbstractLinearSolver):
     `maxiter` (None for the solver's default) and `callback`, and `M` (a right
     preconditioner) if they take one. :meth:`solve` validates the problem, brings it to
     the internal ``(B, n)`` layout and builds the :class:`Result` of what :meth:`run`
-    returns.
+    returns. A subclass's docstring documents its own settings: `rtol`, `atol` and
+    `callback` are added to its ``Parameters`` section from one shared block
+    (:func:`implicitnet.linalg._forms.with_shared_parameters`).
     """
 
     #: The right preconditioner; a solver that takes one declares `M` as a field.
     M: ClassVar[Any] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__:
+            cls.__doc__ = with_shared_parameters(cls.__doc__)
 
     def __post_init__(self):
         check_tolerances(self.rtol, self.atol, self.maxiter, maxiter_optional=True)

@@ -19,18 +19,16 @@ __all__ = ["BiCGSTAB", "bicgstab"]
 class BiCGSTAB(AbstractBatchedLinearSolver):
     """BiCGSTAB (van der Vorst), right-preconditioned, batched.
 
+    Short recurrences: constant memory per system and two products with ``A`` per
+    iteration, but the residual is not monotone and the method may break down.
+
     Parameters
     ----------
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
     maxiter : int, optional
         Maximum number of iterations; each costs two products with ``A`` (and with
         `M`). Default: 100.
     M : callable, array or object with ``matvec``, optional
         Right preconditioner approximating ``A^{-1}``.
-    callback : callable, optional
-        Called after every iteration with the residual norm (one per system when
-        batched).
 
     See Also
     --------
@@ -112,16 +110,12 @@ class BiCGSTAB(AbstractBatchedLinearSolver):
 
 bicgstab = function_form(
     BiCGSTAB,
-    "bicgstab",
     summary="Solve ``A x = b`` by BiCGSTAB, given only ``v -> A v``.",
     returns="""
-``nmatvec`` is ``2 * nit`` plus one for a nonzero `x0` and one for the final residual
-check.
+``nmatvec`` is ``2 * nit`` plus one for the final residual check.
 """,
     see_also="gmres : The more robust alternative.",
     examples="""
->>> import numpy as np
->>> import implicitnet as inet
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
 >>> res = inet.linalg.bicgstab(lambda v: A @ v, np.array([1.0, 0.0]), rtol=1e-10)
 >>> bool(res.success), np.allclose(A @ res.x, [1.0, 0.0])

@@ -10,7 +10,7 @@ from .._validate import check_int
 from .._xp import vdot, vector_norm
 from ._base import AbstractBatchedLinearSolver, _Outcome, _Problem
 from ._forms import function_form
-from ._iterate import Step, iterate
+from ._iterate import Step, iterate_solver
 
 __all__ = ["Broyden", "broyden"]
 
@@ -19,18 +19,16 @@ __all__ = ["Broyden", "broyden"]
 class Broyden(AbstractBatchedLinearSolver):
     """Broyden's good method on ``F(x) = A x - b``, inverse form, limited memory.
 
+    One product with ``A`` per iteration; ``A^{-1}`` is approximated by at most `m`
+    rank-one updates of the identity.
+
     Parameters
     ----------
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
     maxiter : int, optional
         Maximum number of iterations, one product with ``A`` each. Default: 200.
     m : int, default: 20
         Rank-one updates kept; after `m` updates the approximation restarts from the
         identity.
-    callback : callable, optional
-        Called after every iteration with the residual norm (one per system when
-        batched).
 
     See Also
     --------
@@ -93,17 +91,10 @@ class Broyden(AbstractBatchedLinearSolver):
         def init(p, x, r, *, xp):
             return _State(C=None, D=None, s=None)
 
-        return iterate(
-            problem,
-            init=init,
-            step=lambda p, x, r, st, k, *, xp: _step(p, x, r, st, k, m=m, eps=eps, xp=xp),
-            matvecs_per_step=1,
-            tol=tol,
-            maxiter=200 if self.maxiter is None else self.maxiter,
-            callback=self.callback,
-            verify=False,
-            xp=xp,
-        )
+        def step(p, x, r, st, k, *, xp):
+            return _step(p, x, r, st, k, m=m, eps=eps, xp=xp)
+
+        return iterate_solver(self, problem, tol, init=init, step=step, default_maxiter=200, xp=xp)
 
 
 class _State(NamedTuple):
@@ -158,16 +149,13 @@ def _step(p, x, r, st: _State, k: int, *, m: int, eps: float, xp) -> Step:
 
 broyden = function_form(
     Broyden,
-    "broyden",
     summary="Solve ``A x = b`` by Broyden's good method (linear, limited memory).",
-    returns="``nmatvec == nit`` (plus one for a nonzero `x0`).",
     see_also="anderson : The other quasi-Newton solver.",
     examples="""
->>> import numpy as np
->>> import implicitnet as inet
 >>> A = np.array([[1.2, 0.1], [-0.2, 0.9]])
->>> res = inet.linalg.broyden(A, np.array([1.0, 0.0]), rtol=1e-10)
->>> bool(res.success), res.nit <= 4
+>>> b = np.array([[1.0, 0.0], [0.0, 2.0]])  # two systems, one per row
+>>> res = inet.linalg.broyden(A, b, rtol=1e-10, batch_axis=0)
+>>> res.success, np.allclose(res.x @ A.T, b)
 (True, True)
 """,
 )

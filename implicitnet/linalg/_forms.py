@@ -16,9 +16,21 @@ import re
 import textwrap
 from collections.abc import Callable
 
-__all__ = ["function_form"]
+__all__ = ["function_form", "with_shared_parameters"]
 
-# The problem's arguments, shared by every function form (numpydoc, unindented).
+# The settings every built-in solver has (numpydoc, unindented): added to the
+# ``Parameters`` section of each solver class's docstring, first and last.
+_TOLERANCES_DOC = """\
+rtol, atol : float, default: 1e-6, 0.0
+    Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean norms,
+    one per system when batched)."""
+
+_CALLBACK_DOC = """\
+callback : callable, optional
+    Called after every iteration with the residual norm (a 0-D array, or one entry
+    per system when batched)."""
+
+# The problem's arguments, shared by every function form.
 _OPERATOR_DOC = """\
 A : callable, array or object with ``matvec``
     ``A(v)`` returns ``A @ v`` for an array ``v`` shaped like `b`. A 2-D array is
@@ -41,9 +53,10 @@ xp : array namespace, optional
 _RETURNS_DOC = """\
 Result
     ``x`` (shaped like `b`, in its namespace and dtype), ``success``, ``status``,
-    ``nit``, ``nfev`` / ``nmatvec`` (products with ``A``), ``residual`` (the
-    residual norm of ``x``) and ``history`` (entry 0 the initial residual norm, then
-    one entry per iteration). Batched: one entry per system."""
+    ``nit``, ``nfev`` / ``nmatvec`` (products with ``A``, one more for a nonzero
+    `x0`), ``residual`` (the residual norm of ``x``) and ``history`` (entry 0 the
+    initial residual norm, then one entry per iteration). Batched: one entry per
+    system."""
 
 _RAISES_DOC = """\
 ValueError
@@ -53,28 +66,39 @@ TypeError
     If `A` is neither callable, an array nor has a ``matvec``, or a setting has the
     wrong type."""
 
-_SECTION = re.compile(r"^(?P<title>[A-Z][A-Za-z ]+)\n-+\n", re.MULTILINE)
+# Every example starts from these.
+_EXAMPLE_IMPORTS = ">>> import numpy as np\n>>> import implicitnet as inet\n"
+
+_TITLE = re.compile(r"^([A-Z][A-Za-z ]+)\n-+\n", re.MULTILINE)
 
 
-def _section(doc: str, title: str) -> str:
-    """The body of the numpydoc section `title` of a (cleaned) docstring."""
-    parts = _SECTION.split(doc)
-    # split() gives [preamble, title1, body1, title2, body2, ...]
-    for name, body in zip(parts[1::2], parts[2::2]):
-        if name == title:
-            return body.strip("\n")
-    msg = f"the docstring has no {title!r} section"
-    raise ValueError(msg)
+def _split(doc: str) -> tuple[str, dict[str, str]]:
+    """A cleaned numpydoc docstring as its preamble and ``{title: body}``, in order."""
+    parts = _TITLE.split(inspect.cleandoc(doc))
+    return parts[0].strip("\n"), {t: b.strip("\n") for t, b in zip(parts[1::2], parts[2::2])}
 
 
-def _block(title: str, *bodies: str) -> str:
-    text = "\n".join(b.strip("\n") for b in bodies if b)
-    return f"{title}\n{'-' * len(title)}\n{text}\n"
+def _join(preamble: str, sections: dict[str, str]) -> str:
+    blocks = [preamble]
+    blocks += [f"{t}\n{'-' * len(t)}\n{b}" for t, b in sections.items() if b]
+    return "\n\n".join(blocks) + "\n"
+
+
+def with_shared_parameters(doc: str) -> str:
+    """A solver class's docstring with `rtol`, `atol` and `callback` documented.
+
+    The class documents its own settings; the ones every built-in solver shares are
+    written once, here, and placed first (`rtol`, `atol`) and last (`callback`) in
+    its ``Parameters`` section.
+    """
+    preamble, sections = _split(doc)
+    own = sections.get("Parameters", "")
+    sections["Parameters"] = "\n".join(p for p in (_TOLERANCES_DOC, own, _CALLBACK_DOC) if p)
+    return _join(preamble, sections)
 
 
 def function_form(
     cls: type,
-    name: str,
     *,
     summary: str,
     returns: str = "",
@@ -82,14 +106,17 @@ def function_form(
     notes: str = "",
     examples: str,
 ) -> Callable:
-    """The function ``name(A, b, /, *, x0=None, <fields of cls>, batch_axis=None, xp=None)``.
+    """The function form of the solver class `cls`, named ``cls.__name__.lower()``.
 
-    It builds ``cls(**settings)`` and returns its ``solve(A, b, x0=..., batch_axis=...,
-    xp=...)``. `summary` is the docstring's first line; `returns` is added to the
-    shared description of the result; `see_also`, `notes` and `examples` are the
-    bodies of those sections (unindented numpydoc). The ``Parameters`` section is the
-    shared block around the ``Parameters`` section of the class's docstring.
+    Its signature is ``(A, b, /, *, x0=None, <fields of cls>, batch_axis=None,
+    xp=None)``; it builds ``cls(**settings)`` and returns its ``solve(A, b, x0=...,
+    batch_axis=..., xp=...)``. `summary` is the docstring's first line, `returns` is
+    added to the shared description of the result, `see_also` and `notes` are the
+    bodies of those sections and `examples` follows the imports of NumPy and
+    implicitnet (unindented numpydoc). The ``Parameters`` section is the shared block
+    of the problem's arguments around the ``Parameters`` section of the class.
     """
+    name = cls.__name__.lower()
     fields = [f for f in dataclasses.fields(cls) if f.init]
     settings = frozenset(f.name for f in fields)
     keyword = inspect.Parameter.KEYWORD_ONLY
@@ -112,19 +139,20 @@ def function_form(
             raise TypeError(msg)
         return cls(**options).solve(A, b, x0=x0, batch_axis=batch_axis, xp=xp)
 
-    listed = [f"`{f.name}`" for f in fields if f.name not in ("M", "callback")]
-    class_doc = inspect.cleandoc(cls.__doc__)
-    sections = [
-        summary.strip() + "\n",
-        _block("Parameters", _OPERATOR_DOC, _section(class_doc, "Parameters"), _LAYOUT_DOC),
-        _block("Returns", _RETURNS_DOC, textwrap.indent(returns.strip(), "    ")),
-        _block("Raises", _RAISES_DOC.format(settings=", ".join(listed))),
-        _block("See Also", f"{cls.__name__} : The solver object, with the algorithm.", see_also),
-        _block("Notes", notes) if notes else "",
-        _block("Examples", examples),
-    ]
+    listed = ", ".join(f"`{f.name}`" for f in fields if f.name not in ("M", "callback"))
+    class_parameters = _split(cls.__doc__)[1]["Parameters"]
+    sections = {
+        "Parameters": "\n".join((_OPERATOR_DOC, class_parameters, _LAYOUT_DOC)),
+        "Returns": "\n".join(
+            r for r in (_RETURNS_DOC, textwrap.indent(returns.strip("\n"), "    ")) if r
+        ),
+        "Raises": _RAISES_DOC.format(settings=listed),
+        "See Also": f"{cls.__name__} : The solver object, with the algorithm.\n{see_also}",
+        "Notes": notes.strip("\n"),
+        "Examples": _EXAMPLE_IMPORTS + examples.strip("\n"),
+    }
     solve.__name__ = solve.__qualname__ = name
     solve.__module__ = cls.__module__
-    solve.__doc__ = "\n".join(s for s in sections if s)
+    solve.__doc__ = _join(summary, sections)
     solve.__signature__ = signature
     return solve

@@ -27,11 +27,11 @@ __all__ = ["GMRES", "gmres"]
 class GMRES(AbstractBatchedLinearSolver):
     """Restarted GMRES(`restart`), right-preconditioned, batched.
 
+    The most robust of the linear solvers: within a cycle the residual never grows, at
+    the cost of `restart` stored basis vectors per system.
+
     Parameters
     ----------
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean norms,
-        one per system when batched). Default ``rtol=1e-6``, ``atol=0``.
     restart : int, default: 20
         Krylov subspace dimension between restarts (capped at the number of unknowns).
     maxiter : int, optional
@@ -42,9 +42,6 @@ class GMRES(AbstractBatchedLinearSolver):
         Right preconditioner, ``M(r)`` approximating ``A^{-1} r``: GMRES solves
         ``A M u = b`` and returns ``x = M u``, so the residual it monitors is the true
         one.
-    callback : callable, optional
-        Called after every inner iteration with the residual-norm estimate (a 0-D array,
-        or one entry per system when batched).
 
     See Also
     --------
@@ -127,11 +124,10 @@ class GMRES(AbstractBatchedLinearSolver):
 
 gmres = function_form(
     GMRES,
-    "gmres",
     summary="Solve ``A x = b`` by restarted GMRES, given only ``v -> A v``.",
     returns="""
 ``nit`` counts inner iterations; ``nfev`` includes one product per restart cycle
-(the true residual) and one for a nonzero `x0`. Unlike
+(the true residual). Unlike
 :func:`scipy.sparse.linalg.gmres`, `maxiter` counts inner iterations, not cycles.
 """,
     see_also="bicgstab, neumann, broyden, anderson : The other matrix-free solvers.",
@@ -142,8 +138,6 @@ returns ``success=False`` with the iterate of smallest true residual and status
 ``"breakdown"`` when the Krylov space became singular). See :class:`GMRES`.
 """,
     examples="""
->>> import numpy as np
->>> import implicitnet as inet
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
 >>> res = inet.linalg.gmres(lambda v: A @ v, np.array([1.0, 0.0]))
 >>> bool(res.success)

@@ -113,3 +113,31 @@ def iterate(
         history=history,
         code=code,
     )
+
+
+def iterate_solver(
+    solver,
+    p: _Problem,
+    tol,
+    *,
+    init,
+    step,
+    default_maxiter: int,
+    xp,
+    matvecs_per_step: int = 1,
+    verify: bool = False,
+) -> _Outcome:
+    """:func:`iterate` with the `maxiter` (`default_maxiter` when it is None) and the
+    `callback` of the linear solver object `solver`."""
+    maxiter = default_maxiter if solver.maxiter is None else solver.maxiter
+    return iterate(
+        p,
+        init=init,
+        step=step,
+        matvecs_per_step=matvecs_per_step,
+        tol=tol,
+        maxiter=maxiter,
+        callback=solver.callback,
+        verify=verify,
+        xp=xp,
+    )

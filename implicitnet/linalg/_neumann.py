@@ -8,7 +8,7 @@ from typing import Any
 
 from ._base import AbstractBatchedLinearSolver, _Outcome, _Problem
 from ._forms import function_form
-from ._iterate import Step, iterate
+from ._iterate import Step, iterate_solver
 
 __all__ = ["Neumann", "neumann"]
 
@@ -17,15 +17,13 @@ __all__ = ["Neumann", "neumann"]
 class Neumann(AbstractBatchedLinearSolver):
     """Truncated Neumann series ``x = sum_k (I - A)^k b``, i.e. Richardson iteration.
 
+    The cheapest adjoint solve: it converges when the layer is contractive, at its rate.
+
     Parameters
     ----------
-    rtol, atol : float
-        Stop a system when ``norm(b - A x) <= atol + rtol * norm(b)`` (Euclidean).
     maxiter : int, optional
         Maximum number of terms after the first (one product with ``A`` each).
         Default: 50.
-    callback : callable, optional
-        Called after every term with the residual norm (one per system when batched).
 
     See Also
     --------
@@ -65,17 +63,11 @@ class Neumann(AbstractBatchedLinearSolver):
 
     def run(self, problem: _Problem, tol: Any, *, xp: Any) -> _Outcome:
         """Richardson iteration on `problem` (internal layout)."""
-        return iterate(
-            problem,
-            init=lambda p, x, r, *, xp: None,
-            step=_step,
-            matvecs_per_step=1,
-            tol=tol,
-            maxiter=50 if self.maxiter is None else self.maxiter,
-            callback=self.callback,
-            verify=False,
-            xp=xp,
-        )
+        return iterate_solver(self, problem, tol, init=_init, step=_step, default_maxiter=50, xp=xp)
+
+
+def _init(p, x, r, *, xp) -> None:
+    return None  # no state: the residual is the next term
 
 
 def _step(p, x, r, state, k, *, xp) -> Step:
@@ -84,13 +76,9 @@ def _step(p, x, r, state, k, *, xp) -> Step:
 
 neumann = function_form(
     Neumann,
-    "neumann",
     summary="Solve ``A x = b`` by the truncated Neumann series (Richardson iteration).",
-    returns="``nmatvec == nit`` (plus one for a nonzero `x0`).",
     see_also="anderson : Anderson acceleration of the same iteration.",
     examples="""
->>> import numpy as np
->>> import implicitnet as inet
 >>> res = inet.linalg.neumann(lambda u: u - 0.5 * u, np.ones(3), rtol=1e-8)
 >>> np.allclose(res.x, 2.0), res.nit
 (True, 27)
