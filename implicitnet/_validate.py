@@ -22,6 +22,7 @@ __all__ = [
     "check_arg_batch_axes",
     "check_batch_axis",
     "check_callable",
+    "check_divides",
     "check_finite",
     "check_int",
     "check_nonnegative",
@@ -126,6 +127,13 @@ def check_int(
         msg = f"`{name}` must be at least {minimum}, got {value}"
         raise ValueError(msg)
     return int(value)
+
+
+def check_divides(divisor: int, name: str, total: int, total_name: str) -> None:
+    """Raise ``ValueError`` unless the (checked) integer `divisor` divides `total`."""
+    if total % divisor:
+        msg = f"`{name}` ({divisor}) must divide `{total_name}` ({total})"
+        raise ValueError(msg)
 
 
 def check_tolerances(rtol: Any, atol: Any, maxiter: Any, *, maxiter_optional: bool = False) -> None:

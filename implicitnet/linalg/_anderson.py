@@ -42,12 +42,12 @@ class Anderson(AbstractBatchedLinearSolver):
     The fixed-point map is ``G(x) = x + (b - A x)``; for an adjoint ``A = I - J^T``
     it is ``G(u) = g + J^T u``, the plain adjoint iteration. With residuals
     ``f_k = b - A x_k``, ``g_k = x_k + f_k`` and the last `m` differences
-    ``dF = [f_{i+1} - f_i]``, ``dG = [g_{i+1} - g_i]`` (type-II Anderson [1]_)::
+    ``dF = [f_{i+1} - f_i]``, ``dG = [g_{i+1} - g_i]`` (type-II Anderson [2]_)::
 
         gamma = argmin || f_k - dF gamma ||,   x_{k+1} = g_k - dG gamma
 
     ``gamma`` solves ``(dF^T dF + lam I) gamma = dF^T f_k``, one small batched solve.
-    Without truncation this is equivalent to GMRES on ``A x = b`` [2]_; with a short
+    Without truncation this is equivalent to GMRES on ``A x = b`` [1]_; with a short
     memory it is the classic DEQ accelerator.
 
     This is a dedicated linear version rather than the nonlinear Anderson solver run
@@ -57,10 +57,10 @@ class Anderson(AbstractBatchedLinearSolver):
 
     References
     ----------
-    .. [1] D. G. Anderson, "Iterative procedures for nonlinear integral equations",
-       J. ACM 12 (1965).
-    .. [2] H. F. Walker and P. Ni, "Anderson acceleration for fixed-point iterations",
+    .. [1] H. F. Walker and P. Ni, "Anderson acceleration for fixed-point iterations",
        SIAM J. Numer. Anal. 49 (2011).
+    .. [2] D. G. Anderson, "Iterative procedures for nonlinear integral equations",
+       J. ACM 12 (1965).
 
     Examples
     --------

@@ -38,12 +38,12 @@ def iterate(
     *,
     init,
     step,
-    matvecs_per_step: int,
     tol,
     maxiter: int,
     callback,
-    verify: bool,
     xp,
+    matvecs_per_step: int = 1,
+    verify: bool = False,
 ) -> _Outcome:
     """Run ``step`` until every system converged or failed, or `maxiter` steps.
 
@@ -115,29 +115,9 @@ def iterate(
     )
 
 
-def iterate_solver(
-    solver,
-    p: _Problem,
-    tol,
-    *,
-    init,
-    step,
-    default_maxiter: int,
-    xp,
-    matvecs_per_step: int = 1,
-    verify: bool = False,
-) -> _Outcome:
-    """:func:`iterate` with the `maxiter` (`default_maxiter` when it is None) and the
-    `callback` of the linear solver object `solver`."""
+def iterate_solver(solver, p: _Problem, tol, *, init, step, default_maxiter: int, xp) -> _Outcome:
+    """:func:`iterate` (one product with ``A`` per step, no final check) with the
+    `maxiter` (`default_maxiter` when it is None) and the `callback` of `solver`."""
     maxiter = default_maxiter if solver.maxiter is None else solver.maxiter
-    return iterate(
-        p,
-        init=init,
-        step=step,
-        matvecs_per_step=matvecs_per_step,
-        tol=tol,
-        maxiter=maxiter,
-        callback=solver.callback,
-        verify=verify,
-        xp=xp,
-    )
+    callback = solver.callback
+    return iterate(p, init=init, step=step, tol=tol, maxiter=maxiter, callback=callback, xp=xp)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._tree import static_field
-from .._validate import check_int
+from .._validate import check_divides, check_int, check_positive
 from .._xp import namespace
 from ._conv import conv2d
 from ._init import fan_in_bound, generator, resolve_backend, uniform_init
@@ -227,9 +227,7 @@ class LayerNorm(Module):
 
     def __post_init__(self):
         check_int(self.num_axes, "num_axes", minimum=1)
-        if not self.eps > 0:
-            msg = f"`eps` must be positive, got {self.eps}"
-            raise ValueError(msg)
+        check_positive(self.eps, "eps")
 
     def __call__(self, x):
         if x.ndim < self.num_axes:
@@ -307,9 +305,7 @@ class GroupNorm(Module):
 
     def __post_init__(self):
         check_int(self.num_groups, "num_groups", minimum=1)
-        if not self.eps > 0:
-            msg = f"`eps` must be positive, got {self.eps}"
-            raise ValueError(msg)
+        check_positive(self.eps, "eps")
 
     def __call__(self, x):
         if x.ndim < 2:
@@ -348,9 +344,7 @@ class GroupNorm(Module):
         """Unit weight and zero bias for `num_channels` channels."""
         num_channels = check_int(num_channels, "num_channels", minimum=1)
         num_groups = check_int(num_groups, "num_groups", minimum=1)
-        if num_channels % num_groups:
-            msg = f"`num_groups` ({num_groups}) must divide `num_channels` ({num_channels})"
-            raise ValueError(msg)
+        check_divides(num_groups, "num_groups", num_channels, "num_channels")
         kw = {"dtype": dtype, "backend": backend, "device": device}
         if not affine:
             return cls(num_groups=num_groups, eps=eps)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._tree import static_field
-from .._validate import check_int
+from .._validate import check_divides, check_int
 from .._xp import device as _device
 from .._xp import namespace
 from ._deq import DEQ
@@ -387,9 +387,7 @@ def conv_deq(
     check_int(channels, "channels", minimum=1)
     check_int(image_size, "image_size", minimum=1)
     check_int(pool, "pool", minimum=1)
-    if image_size % pool:
-        msg = f"`pool` ({pool}) must divide `image_size` ({image_size})"
-        raise ValueError(msg)
+    check_divides(pool, "pool", image_size, "image_size")
     rng = generator(seed)
     kw = {"dtype": dtype, "backend": backend, "device": device}
     stem = _Stem(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._tree import static_field, tree_map
+from .._validate import check_int, check_real
 from .._xp import device, namespace
 from ._init import generator, normal_init, resolve_backend
 from ._module import Module
@@ -203,9 +204,7 @@ def spectral_norm(layer, *, n_power_iterations: int = 1, seed=0) -> SpectralNorm
     -------
     SpectralNorm
     """
-    if n_power_iterations < 1:
-        msg = f"`n_power_iterations` must be at least 1, got {n_power_iterations}"
-        raise ValueError(msg)
+    check_int(n_power_iterations, "n_power_iterations", minimum=1)
     inner = _without_weight(layer)
     w = layer.weight
     from .. import backends
@@ -268,9 +267,7 @@ class MonotoneLinear(Module):
     m: float = static_field(default=0.05)
 
     def __post_init__(self):
-        if not 0.0 < float(self.m) <= 1.0:
-            msg = f"`m` must lie in (0, 1], got {self.m}"
-            raise ValueError(msg)
+        check_real(self.m, "m", low=0.0, high=1.0, low_open=True)
 
     def weight(self):
         """``W = (1 - m) I - A^T A + B - B^T``."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._tree import static_field
-from .._validate import check_int
+from .._validate import check_divides, check_int
 from .._xp import device as _device
 from .._xp import namespace
 from ._deq import DEQ
@@ -245,9 +245,7 @@ class CausalSelfAttention(Module):
         """Projections with :meth:`Linear.create`'s initialisation."""
         dim = check_int(dim, "dim", minimum=1)
         num_heads = check_int(num_heads, "num_heads", minimum=1)
-        if dim % num_heads:
-            msg = f"`num_heads` ({num_heads}) must divide `dim` ({dim})"
-            raise ValueError(msg)
+        check_divides(num_heads, "num_heads", dim, "dim")
         rng = generator(seed)
         kw = {"dtype": dtype, "backend": backend, "device": device}
         return cls(
