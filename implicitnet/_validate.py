@@ -72,26 +72,25 @@ def check_real(
     Raises ``TypeError`` for a non-number and ``ValueError`` ("`name` must lie in
     [low, high), got value") outside the interval.
     """
-    if not _is_real(value):
-        msg = f"`{name}` must be a real number, got {value!r}"
-        raise TypeError(msg)
-    number = float(value)
-    inside = number == number
-    if low is not None:
-        inside = inside and (number > low if low_open else number >= low)
-    if high is not None:
-        inside = inside and (number < high if high_open else number <= high)
-    if not inside:
+    number = _real(value, name)
+    above = low is None or (number > low if low_open else number >= low)
+    below = high is None or (number < high if high_open else number <= high)
+    if not (above and below) or math.isnan(number):
         msg = f"`{name}` must lie in {_interval(low, high, low_open, high_open)}, got {value!r}"
         raise ValueError(msg)
     return number
 
 
-def _check_finite_sign(value: Any, name: str, *, strict: bool) -> float:
+def _real(value: Any, name: str) -> float:
+    """`value` as a float; ``TypeError`` unless it is a real number (not a bool)."""
     if not _is_real(value):
         msg = f"`{name}` must be a real number, got {value!r}"
         raise TypeError(msg)
-    number = float(value)
+    return float(value)
+
+
+def _check_finite_sign(value: Any, name: str, *, strict: bool) -> float:
+    number = _real(value, name)
     if not (math.isfinite(number) and (number > 0 if strict else number >= 0)):
         sign = "positive" if strict else "non-negative"
         msg = f"`{name}` must be finite and {sign}, got {value!r}"
@@ -199,15 +198,13 @@ def _per_argument(arg_batch_axes: Any, count: int) -> tuple:
     return tuple(arg_batch_axes)
 
 
-def _argument_axis(k: int, arg: Any, ax: Any, batch: int) -> int | None:
-    """The batch axis of ``args[k]``: checked against every array leaf of it."""
-    if ax is None:
-        return None
+def _argument_axis(k: int, arg: Any, ax: Any, batch: int) -> int:
+    """The batch axis `ax` (not None) of ``args[k]``, checked against its array leaves."""
     if not _is_int(ax):
         msg = f"`arg_batch_axes[{k}]` must be an int or None, got {ax!r}"
         raise TypeError(msg)
     leaves = tree_leaves(arg)
-    if not leaves or not all(is_array(leaf) for leaf in leaves):
+    if not (leaves and all(map(is_array, leaves))):
         msg = f"`args[{k}]` has a batch axis in `arg_batch_axes` but holds non-arrays"
         raise TypeError(msg)
     for leaf in leaves:
@@ -222,11 +219,10 @@ def _check_leaf_axis(k: int, leaf: Any, ax: int, batch: int) -> None:
     if not -nd <= ax < nd:
         msg = f"`arg_batch_axes[{k}]` = {ax} is out of range for an argument with {nd} dimensions"
         raise ValueError(msg)
-    if leaf.shape[ax] != batch:
-        msg = (
-            f"`args[{k}]` has size {leaf.shape[ax]} along its batch axis {ax}, "
-            f"but `x0` holds {batch} systems"
-        )
+    size = leaf.shape[ax]
+    if size != batch:
+        msg = f"`args[{k}]` has size {size} along its batch axis {ax}, "
+        msg += f"but `x0` holds {batch} systems"
         raise ValueError(msg)
 
 
@@ -242,4 +238,7 @@ def check_arg_batch_axes(arg_batch_axes: Any, args: tuple, batch_axis: Any, x0: 
         raise ValueError(msg)
     axes = _per_argument(arg_batch_axes, len(args))
     batch = x0.shape[batch_axis]
-    return tuple(_argument_axis(k, a, ax, batch) for k, (a, ax) in enumerate(zip(args, axes)))
+    return tuple(
+        None if ax is None else _argument_axis(k, a, ax, batch)
+        for k, (a, ax) in enumerate(zip(args, axes))
+    )
