@@ -153,6 +153,11 @@ def function_form(
     }
     solve.__name__ = solve.__qualname__ = name
     solve.__module__ = cls.__module__
-    solve.__doc__ = _join(summary, sections)
+    preamble = (
+        f"{summary.strip()}\n\nThe function form of :class:`{cls.__name__}`: "
+        f"``{name}(A, b, **settings)`` returns\n``{cls.__name__}(**settings).solve(A, b, "
+        "x0=x0, batch_axis=batch_axis, xp=xp)``."
+    )
+    solve.__doc__ = _join(preamble, sections)
     solve.__signature__ = signature
     return solve
