@@ -92,9 +92,9 @@ def with_shared_parameters(doc: str) -> str:
     its ``Parameters`` section.
     """
     preamble, sections = _split(doc)
-    own = sections.get("Parameters", "")
-    sections["Parameters"] = "\n".join(p for p in (_TOLERANCES_DOC, own, _CALLBACK_DOC) if p)
-    return _join(preamble, sections)
+    own = sections.pop("Parameters", "")
+    shared = "\n".join(p for p in (_TOLERANCES_DOC, own, _CALLBACK_DOC) if p)
+    return _join(preamble, {"Parameters": shared, **sections})
 
 
 def function_form(
