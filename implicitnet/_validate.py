@@ -40,12 +40,22 @@ class NonFiniteError(ValueError):
     """
 
 
+# Python's own numbers first: the check against the abstract base classes (for NumPy
+# scalars and the like) costs several times more.
+
+
 def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    kind = type(value)
+    if kind is float or kind is int:
+        return True
+    return isinstance(value, numbers.Real) and kind is not bool
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    kind = type(value)
+    if kind is int:
+        return True
+    return isinstance(value, numbers.Integral) and kind is not bool
 
 
 def _interval(low, high, low_open: bool, high_open: bool) -> str:
