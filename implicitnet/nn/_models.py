@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,20 +40,59 @@ class MLPCell(Module):
         return out if mask is None else out * mask
 
 
-def _plain_cell(linear, z, x, mask, activation):
-    out = activation(linear(z) + x)
-    return out if mask is None else out * mask
+def _plain_cell_class(name: str, activation: Callable[[Any], Any], doc: str) -> type[Module]:
+    """The cell class ``z -> activation(W z + x)`` named `name` (one definition serves both)."""
+
+    @dataclass(frozen=True)
+    class Cell(Module):
+        linear: Any
+
+        def __call__(self, z, x, mask=None):
+            out = activation(self.linear(z) + x)
+            return out if mask is None else out * mask
+
+        @classmethod
+        def create(
+            cls,
+            width: int,
+            *,
+            init_scale: float = 0.5,
+            seed=0,
+            dtype=None,
+            backend="numpy",
+            device=None,
+        ) -> Module:
+            """A cell of `width` features: ``W`` as :meth:`Linear.create`, times `init_scale`.
+
+            Parameters
+            ----------
+            width : int
+                Size of the state (and of the injection).
+            init_scale : float, default: 0.5
+                Factor on the initial ``W``, whose entries are ``U(-1/sqrt(width),
+                1/sqrt(width))``; ``||W||_2`` is then about ``1.15 * init_scale``, so the
+                default starts as a contraction.
+            seed, dtype, backend, device
+                As in :meth:`Linear.create`.
+            """
+            _check_int("width", width, 1)
+            kw = {"dtype": dtype, "backend": backend, "device": device}
+            lin = Linear.create(width, width, bias=False, seed=seed, **kw)
+            return cls(linear=lin.replace(weight=float(init_scale) * lin.weight))
+
+    Cell.__name__ = Cell.__qualname__ = name
+    Cell.__doc__ = doc
+    Cell.__call__.__doc__ = (
+        f"``{activation.__name__}(W z + x)``, times the dropout `mask` when one is given."
+    )
+    for method in (Cell.__call__, Cell.create.__func__):
+        method.__qualname__ = f"{name}.{method.__name__}"
+    return Cell
 
 
-def _plain_linear(width, init_scale, seed, kw):
-    """A bias-free ``width x width`` layer, initialised as :meth:`Linear.create` and scaled."""
-    _check_int("width", width, 1)
-    lin = Linear.create(width, width, bias=False, seed=seed, **kw)
-    return lin.replace(weight=float(init_scale) * lin.weight)
-
-
-@dataclass(frozen=True)
-class TanhCell(Module):
+TanhCell = _plain_cell_class(
+    "TanhCell",
+    tanh,
     """The textbook DEQ cell ``z -> tanh(W z + x)``, `x` the input injection.
 
     With :class:`DEQ` it makes the smallest equilibrium model, ``z* = tanh(W z* + x)``,
@@ -80,44 +120,12 @@ class TanhCell(Module):
     >>> z, res = deq(x)
     >>> bool(res.success), bool(np.allclose(z, deq.cell(z, x)))
     (True, True)
-    """
+    """,
+)
 
-    linear: Any
-
-    def __call__(self, z, x, mask=None):
-        """``tanh(W z + x)``, times the dropout `mask` when one is given."""
-        return _plain_cell(self.linear, z, x, mask, tanh)
-
-    @classmethod
-    def create(
-        cls,
-        width: int,
-        *,
-        init_scale: float = 0.5,
-        seed=0,
-        dtype=None,
-        backend="numpy",
-        device=None,
-    ) -> TanhCell:
-        """A cell of `width` features: ``W`` as :meth:`Linear.create`, times `init_scale`.
-
-        Parameters
-        ----------
-        width : int
-            Size of the state (and of the injection).
-        init_scale : float, default: 0.5
-            Factor on the initial ``W``, whose entries are ``U(-1/sqrt(width),
-            1/sqrt(width))``; ``||W||_2`` is then about ``1.15 * init_scale``, so the
-            default starts as a contraction.
-        seed, dtype, backend, device
-            As in :meth:`Linear.create`.
-        """
-        kw = {"dtype": dtype, "backend": backend, "device": device}
-        return cls(linear=_plain_linear(width, init_scale, seed, kw))
-
-
-@dataclass(frozen=True)
-class ReluCell(Module):
+ReluCell = _plain_cell_class(
+    "ReluCell",
+    relu,
     """The textbook DEQ cell ``z -> relu(W z + x)``, `x` the input injection.
 
     A contraction when ``||W||_2 < 1`` (``relu`` is 1-Lipschitz).
@@ -139,28 +147,8 @@ class ReluCell(Module):
     >>> z, res = deq(np.ones((3, 8)))
     >>> bool(res.success), bool((z >= 0).all())
     (True, True)
-    """
-
-    linear: Any
-
-    def __call__(self, z, x, mask=None):
-        """``relu(W z + x)``, times the dropout `mask` when one is given."""
-        return _plain_cell(self.linear, z, x, mask, relu)
-
-    @classmethod
-    def create(
-        cls,
-        width: int,
-        *,
-        init_scale: float = 0.5,
-        seed=0,
-        dtype=None,
-        backend="numpy",
-        device=None,
-    ) -> ReluCell:
-        """A cell of `width` features; the arguments are those of :meth:`TanhCell.create`."""
-        kw = {"dtype": dtype, "backend": backend, "device": device}
-        return cls(linear=_plain_linear(width, init_scale, seed, kw))
+    """,
+)
 
 
 @dataclass(frozen=True)
