@@ -7,6 +7,7 @@ Each function returns plain NumPy data or callables written against the array AP
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse.linalg as spla
 
 from implicitnet import namespace
 from implicitnet.solvers import fixed_point
@@ -149,3 +150,28 @@ def solve_rows(f, s, *, xp, rtol, maxiter, **options):
         arg_batch_axes=0,
         **options,
     )
+
+
+def scipy_gmres(A, b, *, rtol, restart):
+    """SciPy's restarted GMRES (``atol=0``), the reference: ``(x, info, inner iterations)``.
+
+    Inner iterations are counted by SciPy's ``pr_norm`` callback, one call per Arnoldi
+    step; SciPy counts `maxiter` in restart cycles (here 1000).
+    """
+    nit = 0
+
+    def count(_):
+        nonlocal nit
+        nit += 1
+
+    x, info = spla.gmres(
+        A,
+        b,
+        rtol=rtol,
+        atol=0.0,
+        restart=restart,
+        maxiter=1000,
+        callback=count,
+        callback_type="pr_norm",
+    )
+    return x, info, nit
