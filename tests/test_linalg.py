@@ -105,10 +105,10 @@ def _cast(xp, dtype, *arrays):
 
 
 def _every_solver_operator_and_dtype(solvers):
-    """Parametrize over the `name` of each solver, a matrix or callable operator, the dtype."""
+    """Parametrize a property (no deadline) over each solver `name`, operator form, dtype."""
 
     def mark(test):
-        test = pytest.mark.parametrize("name", sorted(solvers))(test)
+        test = pytest.mark.parametrize("name", sorted(solvers))(settings(deadline=None)(test))
         forms = pytest.mark.parametrize("as_callable", [False, True], ids=["matrix", "callable"])
         return pytest.mark.parametrize("dtype", DTYPES)(forms(test))
 
@@ -132,7 +132,6 @@ def _assert_solved(res, A_np, b_np, *, backend, xp, dtype):
 
 
 @_every_solver_operator_and_dtype(KRYLOV)
-@settings(deadline=None)
 @given(problem=linear_systems())
 def test_solves_well_conditioned_systems(backend, xp, name, as_callable, dtype, problem):
     A_np, b_np = problem
@@ -146,7 +145,6 @@ def test_solves_well_conditioned_systems(backend, xp, name, as_callable, dtype, 
 
 
 @_every_solver_operator_and_dtype(ALL)
-@settings(deadline=None)
 @given(problem=adjoint_systems())
 def test_solves_adjoint_systems(backend, xp, name, as_callable, dtype, problem):
     """Every solver, on ``(I - J^T) u = g`` given as ``u -> u - J^T u``."""

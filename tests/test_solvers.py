@@ -4,6 +4,7 @@ batching, statuses, argument checks and the solver protocol, on every backend.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import nonlinear_systems
 import numpy as np
@@ -415,25 +416,19 @@ def test_user_written_solver_and_registry(xp):
 def test_scipy_adapters_agree_with_native_methods(xp, method):
     W, inj = problems.deq_problem(d=8, batch=3)
     expected = problems.deq_reference(W, inj)
-    res = fixed_point(
+    solve = partial(
+        fixed_point,
         problems.deq_cell,
         xp.zeros((3, 8)),
         (xp.asarray(W), xp.asarray(inj)),
         method=method,
         rtol=1e-10,
     )
+    res = solve()  # the batch as one system
     assert res.success, res
     assert np.max(np.abs(res.x - expected)) < 1e-8
     assert res.nfev == res.stats["ncalls"] and res.nfev > 1
-    per = fixed_point(
-        problems.deq_cell,
-        xp.zeros((3, 8)),
-        (xp.asarray(W), xp.asarray(inj)),
-        method=method,
-        rtol=1e-10,
-        batch_axis=0,
-        arg_batch_axes=(None, 0),
-    )
+    per = solve(batch_axis=0, arg_batch_axes=(None, 0))  # each row its own system
     assert per.success and per.nfev.shape == (3,)
     assert np.max(np.abs(per.x - expected)) < 1e-8
 

@@ -564,22 +564,10 @@ root = _front_end(
     ----------
     F : callable
         ``F(x, *args)`` on one chunk; acts on each system independently.
-    x0 : dask array
-        Starting points, chunked along `batch_axis`.
-    args : tuple, optional
-        Extra arguments of `F` (see :func:`fixed_point`).
-    batch_axis : int, default: 0
-        The axis of `x0` that runs over the systems.
-    arg_batch_axes : int, None or sequence of them, optional
-        Batch axis of each element of `args`, or None when shared.
+    x0, args, batch_axis, arg_batch_axes, rtol, atol, maxiter, **options
+        As for :func:`fixed_point` (`args` are those of `F`).
     method : str or AbstractSolver, default: "newton_krylov"
         As for :func:`implicitnet.solvers.root`.
-    rtol, atol : float
-        Tolerances of each system's convergence test.
-    maxiter : int, default: 100
-        Iteration limit of each chunk's solve.
-    **options
-        Configuration of the named `method`.
 
     Returns
     -------

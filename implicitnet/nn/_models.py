@@ -253,6 +253,17 @@ class DEQClassifier(Module):
         return self.replace(deq=self.deq.replace(**config))
 
 
+def _small_weight_norm(layer: Module, init_scale: float) -> Module:
+    """`weight_norm` of `layer` with every magnitude ``g`` set to `init_scale`."""
+    # Small row (filter) norms keep ||W||_2 well below 1 for a random W: the cell starts
+    # as a contraction, so the first solves converge quickly.
+    wn = weight_norm(layer)
+    xp = namespace(wn.g)
+    return wn.replace(
+        g=xp.full(wn.g.shape, float(init_scale), dtype=wn.g.dtype, device=_device(wn.g))
+    )
+
+
 def _deq_config(config: dict) -> dict:
     known = {"method", "backward", "rtol", "atol", "maxiter", "options", "backward_options"}
     extra = sorted(set(config) - known)
@@ -260,6 +271,17 @@ def _deq_config(config: dict) -> dict:
         msg = f"unknown DEQ options {extra}; known: {sorted(known)}"
         raise TypeError(msg)
     return config
+
+
+def _classifier(injection, cell, head, dropout: float, mask_shape: tuple, config: dict):
+    """The :class:`DEQClassifier` of the parts, its DEQ configured by the user's `config`."""
+    return DEQClassifier(
+        injection=injection,
+        deq=DEQ(cell, **_deq_config(config)),
+        head=head,
+        dropout=VariationalDropout(rate=dropout),
+        mask_shape=mask_shape,
+    )
 
 
 def mlp_deq(
@@ -308,22 +330,10 @@ def mlp_deq(
     rng = generator(seed)
     kw = {"dtype": dtype, "backend": backend, "device": device}
     injection = Linear.create(in_features, width, seed=rng, **kw)
-    w = Linear.create(width, width, bias=False, seed=rng, **kw)
-    lin = weight_norm(w)
-    # Start with small row norms (||W||_2 well below 1 for a random W): the cell starts
-    # as a contraction, so the first solves converge quickly.
-    xp = namespace(lin.g)
-    g = xp.full(lin.g.shape, float(init_scale), dtype=lin.g.dtype, device=_device(lin.g))
-    lin = lin.replace(g=g)
+    lin = _small_weight_norm(Linear.create(width, width, bias=False, seed=rng, **kw), init_scale)
     cell = MLPCell(linear=lin, norm=LayerNorm.create(width, **kw))
     head = Linear.create(width, num_classes, seed=rng, **kw)
-    return DEQClassifier(
-        injection=injection,
-        deq=DEQ(cell, **_deq_config(deq_config)),
-        head=head,
-        dropout=VariationalDropout(rate=dropout),
-        mask_shape=(width,),
-    )
+    return _classifier(injection, cell, head, dropout, (width,), deq_config)
 
 
 def conv_deq(
@@ -383,17 +393,10 @@ def conv_deq(
         conv=Conv2d.create(in_channels, channels, 3, padding=1, seed=rng, **kw),
         norm=GroupNorm.create(groups, channels, **kw),
     )
-    conv = weight_norm(Conv2d.create(channels, channels, 3, padding=1, bias=False, seed=rng, **kw))
-    xp = namespace(conv.g)
-    g = xp.full(conv.g.shape, float(init_scale), dtype=conv.g.dtype, device=_device(conv.g))
-    conv = conv.replace(g=g)
-    cell = ConvCell(conv=conv, norm=GroupNorm.create(groups, channels, **kw))
+    conv = Conv2d.create(channels, channels, 3, padding=1, bias=False, seed=rng, **kw)
+    cell = ConvCell(
+        conv=_small_weight_norm(conv, init_scale), norm=GroupNorm.create(groups, channels, **kw)
+    )
     features = channels * (image_size // pool) ** 2
     head = _PoolHead(linear=Linear.create(features, num_classes, seed=rng, **kw), pool=pool)
-    return DEQClassifier(
-        injection=stem,
-        deq=DEQ(cell, **_deq_config(deq_config)),
-        head=head,
-        dropout=VariationalDropout(rate=dropout),
-        mask_shape=(channels, 1, 1),
-    )
+    return _classifier(stem, cell, head, dropout, (channels, 1, 1), deq_config)
