@@ -197,6 +197,8 @@ def overhead_table(backend, repeat, sync):
 
 
 MEMORY_WIDTH, MEMORY_BATCH, MEMORY_STEPS = 512, 64, (10, 30, 100)
+#: Picard forced to exactly `maxiter` iterations (no tolerance can stop it), unrolled.
+UNROLLED_PICARD = {"method": "picard", "backward": "unrolled", "rtol": 0.0}
 
 
 def _memory_problem(seed=2):
@@ -286,15 +288,7 @@ def memory_table(backend):
         nit = []
 
         def picard(W, inj, steps=steps, nit=nit):
-            res = inet.fixed_point(
-                _cell,
-                z0,
-                (W, inj),
-                method="picard",
-                backward="unrolled",
-                rtol=0.0,
-                maxiter=steps,
-            )
+            res = inet.fixed_point(_cell, z0, (W, inj), maxiter=steps, **UNROLLED_PICARD)
             nit.append(res.nit)
             return res.x
 

@@ -72,6 +72,28 @@ def stack_params(rows: list[dict]) -> dict:
     return {k: np.array([float(r[k]) for r in rows]) for k in TRUE}
 
 
+def pendulum_mpc(x, params, u_init, **settings):
+    """The benchmark's MPC (pendulum model, cost, horizon, torque limits) of a batch of states.
+
+    One solve per call (``maxiter=1``) from the plan `u_init`, with per-row `params`;
+    `settings` are the tolerances and the Newton steps of that solve.
+    """
+    return mpc(
+        MODEL,
+        COST,
+        x,
+        params,
+        WEIGHTS,
+        horizon=HORIZON,
+        u_lower=-LIMIT,
+        u_upper=LIMIT,
+        u_init=u_init,
+        maxiter=1,
+        batched_params=True,
+        **settings,
+    )
+
+
 def run_mpc_episodes(param_rows, reset_seeds, steps, *, record=False):
     """Episodes of Pendulum-v1 driven by MPC, one environment per row (batched solve)."""
     import gymnasium as gym
@@ -84,22 +106,7 @@ def run_mpc_episodes(param_rows, reset_seeds, steps, *, record=False):
     u_plan, states, plans = None, [], []
     for _ in range(steps):
         x = np.stack([np.asarray(env.unwrapped.state, dtype=np.float64) for env in envs])
-        sol = mpc(
-            MODEL,
-            COST,
-            x,
-            params,
-            WEIGHTS,
-            horizon=HORIZON,
-            u_lower=-LIMIT,
-            u_upper=LIMIT,
-            u_init=u_plan,
-            rtol=0.0,
-            atol=1e-3,
-            newton_steps=5,
-            maxiter=1,
-            batched_params=True,
-        )
+        sol = pendulum_mpc(x, params, u_plan, rtol=0.0, atol=1e-3, newton_steps=5)
         if record:
             states.append(x)
             plans.append(sol.u)
@@ -131,22 +138,7 @@ def learn_mpc(states, plans, theta0, *, steps, batch, lr, rng):
 
     def loss(theta, x, u_expert):
         params = {k: _repeat(v, batch) for k, v in to_params(theta).items()}
-        sol = mpc(
-            MODEL,
-            COST,
-            x,
-            params,
-            WEIGHTS,
-            horizon=HORIZON,
-            u_lower=-LIMIT,
-            u_upper=LIMIT,
-            u_init=u_expert,
-            rtol=1e-6,
-            atol=1e-6,
-            newton_steps=12,
-            maxiter=1,
-            batched_params=True,
-        )
+        sol = pendulum_mpc(x, params, u_expert, rtol=1e-6, atol=1e-6, newton_steps=12)
         # A fixed budget per training step: systems whose plan has not converged
         # (|dJ/dv| above its tolerance, res.residual > 1 in the layer's scaling) are left
         # out of this step's loss; the implicit gradient holds only at a solution.

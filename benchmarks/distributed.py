@@ -197,25 +197,34 @@ def run_dask(args):
 # ----------------------------------------------------------------------------------
 
 
+def _training_setup(model_name, **changes):
+    """The default training of `model_name` on NumPy, `changes` applied to its config.
+
+    Returns ``(config, data, rng, model, optimizer, optimizer state)``.
+    """
+    from implicitnet import _train, backends, nn
+
+    be = backends.get_backend("numpy")
+    config = {**_train.COMMON_DEFAULTS, **_train.DEFAULTS[model_name], "model": model_name}
+    config.update(changes)
+    ds = _train.load_data(config, backend=be)
+    rng = nn.generator(0)
+    in_shape = tuple(int(s) for s in ds.x_train.shape[1:])
+    model = _train.build_model(
+        config, rng, in_shape=in_shape, num_classes=ds.num_classes, backend=be
+    )
+    opt = _train.build_optimizer(config, int(ds.x_train.shape[0]))
+    return config, ds, rng, model, opt, opt.init(model)
+
+
 def _mpi_worker(steps):
     """Runs on every rank under mpiexec; rank 0 prints one JSON line."""
-    from implicitnet import _train, backends, nn
     from implicitnet.distributed import DataParallel, data_parallel_epoch
 
     dp = DataParallel()
-    be = backends.get_backend("numpy")
     out = {"ranks": dp.size, "models": {}}
     for model_name in ("mlp", "conv"):
-        config = {**_train.COMMON_DEFAULTS, **_train.DEFAULTS[model_name], "model": model_name}
-        config["limit"] = 64 * steps
-        ds = _train.load_data(config, backend=be)
-        rng = nn.generator(0)
-        in_shape = tuple(int(s) for s in ds.x_train.shape[1:])
-        model = _train.build_model(
-            config, rng, in_shape=in_shape, num_classes=ds.num_classes, backend=be
-        )
-        opt = _train.build_optimizer(config, int(ds.x_train.shape[0]))
-        state = opt.init(model)
+        config, ds, rng, model, opt, state = _training_setup(model_name, limit=64 * steps)
         # Warm-up epoch, then the measured one.
         model, state, _ = data_parallel_epoch(model, opt, state, ds, config, 0, rng, dp=dp)
         s0 = (dp.stats.allreduces, dp.stats.bytes, dp.stats.seconds, dp.stats.pack_seconds)
@@ -366,20 +375,11 @@ def run_mpi(args):
 
 def _compute_per_step(model_name, batch, steps):
     """Seconds per training step of the default `model_name` at `batch` on one process."""
-    from implicitnet import _train, backends, nn
+    from implicitnet import _train
 
-    be = backends.get_backend("numpy")
-    config = {**_train.COMMON_DEFAULTS, **_train.DEFAULTS[model_name], "model": model_name}
-    config["batch_size"] = batch
-    config["limit"] = batch * steps
-    ds = _train.load_data(config, backend=be)
-    rng = nn.generator(0)
-    in_shape = tuple(int(s) for s in ds.x_train.shape[1:])
-    model = _train.build_model(
-        config, rng, in_shape=in_shape, num_classes=ds.num_classes, backend=be
+    config, ds, rng, model, opt, state = _training_setup(
+        model_name, batch_size=batch, limit=batch * steps
     )
-    opt = _train.build_optimizer(config, int(ds.x_train.shape[0]))
-    state = opt.init(model)
     model, state, _ = _train.train_epoch(model, opt, state, ds, config, 0, rng)  # warm-up
     _, _, m = _train.train_epoch(model, opt, state, ds, config, 1, rng)
     return m["seconds"] / steps

@@ -42,6 +42,7 @@ import time
 import traceback
 
 import numpy as np
+from _common import torchdeq_layer
 
 import implicitnet as inet
 from implicitnet import backends
@@ -304,20 +305,8 @@ def implicitnet_fwd(lib, WT, inj, z0, ct):
 
 def torchdeq_jobs(lib, WT, inj, z0, ct):
     import torch
-    from torchdeq import get_deq
 
-    deq = get_deq(
-        core="sliced",
-        ift=True,
-        f_solver="anderson",
-        b_solver="anderson",
-        f_max_iter=MAXITER,
-        b_max_iter=MAXITER,
-        f_tol=RTOL,
-        b_tol=RTOL,
-        f_stop_mode="rel",
-        b_stop_mode="rel",
-    )
+    deq = torchdeq_layer("anderson", f_max_iter=MAXITER, b_max_iter=MAXITER, tol=RTOL)
     leaves = [WT.clone().requires_grad_(), inj.clone().requires_grad_()]
 
     def forward():

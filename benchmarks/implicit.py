@@ -51,10 +51,10 @@ import gc  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-import tracemalloc  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import torchdeq_layer, traced_peak  # noqa: E402
 
 import implicitnet as inet  # noqa: E402
 
@@ -224,20 +224,6 @@ def time_table(problem, ref, repeat):
 # ----------------------------------------------------------------------------------
 
 
-def traced_peak(fn) -> int:
-    gc.collect()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        out = fn()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    del out
-    return peak
-
-
 def memory_table(problem, depths):
     W, U, b, x, ct = problem
     params = (W, U, b, x)
@@ -306,7 +292,7 @@ def torch_peak(torch, fn) -> int | None:
 def torchdeq_table(problem, ref, repeat, threads):
     try:
         import torch
-        from torchdeq import get_deq
+        import torchdeq  # noqa: F401 (is it importable?)
     except ImportError as exc:
         print(f"skipped: PyTorch and torchdeq are not both importable ({exc})")
         return None
@@ -316,18 +302,7 @@ def torchdeq_table(problem, ref, repeat, threads):
     params = (W, U, b, x)
 
     def make_torch_job(b_solver):
-        deq = get_deq(
-            core="sliced",
-            ift=True,
-            f_solver="anderson",
-            b_solver=b_solver,
-            f_max_iter=FWD_MAXITER,
-            b_max_iter=BWD_MAXITER,
-            f_tol=RTOL,
-            b_tol=RTOL,
-            f_stop_mode="rel",
-            b_stop_mode="rel",
-        )
+        deq = torchdeq_layer(b_solver, f_max_iter=FWD_MAXITER, b_max_iter=BWD_MAXITER, tol=RTOL)
         leaves = [t.clone().requires_grad_() for t in (tW, tU, tb, tx)]
         Wt, Ut, bt, xt = leaves
 

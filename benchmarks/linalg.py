@@ -22,13 +22,18 @@ cycles; implicitnet stops at ``atol + rtol ||b||`` and counts inner iterations. 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 
 import numpy as np
 import scipy.sparse.linalg as spla
 
 import implicitnet as inet
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+from problems import scipy_gmres
 
 
 def _median_times(funs, repeats):
@@ -41,25 +46,6 @@ def _median_times(funs, repeats):
             outs[i] = fun()
             times[i].append(time.perf_counter() - t0)
     return [(statistics.median(t), out) for t, out in zip(times, outs)]
-
-
-def _scipy_gmres(op, b, *, rtol, restart):
-    count = {"nit": 0}
-
-    def cb(_):
-        count["nit"] += 1
-
-    x, info = spla.gmres(
-        op,
-        b,
-        rtol=rtol,
-        atol=0.0,
-        restart=restart,
-        maxiter=1000,
-        callback=cb,
-        callback_type="pr_norm",
-    )
-    return x, info, count["nit"]
 
 
 class _Counted:
@@ -83,7 +69,7 @@ def _one_system(A, b, kind, *, repeats, rtol, restart):
     ours_op = A if kind == "dense" else (lambda v: A @ v)
     (t_s, (x, info, nit_s)), (t_i, res) = _median_times(
         [
-            lambda: _scipy_gmres(scipy_op, b, rtol=rtol, restart=restart),
+            lambda: scipy_gmres(scipy_op, b, rtol=rtol, restart=restart),
             lambda: inet.linalg.gmres(ours_op, b, rtol=rtol, restart=restart, maxiter=10_000),
         ],
         repeats,
@@ -131,7 +117,7 @@ def batched(repeats, rtol, restart, batch=64, n=512):
     def scipy_loop(make_op):
         xs, nits, infos = [], [], []
         for i in range(batch):
-            x, info, nit = _scipy_gmres(make_op(i), g[i], rtol=rtol, restart=restart)
+            x, info, nit = scipy_gmres(make_op(i), g[i], rtol=rtol, restart=restart)
             xs.append(x)
             nits.append(nit)
             infos.append(info)

@@ -32,12 +32,10 @@ Run: ``python benchmarks/sequence.py [--steps 300] [--width 32] [--seq-len 32]
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import sys
 import time
-import tracemalloc
 import warnings
 from collections import Counter
 
@@ -54,6 +52,7 @@ if __name__ == "__main__":  # before NumPy is imported
     _threads(_pre.parse_known_args()[0].threads)
 
 import numpy as np  # noqa: E402
+from _common import traced_peak  # noqa: E402
 
 import implicitnet as inet  # noqa: E402
 from implicitnet import data, nn, optim  # noqa: E402
@@ -162,20 +161,6 @@ def matched_width(target: int, vocab: int, depth: int, heads: int, args) -> int:
 # ----------------------------------------------------------------------------------
 # memory against depth
 # ----------------------------------------------------------------------------------
-
-
-def traced_peak(fn) -> int:
-    gc.collect()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        out = fn()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    del out
-    return peak
 
 
 def step_peak(model, xb, yb) -> int:

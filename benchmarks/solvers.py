@@ -25,12 +25,18 @@ Run: ``python benchmarks/solvers.py [--repeats 3] [--quick]``.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
+from functools import partial
 
 import numpy as np
 
 import implicitnet.solvers as solvers
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+from problems import deq_newton
 
 
 def make_problem(lo, hi, *, d=512, batch=64, scale=0.01, seed=0):
@@ -57,45 +63,28 @@ class Timed:
         return out
 
 
-def reference(WT, inj):
-    """z* to near machine precision (Newton with a dense Jacobian, per sample batch)."""
-    z = np.zeros_like(inj)
-    eye = np.eye(WT.shape[0])
-    for _ in range(50):
-        pre = z @ WT + inj
-        g = np.tanh(pre) - z
-        if np.max(np.linalg.norm(g, axis=1)) < 1e-14:
-            break
-        D = 1.0 - np.tanh(pre) ** 2  # (batch, d)
-        J = D[:, :, None] * WT.T[None] - eye  # d g / d z per sample
-        z = z - np.linalg.solve(J, g[..., None])[..., 0]
-    return z
-
-
 def rel_residual(WT, inj, z):
     fz = np.tanh(z @ WT + inj)
     return float(np.max(np.linalg.norm(fz - z, axis=1) / np.linalg.norm(fz, axis=1)))
 
 
-RUNS = [
-    ("picard", "picard", "whole"),
-    ("picard", "picard", "per-sample"),
-    ("anderson", "anderson", "whole"),
-    ("anderson", "anderson", "per-sample"),
-    ("broyden", "broyden", "whole"),
-    ("broyden", "broyden", "per-sample"),
-    ("newton_krylov", "newton_krylov", "whole"),
-    ("newton_krylov", "newton_krylov", "per-sample"),
-    ("picard", "scipy:linearmixing", "whole"),
-    ("anderson", "scipy:anderson", "whole"),
-    ("broyden", "scipy:broyden1", "whole"),
-    ("newton_krylov", "scipy:krylov", "whole"),
+#: The native methods, each with SciPy's method of the same family.
+FAMILIES = {
+    "picard": "scipy:linearmixing",
+    "anderson": "scipy:anderson",
+    "broyden": "scipy:broyden1",
+    "newton_krylov": "scipy:krylov",
+}
+#: ``(family, method, mode)``: every native method in both modes, then SciPy's (whole).
+RUNS = [(m, m, mode) for m in FAMILIES for mode in ("whole", "per-sample")] + [
+    (family, scipy_method, "whole") for family, scipy_method in FAMILIES.items()
 ]
 
 
-def run_case(name, lo, hi, *, repeats, rtol, maxiter, out, methods=None):
+def run_case(name, lo, hi, *, repeats, rtol, maxiter, out=None, methods=None):
+    out = partial(print, flush=True) if out is None else out
     WT, inj = make_problem(lo, hi)
-    z_ref = reference(WT, inj)
+    z_ref = deq_newton(WT, inj)  # z* to near machine precision
     z0 = np.zeros_like(inj)
     g0 = np.linalg.norm(np.tanh(inj))
     # SciPy's fatol, set to implicitnet's threshold for the whole batch at z*.
@@ -161,17 +150,8 @@ def main(argv=None):
         "rel.res. | max err  | wall ms  | ovh.  |"
     )
     print("|" + "|".join("-" * w for w in (10, 20, 12, 11, 7, 7, 7, 10, 10, 10, 7)) + "|")
-    for name, lo, hi in cases:
-        run_case(
-            name,
-            lo,
-            hi,
-            repeats=ns.repeats,
-            rtol=ns.rtol,
-            maxiter=ns.maxiter,
-            out=lambda s: print(s, flush=True),
-            methods=methods,
-        )
+    for case in cases:
+        run_case(*case, repeats=ns.repeats, rtol=ns.rtol, maxiter=ns.maxiter, methods=methods)
 
 
 if __name__ == "__main__":

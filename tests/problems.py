@@ -7,8 +7,10 @@ Each function returns plain NumPy data or callables written against the array AP
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse.linalg as spla
 
 from implicitnet import namespace
+from implicitnet.solvers import fixed_point
 
 #: The Dottie number: the solution of x = cos(x).
 DOTTIE = 0.7390851332151607
@@ -111,3 +113,65 @@ def deq_reference(W, inj):
         if step * rho / (1 - rho) < 1e-15 or step == 0:
             break
     return z
+
+
+def deq_newton(WT, inj, *, tol=1e-14):
+    """The fixed point of ``z -> tanh(z WT + inj)`` per row, by Newton with dense Jacobians.
+
+    Stops when every row's residual ``||tanh(z WT + inj) - z||_2`` is below `tol`, or
+    after 50 steps; quadratic convergence reaches round-off in a few.
+    """
+    z = np.zeros_like(inj)
+    eye = np.eye(WT.shape[0])
+    for _ in range(50):
+        pre = z @ WT + inj
+        g = np.tanh(pre) - z
+        if np.max(np.linalg.norm(g, axis=1)) < tol:
+            break
+        J = (1.0 - np.tanh(pre) ** 2)[:, :, None] * WT.T[None] - eye  # d g / d z per row
+        z = z - np.linalg.solve(J, g[..., None])[..., 0]
+    return z
+
+
+def solve_rows(f, s, *, xp, rtol, maxiter, **options):
+    """Picard from zero on one scalar system per row of the ``(batch, 1)`` array `s`.
+
+    ``f(x, s)`` is called on the rows still active (`s` has batch axis 0 too).
+    """
+    x0 = xp.zeros((s.shape[0], 1), dtype=xp.float64)
+    return fixed_point(
+        f,
+        x0,
+        (s,),
+        method="picard",
+        rtol=rtol,
+        maxiter=maxiter,
+        batch_axis=0,
+        arg_batch_axes=0,
+        **options,
+    )
+
+
+def scipy_gmres(A, b, *, rtol, restart):
+    """SciPy's restarted GMRES (``atol=0``), the reference: ``(x, info, inner iterations)``.
+
+    Inner iterations are counted by SciPy's ``pr_norm`` callback, one call per Arnoldi
+    step; SciPy counts `maxiter` in restart cycles (here 1000).
+    """
+    nit = 0
+
+    def count(_):
+        nonlocal nit
+        nit += 1
+
+    x, info = spla.gmres(
+        A,
+        b,
+        rtol=rtol,
+        atol=0.0,
+        restart=restart,
+        maxiter=1000,
+        callback=count,
+        callback_type="pr_norm",
+    )
+    return x, info, nit

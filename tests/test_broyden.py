@@ -269,12 +269,14 @@ def test_plain_good_broyden_finishes_a_non_monotone_linear_solve(xp, dtype):
     # about 1e5 before it falls, and the solve finishes in about 2 n steps when nothing
     # restarts it. A memory restart at m=10, a reset on a 10x rise or a divergence
     # stop at 1e4 ended this run before.
-    dt = getattr(xp, dtype)
-    res = inet.solvers.root(
-        dense_linear, xp.zeros((20,), dtype=dt), method="broyden", rtol=ROOT_RTOL[dtype]
-    )
+    _assert_broyden_solves(dense_linear, *_linear_tables(), xp=xp, dtype=dtype)
+
+
+def _assert_broyden_solves(F, A, b, *, xp, dtype):
+    """Broyden from zero solves the linear system ``F(x) = 0``, the solution of ``A x = b``."""
+    x0 = xp.zeros((b.shape[0],), dtype=getattr(xp, dtype))
+    res = inet.solvers.root(F, x0, method="broyden", rtol=ROOT_RTOL[dtype])
     assert res.success, res.status
-    A, b = _linear_tables()
     want = np.linalg.solve(A, b)
     err = np.max(np.abs(to_np(res.x) - want)) / np.max(np.abs(want))
     assert err <= (1e-2 if dtype == "float32" else 1e-7)
@@ -295,12 +297,5 @@ def test_nearly_orthogonal_uphill_start_keeps_scipys_step(xp, dtype):
     # The automatic beta used to switch to the linearised-optimal step (here ~0.02, a
     # tenth of SciPy's) whenever F0 . J F0 > 0; the inverse-Jacobian guess stayed that
     # small through every memory restart and Broyden hit `maxiter`.
-    dt = getattr(xp, dtype)
-    res = inet.solvers.root(
-        _rotation_system, xp.zeros((10,), dtype=dt), method="broyden", rtol=ROOT_RTOL[dtype]
-    )
-    assert res.success, res.status
     A = np.kron(np.eye(5), np.array([[0.02, 1.0], [-1.0, 0.02]]))
-    want = np.linalg.solve(A, np.linspace(-1.0, 1.0, 10))
-    err = np.max(np.abs(to_np(res.x) - want)) / np.max(np.abs(want))
-    assert err <= (1e-2 if dtype == "float32" else 1e-7)
+    _assert_broyden_solves(_rotation_system, A, np.linspace(-1.0, 1.0, 10), xp=xp, dtype=dtype)

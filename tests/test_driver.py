@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import problems
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,16 +31,7 @@ def test_finished_systems_leave_the_working_arrays(backend, xp):
         rows.append(int(x.shape[0]))
         return s * x + 1.0
 
-    res = fixed_point(
-        f,
-        xp.zeros((batch, 1), dtype=xp.float64),
-        (s,),
-        method="picard",
-        rtol=1e-10,
-        maxiter=500,
-        batch_axis=0,
-        arg_batch_axes=0,
-    )
+    res = problems.solve_rows(f, s, xp=xp, rtol=1e-10, maxiter=500)
     assert res.success
     nfev = _to_np(backend, res.nfev)
     # Every system costs at most MAX_DEFERRAL evaluations beyond its own count.
@@ -59,16 +51,7 @@ def test_a_diverging_system_leaves_at_once(backend, xp):
         rows.append(int(x.shape[0]))
         return s * x + 1.0
 
-    res = fixed_point(
-        f,
-        xp.zeros((4, 1), dtype=xp.float64),
-        (scale,),
-        method="picard",
-        rtol=1e-12,
-        maxiter=400,
-        batch_axis=0,
-        arg_batch_axes=0,
-    )
+    res = problems.solve_rows(f, scale, xp=xp, rtol=1e-12, maxiter=400)
     assert res.stats["statuses"][2] == Status.DIVERGED
     k = int(_to_np(backend, res.nit)[2])  # iteration at which system 2 was stopped
     # Call k + 1 (iteration k's evaluation is call k; call 0 is the start) and later see
@@ -81,15 +64,12 @@ def test_callback_sees_finished_systems_frozen(backend, xp):
     batch = 4
     s = backend.from_numpy(np.array([[0.1], [0.2], [0.8], [0.9]]))
     seen = []
-    res = fixed_point(
+    res = problems.solve_rows(
         lambda x, s: s * x + 1.0,
-        xp.zeros((batch, 1), dtype=xp.float64),
-        (s,),
-        method="picard",
+        s,
+        xp=xp,
         rtol=1e-10,
         maxiter=500,
-        batch_axis=0,
-        arg_batch_axes=0,
         callback=lambda x, r: seen.append(_to_np(backend, x)[:, 0].copy()),
     )
     nit = _to_np(backend, res.nit).astype(int)

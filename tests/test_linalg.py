@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import problems
 import pytest
-import scipy.sparse.linalg as spla
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -104,32 +104,47 @@ def _cast(xp, dtype, *arrays):
 # Properties on random systems
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("as_callable", [False, True], ids=["matrix", "callable"])
-@pytest.mark.parametrize("name", sorted(KRYLOV))
-@settings(deadline=None)
+def _every_solver_operator_and_dtype(solvers):
+    """Parametrize a property (no deadline) over each solver `name`, operator form, dtype."""
+
+    def mark(test):
+        test = pytest.mark.parametrize("name", sorted(solvers))(settings(deadline=None)(test))
+        forms = pytest.mark.parametrize("as_callable", [False, True], ids=["matrix", "callable"])
+        return pytest.mark.parametrize("dtype", DTYPES)(forms(test))
+
+    return mark
+
+
+def _assert_solved(res, A_np, b_np, *, backend, xp, dtype):
+    """`res` solves ``A x = b``: its own residual, again in float64, and against NumPy."""
+    assert res.success, res
+    tol = RTOL[dtype] * float(np.linalg.norm(b_np))
+    assert res.residual <= tol
+    assert _residual64(A_np, res.x, b_np, backend) <= SLACK[dtype] * tol + 1e-30
+    expected = np.linalg.solve(A_np, b_np)
+    scale = float(np.linalg.norm(expected, ord=np.inf)) + 1.0
+    assert_close(
+        res.x,
+        xp.asarray(expected.astype(_np_dtype(dtype))),
+        atol=SLACK[dtype] * 10 * RTOL[dtype] * scale,
+        xp=xp,
+    )
+
+
+@_every_solver_operator_and_dtype(KRYLOV)
 @given(problem=linear_systems())
 def test_solves_well_conditioned_systems(backend, xp, name, as_callable, dtype, problem):
     A_np, b_np = problem
     A, b = _cast(xp, dtype, A_np, b_np)
     op = (lambda v: A @ v) if as_callable else A
     res = KRYLOV[name](op, b, rtol=RTOL[dtype], maxiter=200)
-    assert res.success, res
     assert res.status == "success"
-    tol = RTOL[dtype] * float(np.linalg.norm(b_np))
-    assert res.residual <= tol
-    assert _residual64(A_np, res.x, b_np, backend) <= SLACK[dtype] * tol + 1e-30
-    expected = xp.asarray(np.linalg.solve(A_np, b_np).astype(_np_dtype(dtype)))
-    scale = float(np.linalg.norm(np.linalg.solve(A_np, b_np), ord=np.inf)) + 1.0
-    assert_close(res.x, expected, atol=SLACK[dtype] * 10 * RTOL[dtype] * scale, xp=xp)
+    _assert_solved(res, A_np, b_np, backend=backend, xp=xp, dtype=dtype)
     assert res.history.shape == (res.nit + 1,)
     assert res.nmatvec >= res.nit
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("as_callable", [False, True], ids=["matrix", "callable"])
-@pytest.mark.parametrize("name", sorted(ALL))
-@settings(deadline=None)
+@_every_solver_operator_and_dtype(ALL)
 @given(problem=adjoint_systems())
 def test_solves_adjoint_systems(backend, xp, name, as_callable, dtype, problem):
     """Every solver, on ``(I - J^T) u = g`` given as ``u -> u - J^T u``."""
@@ -138,18 +153,7 @@ def test_solves_adjoint_systems(backend, xp, name, as_callable, dtype, problem):
     J_T = xp.eye(A.shape[0], dtype=A.dtype) - A
     op = (lambda u: u - J_T @ u) if as_callable else A
     res = ALL[name](op, g, rtol=RTOL[dtype], maxiter=300)
-    assert res.success, res
-    tol = RTOL[dtype] * float(np.linalg.norm(g_np))
-    assert res.residual <= tol
-    assert _residual64(A_np, res.x, g_np, backend) <= SLACK[dtype] * tol + 1e-30
-    expected = np.linalg.solve(A_np, g_np)
-    scale = float(np.linalg.norm(expected, ord=np.inf)) + 1.0
-    assert_close(
-        res.x,
-        xp.asarray(expected.astype(_np_dtype(dtype))),
-        atol=SLACK[dtype] * 10 * RTOL[dtype] * scale,
-        xp=xp,
-    )
+    _assert_solved(res, A_np, g_np, backend=backend, xp=xp, dtype=dtype)
     assert res.x.dtype == getattr(xp, dtype)
 
 
@@ -346,26 +350,6 @@ def test_nonfinite_operator_is_reported(backend, xp, name):
 # Against SciPy
 
 
-def _scipy_gmres_iterations(A, b, *, rtol, restart):
-    count = 0
-
-    def cb(_):
-        nonlocal count
-        count += 1
-
-    _, info = spla.gmres(
-        A,
-        b,
-        rtol=rtol,
-        atol=0.0,
-        restart=restart,
-        maxiter=1000,
-        callback=cb,
-        callback_type="pr_norm",
-    )
-    return count, info
-
-
 GMRES_FIXED_SET = [
     ("perturbed-50", lambda: perturbed_identity(50, 0, eps=0.5), 20, 1e-8),
     ("perturbed-50-r5", lambda: perturbed_identity(50, 1, eps=0.6), 5, 1e-8),
@@ -392,7 +376,7 @@ def test_gmres_iterations_match_scipy(backend, xp, case):
     _, make, restart, rtol = case
     A_np = make()
     b_np = np.random.default_rng(0).standard_normal(A_np.shape[0])
-    expected, info = _scipy_gmres_iterations(A_np, b_np, rtol=rtol, restart=restart)
+    _, info, expected = problems.scipy_gmres(A_np, b_np, rtol=rtol, restart=restart)
     assert info == 0
     res = inet.linalg.gmres(
         xp.asarray(A_np), xp.asarray(b_np), rtol=rtol, restart=restart, maxiter=5000

@@ -8,6 +8,7 @@ Newton iteration (``numpy.linalg.solve`` on the exact Jacobian) for the fixed po
 from __future__ import annotations
 
 import numpy as np
+import problems
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -218,19 +219,6 @@ def deq_problem(lo, hi, *, d=64, batch=8, seed=0):
     return W.T.copy(), inj
 
 
-def dense_newton(WT, inj):
-    z = np.zeros_like(inj)
-    eye = np.eye(WT.shape[0])
-    for _ in range(50):
-        pre = z @ WT + inj
-        g = np.tanh(pre) - z
-        if np.max(np.abs(g)) < 1e-15:
-            break
-        J = (1.0 - np.tanh(pre) ** 2)[:, :, None] * WT.T[None] - eye
-        z = z - np.linalg.solve(J, g[..., None])[..., 0]
-    return z
-
-
 #: Evaluation budgets (rtol=1e-8, d=64, batch 8), measured with the defaults
 #: (restart=10, inner_maxiter=20) at the time of writing, plus ~10%: a regression in
 #: the forcing terms, the inner solver or the line search shows up here. Measured then:
@@ -260,7 +248,7 @@ def test_newton_krylov_evaluation_budget(case, mode):
         **kw,
     )
     assert res.success
-    np.testing.assert_allclose(res.x, dense_newton(WT, inj), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(res.x, problems.deq_newton(WT, inj), rtol=0, atol=1e-6)
     nfev = int(np.max(np.asarray(res.nfev)))
     assert nfev <= NFEV_BUDGET[case, mode], nfev
     # Every evaluation is accounted for: per-sample nfev never exceeds the calls of f.
@@ -285,7 +273,7 @@ def test_newton_krylov_batched_equals_alone(xp, dtype):
         f, z0, (inj_x,), method=NewtonKrylov(), rtol=rtol, batch_axis=0, arg_batch_axes=0
     )
     assert batched.success
-    ref = dense_newton(WT, inj)
+    ref = problems.deq_newton(WT, inj)
     for i in range(inj.shape[0]):
         alone = fixed_point(
             f, z0[i : i + 1, :], (inj_x[i : i + 1, :],), rtol=rtol, method=NewtonKrylov()

@@ -12,6 +12,8 @@ arrays and tensors of an outer trace that array-api-strict is strict about.
 
 from __future__ import annotations
 
+from functools import partial
+
 import array_api_compat
 import numpy as np
 import pytest
@@ -379,30 +381,31 @@ def _conv_problem(draw):
     return (n, c, h, w), (o, c, kh, kw), (n, o, ho, wo), {"stride": stride, "padding": padding}
 
 
+def _conv_case(draw, rng, primitive, inputs, **shape_args):
+    """The case of a conv primitive of two arrays, their shapes `inputs` among x, w, y.
+
+    `shape_args` names the keyword that receives a shape (``x_shape="x"``: the shape of x).
+    """
+    xs, ws, ys, conf = _conv_problem(draw)
+    shape = {"x": xs, "w": ws, "y": ys}
+    kw = {key: shape[name] for key, name in shape_args.items()}
+    fun = partial(primitive, **kw, **conf)
+    return fun, tuple(normal(rng, shape[name]) for name in inputs), (0, 1)
+
+
 @case("conv2d")
 def _(draw, rng, xp):
-    xs, ws, _, conf = _conv_problem(draw)
-    return (lambda x, w: nn.conv2d(x, w, **conf)), (normal(rng, xs), normal(rng, ws)), (0, 1)
+    return _conv_case(draw, rng, nn.conv2d, "xw")
 
 
 @case("conv2d_input_grad")
 def _(draw, rng, xp):
-    xs, ws, ys, conf = _conv_problem(draw)
-    return (
-        (lambda g, w: nn.conv2d_input_grad(g, w, x_shape=xs, **conf)),
-        (normal(rng, ys), normal(rng, ws)),
-        (0, 1),
-    )
+    return _conv_case(draw, rng, nn.conv2d_input_grad, "yw", x_shape="x")
 
 
 @case("conv2d_weight_grad")
 def _(draw, rng, xp):
-    xs, ws, ys, conf = _conv_problem(draw)
-    return (
-        (lambda g, x: nn.conv2d_weight_grad(g, x, w_shape=ws, **conf)),
-        (normal(rng, ys), normal(rng, xs)),
-        (0, 1),
-    )
+    return _conv_case(draw, rng, nn.conv2d_weight_grad, "yx", w_shape="w")
 
 
 # ----------------------------------------------------------------------------------

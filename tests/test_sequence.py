@@ -13,6 +13,8 @@ from implicitnet.testing import assert_close, check_grads
 
 RTOL = {"float32": 2e-5, "float64": 1e-12}
 DTYPES = ["float32", "float64"]
+#: The smallest transformer block the tests build: 4 features, 2 heads, hidden width 4.
+TINY = {"dim": 4, "num_heads": 2, "hidden": 4}
 
 
 def _as(xp, a, dtype="float64"):
@@ -98,10 +100,10 @@ def test_attention_and_cell_gradients(backend, xp):
 
 def test_lm_gradients_and_parameter_count(backend, xp):
     # the whole explicit model (embedding, positions, two untied blocks, head)
-    model = nn.transformer_stack(5, depth=2, dim=4, num_heads=2, hidden=4, backend=backend.name)
+    model = nn.transformer_stack(5, depth=2, **TINY, backend=backend.name)
     tokens = xp.asarray([[0, 4, 2], [3, 3, 1]])
     check_grads(lambda m: m(tokens)[0], (model,), rtol=1e-6)
-    deq = nn.transformer_deq(5, dim=4, num_heads=2, hidden=4, backend=backend.name)
+    deq = nn.transformer_deq(5, **TINY, backend=backend.name)
     # two blocks to one: embedding 5*4, norm 8, head 5*4+5, block 4*12+12+4*4+4+8+4*4+4+4*4+4+8
     block = nn.TransformerCell.create(4, num_heads=2, hidden=4).num_parameters()
     assert model.num_parameters() - deq.num_parameters() == block
@@ -113,14 +115,7 @@ def test_deq_lm_implicit_gradient_matches_finite_differences(backend, xp):
     # The implicit gradient of the equilibrium (tight tolerances) against central
     # differences of the loss with respect to every parameter.
     model = nn.transformer_deq(
-        6,
-        dim=4,
-        num_heads=2,
-        hidden=4,
-        backend=backend.name,
-        rtol=1e-12,
-        maxiter=200,
-        backward_options={"rtol": 1e-12},
+        6, **TINY, backend=backend.name, rtol=1e-12, maxiter=200, backward_options={"rtol": 1e-12}
     )
     tokens = xp.asarray([[0, 5, 2, 2], [3, 1, 1, 4]])
     targets = xp.asarray([5, 2, 2, 0, 1, 1, 4, 3])
@@ -136,14 +131,7 @@ def test_deq_lm_implicit_gradient_matches_finite_differences(backend, xp):
 
 def test_deq_lm_is_causal_and_matches_the_unrolled_fixed_point(backend, xp):
     model = nn.transformer_deq(
-        6,
-        dim=4,
-        num_heads=2,
-        hidden=4,
-        init_scale=0.2,
-        backend=backend.name,
-        rtol=1e-10,
-        maxiter=200,
+        6, **TINY, init_scale=0.2, backend=backend.name, rtol=1e-10, maxiter=200
     )
     tokens = xp.asarray([[0, 5, 2, 2, 1]])
     logits, res = model(tokens)

@@ -4,7 +4,9 @@ batching, statuses, argument checks and the solver protocol, on every backend.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
+import nonlinear_systems
 import numpy as np
 import problems
 import pytest
@@ -84,35 +86,15 @@ def test_batched_solve_equals_one_by_one(xp, dtype, data):
     W, c = (xp.asarray(a, dtype=dt) for a in data.args)
     x0 = xp.zeros_like(c)
     for method in ["anderson", "broyden", "picard"]:
+        kw = {"method": method, "rtol": RTOL[dtype], "maxiter": 500}
+        # With `arg_batch_axes` finished systems leave the batch; without, they are frozen.
         batched = fixed_point(
-            problems.deq_cell,
-            x0,
-            (W, c),
-            method=method,
-            rtol=RTOL[dtype],
-            maxiter=500,
-            batch_axis=0,
-            arg_batch_axes=(None, 0),
+            problems.deq_cell, x0, (W, c), batch_axis=0, arg_batch_axes=(None, 0), **kw
         )
-        frozen = fixed_point(
-            problems.deq_cell,
-            x0,
-            (W, c),
-            method=method,
-            rtol=RTOL[dtype],
-            maxiter=500,
-            batch_axis=0,
-        )
+        frozen = fixed_point(problems.deq_cell, x0, (W, c), batch_axis=0, **kw)
         assert batched.success and frozen.success
         for i in range(c.shape[0]):
-            one = fixed_point(
-                problems.deq_cell,
-                x0[i, :],
-                (W, c[i, :]),
-                method=method,
-                rtol=RTOL[dtype],
-                maxiter=500,
-            )
+            one = fixed_point(problems.deq_cell, x0[i, :], (W, c[i, :]), **kw)
             # Systems are independent: same trajectory, same answer and iteration count
             # (rounding may move the last iteration by one).
             tol = 10 * ROUND[dtype]
@@ -294,16 +276,7 @@ def test_stagnation_is_detected(xp):
 def test_batched_statuses_are_per_system(xp):
     # System 0 contracts, system 1 diverges: each gets its own status and count.
     scale = xp.asarray([[0.5], [3.0]], dtype=xp.float64)
-    res = fixed_point(
-        lambda x, s: s * x + 1.0,
-        xp.zeros((2, 1), dtype=xp.float64),
-        (scale,),
-        method="picard",
-        rtol=1e-10,
-        maxiter=200,
-        batch_axis=0,
-        arg_batch_axes=0,
-    )
+    res = problems.solve_rows(lambda x, s: s * x + 1.0, scale, xp=xp, rtol=1e-10, maxiter=200)
     assert res.stats["statuses"] == (inet.Status.SUCCESS, inet.Status.DIVERGED)
     assert res.status == "diverged" and not res.success
     assert to_np(res.converged).tolist() == [True, False]
@@ -443,25 +416,19 @@ def test_user_written_solver_and_registry(xp):
 def test_scipy_adapters_agree_with_native_methods(xp, method):
     W, inj = problems.deq_problem(d=8, batch=3)
     expected = problems.deq_reference(W, inj)
-    res = fixed_point(
+    solve = partial(
+        fixed_point,
         problems.deq_cell,
         xp.zeros((3, 8)),
         (xp.asarray(W), xp.asarray(inj)),
         method=method,
         rtol=1e-10,
     )
+    res = solve()  # the batch as one system
     assert res.success, res
     assert np.max(np.abs(res.x - expected)) < 1e-8
     assert res.nfev == res.stats["ncalls"] and res.nfev > 1
-    per = fixed_point(
-        problems.deq_cell,
-        xp.zeros((3, 8)),
-        (xp.asarray(W), xp.asarray(inj)),
-        method=method,
-        rtol=1e-10,
-        batch_axis=0,
-        arg_batch_axes=(None, 0),
-    )
+    per = solve(batch_axis=0, arg_batch_axes=(None, 0))  # each row its own system
     assert per.success and per.nfev.shape == (3,)
     assert np.max(np.abs(per.x - expected)) < 1e-8
 
@@ -508,16 +475,9 @@ def test_unrolled_gradient_matches_finite_differences(method):
 
 def test_available_methods_lists_everything():
     names = inet.solvers.available_methods()
-    for n in [
-        "picard",
-        "anderson",
-        "broyden",
-        "newton_krylov",
-        "scipy:anderson",
-        "scipy:broyden1",
-        "scipy:krylov",
-        "scipy:hybr",
-    ]:
+    native = ["picard", "anderson", "broyden", "newton_krylov"]
+    adapters = [f"scipy:{name}" for name in ("anderson", "broyden1", "krylov", "hybr")]
+    for n in native + adapters:
         assert n in names
 
 
@@ -646,53 +606,13 @@ def test_automatic_beta_takes_the_linearised_step_only_when_clearly_uphill(xp):
 # --- Moré–Garbow–Hillstrom root problems at their standard starting points -----------
 
 
-def _mgh_rosenbrock(x):
-    xp = inet.namespace(x)
-    return xp.stack([10.0 * (x[1] - x[0] ** 2), 1.0 - x[0]])
-
-
-def _mgh_powell_singular(x):
-    xp = inet.namespace(x)
-    return xp.stack(
-        [
-            x[0] + 10.0 * x[1],
-            5.0**0.5 * (x[2] - x[3]),
-            (x[1] - 2.0 * x[2]) ** 2,
-            10.0**0.5 * (x[0] - x[3]) ** 2,
-        ]
-    )
-
-
-def _mgh_brown_almost_linear(x):
-    xp = inet.namespace(x)
-    n = x.shape[0]
-    head = x[: n - 1] + xp.sum(x) - (n + 1)
-    return xp.concat([head, xp.reshape(xp.prod(x) - 1.0, (1,))])
-
-
-def _mgh_wood_gradient(x):
-    xp = inet.namespace(x)
-    return xp.stack(
-        [
-            -200.0 * x[0] * (x[1] - x[0] ** 2) - (1.0 - x[0]),
-            200.0 * (x[1] - x[0] ** 2) + 20.2 * (x[1] - 1.0) + 19.8 * (x[3] - 1.0),
-            -180.0 * x[2] * (x[3] - x[2] ** 2) - (1.0 - x[2]),
-            180.0 * (x[3] - x[2] ** 2) + 20.2 * (x[3] - 1.0) + 19.8 * (x[1] - 1.0),
-        ]
-    )
-
-
-def _mgh_broyden_tridiagonal(x):
-    return _broyden_tridiagonal_scaled(x[None, :], 1.0)[0, :]
-
-
 MGH = {
-    "rosenbrock": (_mgh_rosenbrock, [-1.2, 1.0], [1.0, 1.0]),
-    "powell_singular": (_mgh_powell_singular, [3.0, -1.0, 0.0, 1.0], [0.0] * 4),
-    "brown_almost_linear": (_mgh_brown_almost_linear, [0.5] * 10, [1.0] * 10),
+    "rosenbrock": (nonlinear_systems.rosenbrock, [-1.2, 1.0], [1.0, 1.0]),
+    "powell_singular": (nonlinear_systems.powell_singular, [3.0, -1.0, 0.0, 1.0], [0.0] * 4),
+    "brown_almost_linear": (nonlinear_systems.brown_almost_linear, [0.5] * 10, [1.0] * 10),
     # The gradient of Wood's function also vanishes at saddle points: any root counts.
-    "wood_gradient": (_mgh_wood_gradient, [-3.0, -1.0, -3.0, -1.0], None),
-    "broyden_tridiagonal": (_mgh_broyden_tridiagonal, [-1.0] * 20, None),
+    "wood_gradient": (nonlinear_systems.wood, [-3.0, -1.0, -3.0, -1.0], None),
+    "broyden_tridiagonal": (nonlinear_systems.broyden_tridiagonal, [-1.0] * 20, None),
 }
 MGH_SOLVED = (  # what each method solves at default settings (benchmarks/root_problems.py)
     [("newton_krylov", name) for name in MGH]

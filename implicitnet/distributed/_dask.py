@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from collections.abc import Callable
@@ -427,19 +428,51 @@ def _per_system(solved, pos, nblocks, batch_axis, batch_chunks, dtype, meta_xp, 
     return da.Array(graph, name, chunks=(batch_chunks,), meta=meta)
 
 
-def fixed_point(
-    f: Callable,
-    x0: Any,
-    args: Any = (),
-    *,
-    batch_axis: int = 0,
-    arg_batch_axes: Any = None,
-    method: Any = "anderson",
-    rtol: float = 1e-6,
-    atol: float = 0.0,
-    maxiter: int = 100,
-    **options: Any,
-) -> DaskResult:
+def _front_end(kind: str, default_method: str, name: str, doc: str) -> Callable[..., DaskResult]:
+    """The public solve of `kind` on Dask: one signature, whose first argument is `name`."""
+
+    def solve(
+        f: Callable,
+        /,
+        x0: Any,
+        args: Any = (),
+        *,
+        batch_axis: int = 0,
+        arg_batch_axes: Any = None,
+        method: Any = default_method,
+        rtol: float = 1e-6,
+        atol: float = 0.0,
+        maxiter: int = 100,
+        **options: Any,
+    ) -> DaskResult:
+        return _solve(
+            kind,
+            f,
+            x0,
+            args,
+            batch_axis=batch_axis,
+            arg_batch_axes=arg_batch_axes,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            maxiter=maxiter,
+            options=options,
+        )
+
+    solve.__name__ = solve.__qualname__ = kind
+    solve.__doc__ = doc
+    # The function (positional only) is `f` for a fixed point and `F` for a root, as
+    # in the in-memory solves.
+    sig = inspect.signature(solve)
+    first, *rest = sig.parameters.values()
+    solve.__signature__ = sig.replace(parameters=[first.replace(name=name), *rest])
+    return solve
+
+
+fixed_point = _front_end(
+    "fixed_point",
+    "anderson",
+    "f",
     """Solve ``x = f(x, *args)`` for every system of a Dask array, chunk by chunk.
 
     Each chunk of `x0` along `batch_axis` (with the matching chunks of the batched
@@ -516,35 +549,13 @@ def fixed_point(
     >>> s = res.summary(scheduler="threads")
     >>> s["systems"], s["success"]
     (6, True)
-    """
-    return _solve(
-        "fixed_point",
-        f,
-        x0,
-        args,
-        batch_axis=batch_axis,
-        arg_batch_axes=arg_batch_axes,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        maxiter=maxiter,
-        options=options,
-    )
+    """,
+)
 
-
-def root(
-    F: Callable,
-    x0: Any,
-    args: Any = (),
-    *,
-    batch_axis: int = 0,
-    arg_batch_axes: Any = None,
-    method: Any = "newton_krylov",
-    rtol: float = 1e-6,
-    atol: float = 0.0,
-    maxiter: int = 100,
-    **options: Any,
-) -> DaskResult:
+root = _front_end(
+    "root",
+    "newton_krylov",
+    "F",
     """Solve ``F(x, *args) = 0`` for every system of a Dask array, chunk by chunk.
 
     As :func:`fixed_point`, with :func:`implicitnet.solvers.root` on each chunk.
@@ -553,22 +564,10 @@ def root(
     ----------
     F : callable
         ``F(x, *args)`` on one chunk; acts on each system independently.
-    x0 : dask array
-        Starting points, chunked along `batch_axis`.
-    args : tuple, optional
-        Extra arguments of `F` (see :func:`fixed_point`).
-    batch_axis : int, default: 0
-        The axis of `x0` that runs over the systems.
-    arg_batch_axes : int, None or sequence of them, optional
-        Batch axis of each element of `args`, or None when shared.
+    x0, args, batch_axis, arg_batch_axes, rtol, atol, maxiter, **options
+        As for :func:`fixed_point` (`args` are those of `F`).
     method : str or AbstractSolver, default: "newton_krylov"
         As for :func:`implicitnet.solvers.root`.
-    rtol, atol : float
-        Tolerances of each system's convergence test.
-    maxiter : int, default: 100
-        Iteration limit of each chunk's solve.
-    **options
-        Configuration of the named `method`.
 
     Returns
     -------
@@ -595,17 +594,5 @@ def root(
     >>> out = res.compute(scheduler="threads")
     >>> bool(out.success), np.allclose(out.x[:, 0] ** 2, np.arange(1.0, 7.0))
     (True, True)
-    """
-    return _solve(
-        "root",
-        F,
-        x0,
-        args,
-        batch_axis=batch_axis,
-        arg_batch_axes=arg_batch_axes,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        maxiter=maxiter,
-        options=options,
-    )
+    """,
+)

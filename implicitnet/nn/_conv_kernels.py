@@ -37,23 +37,24 @@ def _zeros(shape, like, *, xp):
     return xp.zeros(shape, dtype=like.dtype, device=device(like))
 
 
+def _pad_axis(x, before: int, after: int, axis: int, *, xp):
+    """Zero-pad one axis of `x` with `before` and `after` entries (out of place)."""
+    if not (before or after):
+        return x
+    parts = []
+    for size in (before, None, after):
+        if size is None:
+            parts.append(x)
+        elif size:
+            shape = list(x.shape)
+            shape[axis] = size
+            parts.append(_zeros(tuple(shape), x, xp=xp))
+    return xp.concat(parts, axis=axis)
+
+
 def _pad(x, top: int, bottom: int, left: int, right: int, *, xp):
     """Zero-pad the two spatial axes of an NCHW array (out of place)."""
-    n, c, h, w = x.shape
-    if top or bottom:
-        parts = [_zeros((n, c, top, w), x, xp=xp)] if top else []
-        parts.append(x)
-        if bottom:
-            parts.append(_zeros((n, c, bottom, w), x, xp=xp))
-        x = xp.concat(parts, axis=2)
-        h = h + top + bottom
-    if left or right:
-        parts = [_zeros((n, c, h, left), x, xp=xp)] if left else []
-        parts.append(x)
-        if right:
-            parts.append(_zeros((n, c, h, right), x, xp=xp))
-        x = xp.concat(parts, axis=3)
-    return x
+    return _pad_axis(_pad_axis(x, top, bottom, 2, xp=xp), left, right, 3, xp=xp)
 
 
 def _dilate(g, stride: int, *, xp):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .._xp import device, namespace
 from ._module import Module
@@ -171,33 +173,21 @@ def accuracy(logits, labels, /) -> float:
     return int(correct) / n
 
 
-@dataclass(frozen=True)
-class ReLU(Module):
-    """:func:`relu` as a module (for :class:`Sequential`)."""
+def _elementwise_module(name: str, function: Callable[[Any], Any], doc: str) -> type[Module]:
+    """A module class `name` with no parameters whose call is ``function(x)``."""
 
-    def __call__(self, x):
-        return relu(x)
+    @dataclass(frozen=True)
+    class Elementwise(Module):
+        def __call__(self, x):
+            return function(x)
 
-
-@dataclass(frozen=True)
-class Tanh(Module):
-    """:func:`tanh` as a module."""
-
-    def __call__(self, x):
-        return tanh(x)
+    Elementwise.__name__ = Elementwise.__qualname__ = name
+    Elementwise.__call__.__qualname__ = f"{name}.__call__"
+    Elementwise.__doc__ = doc
+    return Elementwise
 
 
-@dataclass(frozen=True)
-class GELU(Module):
-    """:func:`gelu` as a module."""
-
-    def __call__(self, x):
-        return gelu(x)
-
-
-@dataclass(frozen=True)
-class Sigmoid(Module):
-    """:func:`sigmoid` as a module."""
-
-    def __call__(self, x):
-        return sigmoid(x)
+ReLU = _elementwise_module("ReLU", relu, ":func:`relu` as a module (for :class:`Sequential`).")
+Tanh = _elementwise_module("Tanh", tanh, ":func:`tanh` as a module.")
+GELU = _elementwise_module("GELU", gelu, ":func:`gelu` as a module.")
+Sigmoid = _elementwise_module("Sigmoid", sigmoid, ":func:`sigmoid` as a module.")

@@ -193,6 +193,22 @@ def _zeros(shape, *, dtype, backend, device):
     return ns.zeros(shape, dtype=getattr(ns, dtype_name(dtype)), device=device)
 
 
+def _standardize(x, axes, eps, *, xp):
+    """``(x - mean) / sqrt(var + eps)``, mean and (biased) variance over `axes`."""
+    d = x - xp.mean(x, axis=axes, keepdims=True)
+    var = xp.mean(d * d, axis=axes, keepdims=True)
+    return d / xp.sqrt(var + eps)
+
+
+def _scale_shift(y, weight, bias, shape, *, xp):
+    """``y * weight + bias`` (either may be None), reshaped to `shape` unless it is None."""
+    if weight is not None:
+        y = y * (weight if shape is None else xp.reshape(weight, shape))
+    if bias is not None:
+        y = y + (bias if shape is None else xp.reshape(bias, shape))
+    return y
+
+
 @dataclass(frozen=True)
 class LayerNorm(Module):
     """Normalise over the trailing axes, then scale and shift.
@@ -235,15 +251,8 @@ class LayerNorm(Module):
             raise ValueError(msg)
         xp = namespace(x, self.weight, self.bias)
         axes = tuple(range(x.ndim - self.num_axes, x.ndim))
-        mu = xp.mean(x, axis=axes, keepdims=True)
-        d = x - mu
-        var = xp.mean(d * d, axis=axes, keepdims=True)
-        y = d / xp.sqrt(var + self.eps)
-        if self.weight is not None:
-            y = y * self.weight
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        y = _standardize(x, axes, self.eps, xp=xp)
+        return _scale_shift(y, self.weight, self.bias, None, xp=xp)
 
     @classmethod
     def create(
@@ -318,16 +327,9 @@ class GroupNorm(Module):
         xp = namespace(x, self.weight, self.bias)
         shape = tuple(x.shape)
         g = xp.reshape(x, (n, self.num_groups, -1))
-        mu = xp.mean(g, axis=2, keepdims=True)
-        d = g - mu
-        var = xp.mean(d * d, axis=2, keepdims=True)
-        y = xp.reshape(d / xp.sqrt(var + self.eps), shape)
+        y = xp.reshape(_standardize(g, (2,), self.eps, xp=xp), shape)
         bshape = (1, c) + (1,) * (x.ndim - 2)
-        if self.weight is not None:
-            y = y * xp.reshape(self.weight, bshape)
-        if self.bias is not None:
-            y = y + xp.reshape(self.bias, bshape)
-        return y
+        return _scale_shift(y, self.weight, self.bias, bshape, xp=xp)
 
     @classmethod
     def create(

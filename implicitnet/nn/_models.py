@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,20 +41,59 @@ class MLPCell(Module):
         return out if mask is None else out * mask
 
 
-def _plain_cell(linear, z, x, mask, activation):
-    out = activation(linear(z) + x)
-    return out if mask is None else out * mask
+def _plain_cell_class(name: str, activation: Callable[[Any], Any], doc: str) -> type[Module]:
+    """The cell class ``z -> activation(W z + x)`` named `name` (one definition serves both)."""
+
+    @dataclass(frozen=True)
+    class Cell(Module):
+        linear: Any
+
+        def __call__(self, z, x, mask=None):
+            out = activation(self.linear(z) + x)
+            return out if mask is None else out * mask
+
+        @classmethod
+        def create(
+            cls,
+            width: int,
+            *,
+            init_scale: float = 0.5,
+            seed=0,
+            dtype=None,
+            backend="numpy",
+            device=None,
+        ) -> Module:
+            """A cell of `width` features: ``W`` as :meth:`Linear.create`, times `init_scale`.
+
+            Parameters
+            ----------
+            width : int
+                Size of the state (and of the injection).
+            init_scale : float, default: 0.5
+                Factor on the initial ``W``, whose entries are ``U(-1/sqrt(width),
+                1/sqrt(width))``; ``||W||_2`` is then about ``1.15 * init_scale``, so the
+                default starts as a contraction.
+            seed, dtype, backend, device
+                As in :meth:`Linear.create`.
+            """
+            check_int(width, "width", minimum=1)
+            kw = {"dtype": dtype, "backend": backend, "device": device}
+            lin = Linear.create(width, width, bias=False, seed=seed, **kw)
+            return cls(linear=lin.replace(weight=float(init_scale) * lin.weight))
+
+    Cell.__name__ = Cell.__qualname__ = name
+    Cell.__doc__ = doc
+    Cell.__call__.__doc__ = (
+        f"``{activation.__name__}(W z + x)``, times the dropout `mask` when one is given."
+    )
+    for method in (Cell.__call__, Cell.create.__func__):
+        method.__qualname__ = f"{name}.{method.__name__}"
+    return Cell
 
 
-def _plain_linear(width, init_scale, seed, kw):
-    """A bias-free ``width x width`` layer, initialised as :meth:`Linear.create` and scaled."""
-    check_int(width, "width", minimum=1)
-    lin = Linear.create(width, width, bias=False, seed=seed, **kw)
-    return lin.replace(weight=float(init_scale) * lin.weight)
-
-
-@dataclass(frozen=True)
-class TanhCell(Module):
+TanhCell = _plain_cell_class(
+    "TanhCell",
+    tanh,
     """The textbook DEQ cell ``z -> tanh(W z + x)``, `x` the input injection.
 
     With :class:`DEQ` it makes the smallest equilibrium model, ``z* = tanh(W z* + x)``,
@@ -81,44 +121,12 @@ class TanhCell(Module):
     >>> z, res = deq(x)
     >>> bool(res.success), bool(np.allclose(z, deq.cell(z, x)))
     (True, True)
-    """
+    """,
+)
 
-    linear: Any
-
-    def __call__(self, z, x, mask=None):
-        """``tanh(W z + x)``, times the dropout `mask` when one is given."""
-        return _plain_cell(self.linear, z, x, mask, tanh)
-
-    @classmethod
-    def create(
-        cls,
-        width: int,
-        *,
-        init_scale: float = 0.5,
-        seed=0,
-        dtype=None,
-        backend="numpy",
-        device=None,
-    ) -> TanhCell:
-        """A cell of `width` features: ``W`` as :meth:`Linear.create`, times `init_scale`.
-
-        Parameters
-        ----------
-        width : int
-            Size of the state (and of the injection).
-        init_scale : float, default: 0.5
-            Factor on the initial ``W``, whose entries are ``U(-1/sqrt(width),
-            1/sqrt(width))``; ``||W||_2`` is then about ``1.15 * init_scale``, so the
-            default starts as a contraction.
-        seed, dtype, backend, device
-            As in :meth:`Linear.create`.
-        """
-        kw = {"dtype": dtype, "backend": backend, "device": device}
-        return cls(linear=_plain_linear(width, init_scale, seed, kw))
-
-
-@dataclass(frozen=True)
-class ReluCell(Module):
+ReluCell = _plain_cell_class(
+    "ReluCell",
+    relu,
     """The textbook DEQ cell ``z -> relu(W z + x)``, `x` the input injection.
 
     A contraction when ``||W||_2 < 1`` (``relu`` is 1-Lipschitz).
@@ -140,28 +148,8 @@ class ReluCell(Module):
     >>> z, res = deq(np.ones((3, 8)))
     >>> bool(res.success), bool((z >= 0).all())
     (True, True)
-    """
-
-    linear: Any
-
-    def __call__(self, z, x, mask=None):
-        """``relu(W z + x)``, times the dropout `mask` when one is given."""
-        return _plain_cell(self.linear, z, x, mask, relu)
-
-    @classmethod
-    def create(
-        cls,
-        width: int,
-        *,
-        init_scale: float = 0.5,
-        seed=0,
-        dtype=None,
-        backend="numpy",
-        device=None,
-    ) -> ReluCell:
-        """A cell of `width` features; the arguments are those of :meth:`TanhCell.create`."""
-        kw = {"dtype": dtype, "backend": backend, "device": device}
-        return cls(linear=_plain_linear(width, init_scale, seed, kw))
+    """,
+)
 
 
 @dataclass(frozen=True)
@@ -266,6 +254,17 @@ class DEQClassifier(Module):
         return self.replace(deq=self.deq.replace(**config))
 
 
+def _small_weight_norm(layer: Module, init_scale: float) -> Module:
+    """`weight_norm` of `layer` with every magnitude ``g`` set to `init_scale`."""
+    # Small row (filter) norms keep ||W||_2 well below 1 for a random W: the cell starts
+    # as a contraction, so the first solves converge quickly.
+    wn = weight_norm(layer)
+    xp = namespace(wn.g)
+    return wn.replace(
+        g=xp.full(wn.g.shape, float(init_scale), dtype=wn.g.dtype, device=_device(wn.g))
+    )
+
+
 def _deq_config(config: dict) -> dict:
     known = {"method", "backward", "rtol", "atol", "maxiter", "options", "backward_options"}
     extra = sorted(set(config) - known)
@@ -273,6 +272,17 @@ def _deq_config(config: dict) -> dict:
         msg = f"unknown DEQ options {extra}; known: {sorted(known)}"
         raise TypeError(msg)
     return config
+
+
+def _classifier(injection, cell, head, dropout: float, mask_shape: tuple, config: dict):
+    """The :class:`DEQClassifier` of the parts, its DEQ configured by the user's `config`."""
+    return DEQClassifier(
+        injection=injection,
+        deq=DEQ(cell, **_deq_config(config)),
+        head=head,
+        dropout=VariationalDropout(rate=dropout),
+        mask_shape=mask_shape,
+    )
 
 
 def mlp_deq(
@@ -321,22 +331,10 @@ def mlp_deq(
     rng = generator(seed)
     kw = {"dtype": dtype, "backend": backend, "device": device}
     injection = Linear.create(in_features, width, seed=rng, **kw)
-    w = Linear.create(width, width, bias=False, seed=rng, **kw)
-    lin = weight_norm(w)
-    # Start with small row norms (||W||_2 well below 1 for a random W): the cell starts
-    # as a contraction, so the first solves converge quickly.
-    xp = namespace(lin.g)
-    g = xp.full(lin.g.shape, float(init_scale), dtype=lin.g.dtype, device=_device(lin.g))
-    lin = lin.replace(g=g)
+    lin = _small_weight_norm(Linear.create(width, width, bias=False, seed=rng, **kw), init_scale)
     cell = MLPCell(linear=lin, norm=LayerNorm.create(width, **kw))
     head = Linear.create(width, num_classes, seed=rng, **kw)
-    return DEQClassifier(
-        injection=injection,
-        deq=DEQ(cell, **_deq_config(deq_config)),
-        head=head,
-        dropout=VariationalDropout(rate=dropout),
-        mask_shape=(width,),
-    )
+    return _classifier(injection, cell, head, dropout, (width,), deq_config)
 
 
 def conv_deq(
@@ -394,17 +392,10 @@ def conv_deq(
         conv=Conv2d.create(in_channels, channels, 3, padding=1, seed=rng, **kw),
         norm=GroupNorm.create(groups, channels, **kw),
     )
-    conv = weight_norm(Conv2d.create(channels, channels, 3, padding=1, bias=False, seed=rng, **kw))
-    xp = namespace(conv.g)
-    g = xp.full(conv.g.shape, float(init_scale), dtype=conv.g.dtype, device=_device(conv.g))
-    conv = conv.replace(g=g)
-    cell = ConvCell(conv=conv, norm=GroupNorm.create(groups, channels, **kw))
+    conv = Conv2d.create(channels, channels, 3, padding=1, bias=False, seed=rng, **kw)
+    cell = ConvCell(
+        conv=_small_weight_norm(conv, init_scale), norm=GroupNorm.create(groups, channels, **kw)
+    )
     features = channels * (image_size // pool) ** 2
     head = _PoolHead(linear=Linear.create(features, num_classes, seed=rng, **kw), pool=pool)
-    return DEQClassifier(
-        injection=stem,
-        deq=DEQ(cell, **_deq_config(deq_config)),
-        head=head,
-        dropout=VariationalDropout(rate=dropout),
-        mask_shape=(channels, 1, 1),
-    )
+    return _classifier(stem, cell, head, dropout, (channels, 1, 1), deq_config)

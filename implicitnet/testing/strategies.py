@@ -130,6 +130,20 @@ def _solve(A, c):
     return np.matrix_transpose(np.linalg.solve(M, np.reshape(c, (-1, n)).T)).reshape(c.shape)
 
 
+def _contraction(draw, n_range, rho_range, batch, *, c_bound):
+    """Draw ``(rho, batch size, A, c)``: ``||A||_2 = rho``, `c` uniform in ``+-c_bound``.
+
+    `c` has shape ``(n,)``, or ``(b, n)`` when a batch size `b` is drawn.
+    """
+    n = draw(st.integers(*n_range))
+    rho = draw(st.floats(*rho_range, allow_nan=False, allow_subnormal=False))
+    b = draw(_batch_sizes(batch))
+    rng = _Rng(draw(_seeds()))
+    A = _matrix_with_norm(rng, n, rho)
+    c = rng.uniform(-c_bound, c_bound, size=(n,) if b is None else (b, n))
+    return rho, b, A, c
+
+
 def _pack(xp, dtype, kind, f, x0, args, solution, batch, arg_axes, rho):
     dt = _dtype(xp, dtype)
     conv = tuple(xp.asarray(a, dtype=dt) for a in args)
@@ -161,15 +175,9 @@ def contractive_affine_maps(
     `batch` (an int or a strategy of ints), ``c`` has one row per system and the
     problem is batched along axis 0 (``arg_batch_axes=(None, 0)``).
     """
-    n = draw(st.integers(min_n, max_n))
-    rho = draw(st.floats(min_rho, max_rho, allow_nan=False, allow_subnormal=False))
-    b = draw(_batch_sizes(batch))
-    rng = _Rng(draw(_seeds()))
-    A = _matrix_with_norm(rng, n, rho)
-    c = rng.uniform(-1.0, 1.0, size=(n,) if b is None else (b, n))
-    sol = _solve(A, c)
+    rho, b, A, c = _contraction(draw, (min_n, max_n), (min_rho, max_rho), batch, c_bound=1.0)
     x0 = np.zeros_like(c)
-    return _pack(xp, dtype, "fixed_point", _affine, x0, (A, c), sol, b, (None, 0), rho)
+    return _pack(xp, dtype, "fixed_point", _affine, x0, (A, c), _solve(A, c), b, (None, 0), rho)
 
 
 @st.composite
@@ -213,12 +221,7 @@ def contractive_tanh_maps(
     point, computed in float64 by Picard's iteration run until its a-posteriori error
     bound ``rho^k ||z_1 - z_0|| / (1 - rho)`` is below ``1e-14``.
     """
-    n = draw(st.integers(min_n, max_n))
-    rho = draw(st.floats(min_rho, max_rho, allow_nan=False, allow_subnormal=False))
-    b = draw(_batch_sizes(batch))
-    rng = _Rng(draw(_seeds()))
-    W = _matrix_with_norm(rng, n, rho)
-    c = rng.uniform(-1.5, 1.5, size=(n,) if b is None else (b, n))
+    rho, b, W, c = _contraction(draw, (min_n, max_n), (min_rho, max_rho), batch, c_bound=1.5)
     z = np.zeros_like(c)
     for _ in range(100_000):
         z_new = np.tanh(z @ W.T + c)
@@ -261,16 +264,10 @@ class FailingProblem(NamedTuple):
 
     Attributes
     ----------
-    kind : {"fixed_point", "root"}
-        Solve with :func:`implicitnet.solvers.fixed_point` or ``root``.
-    f : callable
-        ``f(x, *args)``. It may keep state (:func:`poisoned_maps` counts its calls).
-    x0 : array
-        Starting point, shape ``(n,)`` or ``(batch, n)``.
-    args : tuple
-        The arrays `f` needs, each shaped like `x0`.
-    batch_axis, arg_batch_axes
-        Pass through to the solve (None for an unbatched problem).
+    kind, f, x0, args, batch_axis, arg_batch_axes
+        As in :class:`SolverProblem`, except that `x0` need not be zero, each of `args`
+        is shaped like `x0`, and `f` may keep state (:func:`poisoned_maps` counts its
+        calls).
     residual_floor : tuple of float
         Per system, a lower bound of the residual norm (``||f(x) - x||``, or ``||F(x)||``
         for a root problem) over every finite `x` at which `f` returns finite values;
