@@ -67,34 +67,20 @@ def _write(path: str, panels: Sequence[_Panel], title: str) -> None:
     fig.savefig(path, format="png", dpi=100)
 
 
+def _curve(history: list, key: str, label: str | None = None, scale: float = 1.0) -> tuple:
+    return label, [scale * h[key] for h in history]
+
+
 def write_classifier_plot(path: str, history: list, title: str) -> None:
     """Loss, accuracy, solver iterations and forward residual per epoch (``OSError``)."""
     epochs = [h["epoch"] for h in history]
+    loss = [_curve(history, "loss", "train loss"), _curve(history, "test_loss", "test loss")]
+    accuracy = [_curve(history, f"{s}_acc", s, 100.0) for s in ("train", "test")]
     panels = (
-        _Panel(
-            "loss",
-            epochs,
-            [
-                ("train loss", [h["loss"] for h in history]),
-                ("test loss", [h["test_loss"] for h in history]),
-            ],
-            log=True,
-        ),
-        _Panel(
-            "accuracy (%)",
-            epochs,
-            [
-                ("train", [100 * h["train_acc"] for h in history]),
-                ("test", [100 * h["test_acc"] for h in history]),
-            ],
-        ),
+        _Panel("loss", epochs, loss, log=True),
+        _Panel("accuracy (%)", epochs, accuracy),
         _iterations(history, epochs, "mean solver iterations per sample"),
-        _Panel(
-            "mean forward residual",
-            epochs,
-            [(None, [h["fwd_residual"] for h in history])],
-            log=True,
-        ),
+        _Panel("mean forward residual", epochs, [_curve(history, "fwd_residual")], log=True),
     )
     _write(path, panels, title)
 
@@ -103,24 +89,23 @@ def write_language_model_plot(path: str, history: list, title: str) -> None:
     """Bits per character, iterations per batch and per epoch, relative residual."""
     epochs = [h["epoch"] for h in history]
     per_batch = [b for h in history for b in h.get("fwd_iter_batches", [])]
-    splits = (("train_bpc", "train"), ("valid_bpc", "validation"), ("test_bpc", "test"))
-    panels = (
-        _Panel(
-            "bits per character", epochs, [(label, [h[k] for h in history]) for k, label in splits]
+    splits = (("train", "train"), ("valid", "validation"), ("test", "test"))
+    bpc = [_curve(history, f"{s}_bpc", label) for s, label in splits]
+    batches = range(1, len(per_batch) + 1)
+    residual = [_curve(history, "fwd_rel_residual")]
+    _write(
+        path,
+        (
+            _Panel("bits per character", epochs, bpc),
+            _Panel(
+                "forward iterations per batch",
+                batches,
+                [(None, per_batch)],
+                xlabel="batch",
+                marker=None,
+            ),
+            _iterations(history, epochs, "mean solver iterations"),
+            _Panel("mean relative forward residual", epochs, residual, log=True),
         ),
-        _Panel(
-            "forward iterations per batch",
-            range(1, len(per_batch) + 1),
-            [(None, per_batch)],
-            xlabel="batch",
-            marker=None,
-        ),
-        _iterations(history, epochs, "mean solver iterations"),
-        _Panel(
-            "mean relative forward residual",
-            epochs,
-            [(None, [h["fwd_rel_residual"] for h in history])],
-            log=True,
-        ),
+        title,
     )
-    _write(path, panels, title)

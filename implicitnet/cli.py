@@ -116,14 +116,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _nonnegative_float(text: str) -> float:
+def _argument(text: str, convert, accept, expected: str):
+    """``convert(text)`` if `accept` holds for it, else argparse's "expected ..." error."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _nonnegative_float(text: str) -> float:
+    return _argument(text, float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 
 
 def _positive_float(text: str) -> float:
@@ -137,23 +142,40 @@ def _positive_float(text: str) -> float:
 
 
 def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+    return _argument(text, float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+    return _argument(text, int, lambda v: v >= 0, "a non-negative integer")
+
+
+# The commands: ``(summary, description)`` of each, for ``implicitnet -h`` and its own -h.
+_COMMANDS = {
+    "info": ("version, backends found and their devices", None),
+    "train": (
+        "train a deep equilibrium classifier (default: MLP DEQ on the digits)",
+        "Train a deep equilibrium classifier on the handwritten digits embedded in "
+        "scikit-learn (or on MNIST-format IDX files with --data). Prints one line "
+        "per epoch (loss, train and test accuracy, mean forward iterations and "
+        "residual, mean backward iterations, seconds) and a final summary; a "
+        "progress bar goes to stderr.",
+    ),
+    "evaluate": (
+        "accuracy and solver statistics of a saved model",
+        "Evaluate a checkpoint written by `implicitnet train --save` on its "
+        "test set: accuracy, loss, forward iterations and residuals.",
+    ),
+    "sample": (
+        "generate text with a trained transformer language model",
+        "Continue a prompt with characters drawn one at a time from a "
+        "checkpoint written by `implicitnet train --model transformer --save`.",
+    ),
+}
+
+
+def _command(sub, name: str) -> argparse.ArgumentParser:
+    summary, description = _COMMANDS[name]
+    return sub.add_parser(name, help=summary, description=description)
 
 
 def _solver_choices() -> list[str]:
@@ -209,17 +231,7 @@ def _train_help() -> dict[str, str]:
 
 def _add_train_parser(sub) -> None:
     h = _train_help()
-    p = sub.add_parser(
-        "train",
-        help="train a deep equilibrium classifier (default: MLP DEQ on the digits)",
-        description=(
-            "Train a deep equilibrium classifier on the handwritten digits embedded in "
-            "scikit-learn (or on MNIST-format IDX files with --data). Prints one line "
-            "per epoch (loss, train and test accuracy, mean forward iterations and "
-            "residual, mean backward iterations, seconds) and a final summary; a "
-            "progress bar goes to stderr."
-        ),
-    )
+    p = _command(sub, "train")
     # Every default is None: the configuration fills in the model's defaults, or the
     # values saved in the checkpoint of --resume.
     g = p.add_argument_group("model and solver")
@@ -270,12 +282,7 @@ def _add_train_parser(sub) -> None:
 
 
 def _add_evaluate_parser(sub) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="accuracy and solver statistics of a saved model",
-        description="Evaluate a checkpoint written by `implicitnet train --save` on its "
-        "test set: accuracy, loss, forward iterations and residuals.",
-    )
+    p = _command(sub, "evaluate")
     p.add_argument("path", metavar="PATH", help="checkpoint written by `implicitnet train`")
     p.add_argument("--data", metavar="DIR", help="IDX directory (default: as trained)")
     p.add_argument("--backend", choices=_backends.BACKEND_NAMES)
@@ -415,12 +422,9 @@ class _Classifier:
 
     def scores(self, model, ds, config: dict, metrics: dict) -> dict:
         test = _train.evaluate(model, ds.x_test, ds.y_test)
-        return {
-            "test_acc": test["accuracy"],
-            "test_loss": test["loss"],
-            "test_fwd_iter": test["fwd_iter"],
-            "seconds": metrics["seconds"] + test["seconds"],
-        }
+        named = {"test_acc": "accuracy", "test_loss": "loss", "test_fwd_iter": "fwd_iter"}
+        seconds = metrics["seconds"] + test["seconds"]  # the epoch's, evaluation included
+        return {**{key: test[name] for key, name in named.items()}, "seconds": seconds}
 
     def figures(self, row: dict) -> tuple[str, float]:
         """The epoch line's own figures, and the seconds it reports."""
@@ -847,12 +851,7 @@ def _cmd_evaluate(ns) -> int:
 
 
 def _add_sample_parser(sub) -> None:
-    p = sub.add_parser(
-        "sample",
-        help="generate text with a trained transformer language model",
-        description="Continue a prompt with characters drawn one at a time from a "
-        "checkpoint written by `implicitnet train --model transformer --save`.",
-    )
+    p = _command(sub, "sample")
     p.add_argument("path", metavar="CHECKPOINT", help="transformer checkpoint")
     p.add_argument("--prompt", required=True, help="text to continue (symbols of the corpus)")
     p.add_argument(
@@ -906,7 +905,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the traceback of an unexpected error"
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    p_info = sub.add_parser("info", help="version, backends found and their devices")
+    p_info = _command(sub, "info")
     p_info.add_argument("--json", action="store_true", help="print one JSON object")
     p_info.set_defaults(func=_cmd_info)
     _add_train_parser(sub)

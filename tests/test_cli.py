@@ -13,22 +13,14 @@ import struct
 
 import numpy as np
 import pytest
+from cli_run import json_lines as _json_lines
+from cli_run import run as _run
 
 from implicitnet import nn
 from implicitnet.cli import main
 
 # A tiny, fast configuration: 160 training samples, batches of 32.
 QUICK = ["--limit", "160", "--batch-size", "32", "--no-progress"]
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _json_lines(out):
-    return [json.loads(line) for line in out.strip().splitlines()]
 
 
 def _arrays(path):
@@ -680,6 +672,8 @@ def test_a_failing_save_ends_the_json_output_with_a_summary(capsys, tmp_path, mo
     assert rows[0]["epoch"] == 1 and rows[-1]["status"] == "failed"
     assert rows[-1]["saved"] is None and "No space left" in rows[-1]["message"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no partial file left
+
+
 @pytest.mark.parametrize(("model", "epochs", "limit"), [("mlp", 1, 160), ("conv", 1, 64)])
 def test_torch_backend_trains_like_numpy(capsys, tmp_path, model, epochs, limit):
     """Same seed, same host-drawn initialisation: the same run on torch tensors."""

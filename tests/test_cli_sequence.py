@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
-from implicitnet.cli import main
+from cli_run import json_lines as _json_lines
+from cli_run import run as _run
 
 # A tiny configuration: 64 windows of 16 characters, a 16-wide block.
 TINY = [
@@ -25,16 +25,6 @@ TINY = [
     "32",
     "--no-progress",
 ]
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _json_lines(out):
-    return [json.loads(line) for line in out.strip().splitlines()]
 
 
 def test_transformer_trains_and_reports_bits_per_character(capsys, tmp_path):
