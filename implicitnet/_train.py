@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import backends, nn, optim
@@ -20,16 +22,22 @@ from ._xp import device, is_tensor, namespace, vector_norm
 from .autodiff import value_and_grad
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
+    "CLASSIFIER",
+    "COMMON_DEFAULTS",
     "DEFAULTS",
+    "Objective",
+    "Running",
     "build_model",
     "build_optimizer",
+    "checked_loss",
+    "differentiate",
     "evaluate",
+    "evaluate_batches",
+    "fit_epoch",
     "load_data",
+    "local_step",
     "train_epoch",
 ]
-
-CHECKPOINT_FORMAT = "implicitnet-train/1"
 
 # Defaults per model; the command line fills the options the user did not give.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -208,12 +216,27 @@ def _loss(model, xb, yb, mask):
     return nn.cross_entropy(logits, yb), (logits, res)
 
 
-class _Running:
-    """Sums of per-batch figures, weighted by the batch size."""
+class Running:
+    """Running figures of an epoch: per-batch means weighted by the batch size, and counts.
+
+    :meth:`add_solve` takes a batch's forward result and adds its mean iterations and
+    residuals (absolute and relative), its backward iterations when the adjoint reported
+    them, and the count of samples whose solve did not converge; :meth:`solver_metrics`
+    gives them back as the ``fwd_*``, ``bwd_*`` and ``unconverged`` metrics.
+    """
+
+    # The names of the figures :meth:`add_solve` adds.
+    SOLVE_FIGURES = ("fwd", "res", "rel", "bwd")
 
     def __init__(self):
         self.n = 0
         self.sums: dict[str, float] = {}
+        self.fwd_per_batch: list[float] = []
+        self.unconverged = 0
+        self.bwd_failures = 0
+        self.bwd_seen = False
+        self.worst = 0.0
+        self.t0 = time.perf_counter()
 
     def add(self, n: int, **values: float) -> None:
         self.n += n
@@ -223,8 +246,50 @@ class _Running:
     def mean(self, key: str) -> float:
         return self.sums.get(key, math.nan) / self.n if self.n else math.nan
 
+    def add_solve(self, n: int, res, *, track_worst: bool = False, **values: float) -> None:
+        """Add a batch of `n` samples, its forward result `res` and other `values`."""
+        xp = namespace(res.converged)
+        self.unconverged += n - int(xp.sum(xp.astype(res.converged, xp.int64)))
+        if track_worst:
+            self.worst = max(self.worst, float(xp.max(res.residual)))
+        bwd = res.stats.get("backward")
+        self.bwd_seen = self.bwd_seen or bwd is not None
+        fwd = _mean(res.nit)
+        self.fwd_per_batch.append(fwd)
+        self.add(
+            n,
+            **values,
+            fwd=fwd,
+            res=_mean(res.residual),
+            rel=_mean(_relative_residuals(res)),
+            bwd=_mean(bwd["nit"]) if bwd is not None else math.nan,
+        )
 
-def _checked_loss(loss, model, epoch: int, batch: int) -> float:
+    def add_means(
+        self, n: int, means: dict, unconverged: int, bwd_failures: int, bwd_seen: bool
+    ) -> None:
+        """Add a batch of `n` samples from its mean figures and solver counts."""
+        self.unconverged += unconverged
+        self.bwd_failures += bwd_failures
+        self.bwd_seen = self.bwd_seen or bwd_seen
+        self.fwd_per_batch.append(means["fwd"])
+        self.add(n, **means)
+
+    def solver_metrics(self) -> dict:
+        return {
+            "fwd_iter": self.mean("fwd"),
+            "fwd_residual": self.mean("res"),
+            "fwd_rel_residual": self.mean("rel"),
+            "bwd_iter": self.mean("bwd") if self.bwd_seen else None,
+            "unconverged": self.unconverged,
+            "bwd_failures": self.bwd_failures,
+        }
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def checked_loss(loss, model, epoch: int, batch: int) -> float:
     """The batch's loss as a float, after checking it and the updated `model`.
 
     One host read checks both (the loss plus :func:`_finite_probe`); raises
@@ -244,6 +309,133 @@ def _checked_loss(loss, model, epoch: int, batch: int) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What one model kind's training step computes, for :func:`fit_epoch`.
+
+    Attributes
+    ----------
+    loss : callable
+        ``loss(model, xb, yb, *extra) -> (value, aux)``: the value differentiated.
+    draw : callable
+        ``draw(model, xb, rng) -> extra``: the batch's random inputs of `loss` (a
+        dropout mask, a seed), drawn from the epoch's generator.
+    read : callable
+        ``read(value, aux, yb) -> (loss, res, figures)``: the loss to report (an
+        array), the forward result, and other per-batch figures (floats).
+    shown : callable
+        ``shown(stats) -> dict``: the figures on the progress bar, from the
+        :class:`Running` figures so far.
+    figures : tuple of str
+        The names of the figures `read` returns, in a fixed order.
+    """
+
+    loss: Callable
+    draw: Callable
+    read: Callable
+    shown: Callable
+    figures: tuple[str, ...] = ()
+
+
+def differentiate(loss_grad, args: tuple, epoch: int, batch: int):
+    """``(((value, aux), grads), failures)`` of ``loss_grad(*args)`` for one batch.
+
+    `failures` counts the adjoint solves that did not converge (their
+    ``ConvergenceWarning``); a forward solve refusing non-finite values becomes a
+    ``FloatingPointError`` naming the epoch and the batch.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        try:
+            out = loss_grad(*args)
+        except ValueError as exc:
+            # Finite but huge parameters can make the cell overflow at the start of
+            # the solve, which the solver refuses as a bad problem: here it is the
+            # training that diverged.
+            if "is not finite" not in str(exc):
+                raise
+            msg = (
+                f"the forward solve met inf or NaN in epoch {epoch + 1}, batch "
+                f"{batch + 1}: the parameters overflowed ({exc})"
+            )
+            raise FloatingPointError(msg) from None
+    return out, sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def local_step(loss_grad, objective: Objective, model, xb, yb, extra: tuple, epoch, batch):
+    """One batch differentiated in this process: ``(grads, record)``.
+
+    ``record(stats, model)``, called with the model after the optimizer step, checks
+    the loss and the parameters (:func:`checked_loss`) and adds the batch's figures to
+    the :class:`Running` `stats`. This is :func:`fit_epoch`'s default `step`; the MPI
+    data-parallel step has the same signature.
+    """
+    ((value, aux), grads), failures = differentiate(
+        loss_grad, (model, xb, yb, *extra), epoch, batch
+    )
+
+    def record(stats: Running, model) -> None:
+        loss, res, figures = objective.read(value, aux, yb)
+        stats.bwd_failures += failures
+        stats.add_solve(
+            int(xb.shape[0]), res, loss=checked_loss(loss, model, epoch, batch), **figures
+        )
+
+    return grads, record
+
+
+def fit_epoch(
+    model,
+    optimizer,
+    opt_state,
+    x,
+    y,
+    config: dict,
+    epoch: int,
+    rng: Any,
+    *,
+    objective: Objective,
+    progress=None,
+    step: Callable = local_step,
+):
+    """One pass of `optimizer` over ``(x, y)``: ``(model, opt_state, stats)``.
+
+    The loop that every model kind shares: the batches of `config` in the order fixed
+    by its seed and `epoch`, one differentiation (`step`, see :func:`local_step`) and
+    one optimizer step each, the checks of the loss and parameters, and the
+    :class:`Running` figures (`stats`). What the step computes is the `objective`.
+
+    Raises
+    ------
+    FloatingPointError
+        If the loss or a parameter becomes infinite or NaN; the message names the
+        epoch, the batch and the parameter. Nothing after that batch is trained.
+    """
+    loss_grad = value_and_grad(objective.loss, has_aux=True)
+    be = backends.backend_of(x)
+    stats = Running()
+    for batch, (xb, yb) in enumerate(
+        _data.batches(x, y, int(config["batch_size"]), seed=int(config["seed"]), epoch=epoch)
+    ):
+        extra = objective.draw(model, xb, rng)
+        grads, record = step(loss_grad, objective, model, xb, yb, extra, epoch, batch)
+        model, opt_state = optimizer.update(model, grads, opt_state)
+        record(stats, model)
+        if progress is not None:
+            progress(int(xb.shape[0]), objective.shown(stats))
+    be.synchronize()
+    return model, opt_state, stats
+
+
+CLASSIFIER = Objective(
+    loss=_loss,
+    draw=lambda model, xb, rng: (model.mask(int(xb.shape[0]), rng, like=xb),),
+    read=lambda value, aux, yb: (value, aux[1], {"acc": nn.accuracy(aux[0], yb)}),
+    shown=lambda stats: {"loss": stats.mean("loss")},
+    figures=("acc",),
+)
+
+
 def train_epoch(
     model,
     optimizer,
@@ -254,6 +446,7 @@ def train_epoch(
     rng: Any,
     *,
     progress=None,
+    step: Callable = local_step,
 ):
     """One pass over the training set: ``(model, opt_state, metrics)``.
 
@@ -262,7 +455,8 @@ def train_epoch(
     state's norm, ``fwd_rel_residual``), the mean backward iterations, the number of
     samples whose forward solve did not converge and of adjoint solves that did not,
     and the seconds taken. `progress` (optional) is called with the number of samples
-    done after every batch, and may return a dict of figures to show.
+    done after every batch, and may return a dict of figures to show. `step`
+    differentiates one batch (default: in this process; see :func:`fit_epoch`).
 
     Raises
     ------
@@ -270,104 +464,51 @@ def train_epoch(
         If the loss or a parameter becomes infinite or NaN; the message names the
         epoch, the batch and the parameter. Nothing after that batch is trained.
     """
-    loss_grad = value_and_grad(_loss, has_aux=True)
-    be = backends.backend_of(ds.x_train)
-    stats = _Running()
-    unconverged = 0
-    backward_failures = 0
-    backward_seen = False
-    t0 = time.perf_counter()
-    for batch, (xb, yb) in enumerate(
-        _data.batches(
-            ds.x_train,
-            ds.y_train,
-            int(config["batch_size"]),
-            seed=int(config["seed"]),
-            epoch=epoch,
-        )
-    ):
-        n = int(xb.shape[0])
-        mask = model.mask(n, rng, like=xb)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            try:
-                (loss, (logits, res)), grads = loss_grad(model, xb, yb, mask)
-            except ValueError as exc:
-                # Finite but huge parameters can make the cell overflow at the start of
-                # the solve, which the solver refuses as a bad problem: here it is the
-                # training that diverged.
-                if "is not finite" not in str(exc):
-                    raise
-                msg = (
-                    f"the forward solve met inf or NaN in epoch {epoch + 1}, batch "
-                    f"{batch + 1}: the parameters overflowed ({exc})"
-                )
-                raise FloatingPointError(msg) from None
-        backward_failures += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-        model, opt_state = optimizer.update(model, grads, opt_state)
-        loss = _checked_loss(loss, model, epoch, batch)
-        bwd = res.stats.get("backward")
-        if bwd is not None:
-            backward_seen = True
-        xp = namespace(res.converged)
-        unconverged += n - int(xp.sum(xp.astype(res.converged, xp.int64)))
-        stats.add(
-            n,
-            loss=loss,
-            acc=nn.accuracy(logits, yb),
-            fwd=_mean(res.nit),
-            res=_mean(res.residual),
-            rel=_mean(_relative_residuals(res)),
-            bwd=_mean(bwd["nit"]) if bwd is not None else math.nan,
-        )
-        if progress is not None:
-            progress(n, {"loss": stats.mean("loss")})
-    be.synchronize()
-    return (
+    model, opt_state, stats = fit_epoch(
         model,
+        optimizer,
         opt_state,
-        {
-            "loss": stats.mean("loss"),
-            "train_acc": stats.mean("acc"),
-            "fwd_iter": stats.mean("fwd"),
-            "fwd_residual": stats.mean("res"),
-            "fwd_rel_residual": stats.mean("rel"),
-            "bwd_iter": stats.mean("bwd") if backward_seen else None,
-            "unconverged": unconverged,
-            "bwd_failures": backward_failures,
-            "seconds": time.perf_counter() - t0,
-        },
+        ds.x_train,
+        ds.y_train,
+        config,
+        epoch,
+        rng,
+        objective=CLASSIFIER,
+        progress=progress,
+        step=step,
     )
+    metrics = {"loss": stats.mean("loss"), "train_acc": stats.mean("acc")}
+    return model, opt_state, {**metrics, **stats.solver_metrics(), "seconds": stats.seconds()}
+
+
+def evaluate_batches(model, x, y, batch_size: int, figures: Callable, **kw) -> Running:
+    """The :class:`Running` figures of `model` over ``(x, y)`` (no dropout, no gradient).
+
+    ``figures(logits, yb)`` gives each batch's own figures (floats); `kw` goes to
+    :meth:`Running.add_solve`.
+    """
+    stats = Running()
+    for xb, yb in _data.batches(x, y, batch_size):
+        logits, res = model(xb)
+        stats.add_solve(int(xb.shape[0]), res, **kw, **figures(logits, yb))
+    return stats
+
+
+def _classifier_figures(logits, yb) -> dict:
+    return {"acc": nn.accuracy(logits, yb), "loss": float(nn.cross_entropy(logits, yb))}
 
 
 def evaluate(model, x, y, *, batch_size: int = 512) -> dict:
     """Accuracy and forward-solve statistics of `model` on ``(x, y)`` (no dropout)."""
-    stats = _Running()
-    unconverged = 0
-    worst = 0.0
-    t0 = time.perf_counter()
-    for xb, yb in _data.batches(x, y, batch_size):
-        n = int(xb.shape[0])
-        logits, res = model(xb)
-        xp = namespace(res.converged)
-        unconverged += n - int(xp.sum(xp.astype(res.converged, xp.int64)))
-        worst = max(worst, float(xp.max(res.residual)))
-        stats.add(
-            n,
-            acc=nn.accuracy(logits, yb),
-            loss=float(nn.cross_entropy(logits, yb)),
-            fwd=_mean(res.nit),
-            res=_mean(res.residual),
-            rel=_mean(_relative_residuals(res)),
-        )
+    stats = evaluate_batches(model, x, y, batch_size, _classifier_figures, track_worst=True)
     return {
         "accuracy": stats.mean("acc"),
         "loss": stats.mean("loss"),
         "fwd_iter": stats.mean("fwd"),
         "fwd_residual": stats.mean("res"),
         "fwd_rel_residual": stats.mean("rel"),
-        "max_residual": worst,
-        "unconverged": unconverged,
+        "max_residual": stats.worst,
+        "unconverged": stats.unconverged,
         "samples": stats.n,
-        "seconds": time.perf_counter() - t0,
+        "seconds": stats.seconds(),
     }

@@ -7,16 +7,12 @@ line builds a configuration, calls these functions and reports what they return.
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from typing import Any
 
-from . import backends, nn
 from . import data as _data
-from ._result import ConvergenceWarning
-from ._train import _checked_loss, _mean, _relative_residuals, _Running
+from . import nn
+from ._train import Objective, evaluate_batches, fit_epoch
 from ._xp import device, namespace
-from .autodiff import value_and_grad
 
 __all__ = [
     "SEQ_DEFAULTS",
@@ -135,88 +131,53 @@ def train_epoch_lm(
     FloatingPointError
         If the loss or a parameter becomes infinite or NaN.
     """
-    loss_grad = value_and_grad(_loss, has_aux=True)
     x, y = _windows(corpus.train, config, offset=_offset(config, epoch))
-    be = backends.backend_of(x)
-    stats = _Running()
-    unconverged = backward_failures = 0
-    backward_seen = False
-    per_batch: list[float] = []
     jac_reg = float(config.get("jac_reg") or 0.0)
-    t0 = time.perf_counter()
-    for batch, (xb, yb) in enumerate(
-        _data.batches(x, y, int(config["batch_size"]), seed=int(config["seed"]), epoch=epoch)
-    ):
-        n = int(xb.shape[0])
-        seed = int(rng.integers(2**31)) if jac_reg > 0 else 0
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            (_, (ce, res)), grads = loss_grad(model, xb, yb, jac_reg, seed)
-        backward_failures += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-        model, opt_state = optimizer.update(model, grads, opt_state)
-        loss = _checked_loss(ce, model, epoch, batch)
-        bwd = res.stats.get("backward")
-        backward_seen = backward_seen or bwd is not None
-        xp = namespace(res.converged)
-        unconverged += n - int(xp.sum(xp.astype(res.converged, xp.int64)))
-        fwd = _mean(res.nit)
-        per_batch.append(fwd)
-        stats.add(
-            n,
-            loss=loss,
-            fwd=fwd,
-            res=_mean(res.residual),
-            rel=_mean(_relative_residuals(res)),
-            bwd=_mean(bwd["nit"]) if bwd is not None else math.nan,
-        )
-        if progress is not None:
-            progress(n, {"bpc": stats.mean("loss") / LN2})
-    be.synchronize()
-    return (
-        model,
-        opt_state,
-        {
-            "loss": stats.mean("loss"),
-            "train_bpc": stats.mean("loss") / LN2,
-            "fwd_iter": stats.mean("fwd"),
-            "fwd_iter_batches": per_batch,
-            "fwd_residual": stats.mean("res"),
-            "fwd_rel_residual": stats.mean("rel"),
-            "bwd_iter": stats.mean("bwd") if backward_seen else None,
-            "unconverged": unconverged,
-            "bwd_failures": backward_failures,
-            "seconds": time.perf_counter() - t0,
-        },
+    objective = Objective(
+        loss=_loss,
+        draw=lambda model, xb, rng: (jac_reg, int(rng.integers(2**31)) if jac_reg > 0 else 0),
+        read=lambda value, aux, yb: (aux[0], aux[1], {}),
+        shown=lambda stats: {"bpc": stats.mean("loss") / LN2},
     )
+    model, opt_state, stats = fit_epoch(
+        model,
+        optimizer,
+        opt_state,
+        x,
+        y,
+        config,
+        epoch,
+        rng,
+        objective=objective,
+        progress=progress,
+    )
+    solver = stats.solver_metrics()
+    metrics = {
+        "loss": stats.mean("loss"),
+        "train_bpc": stats.mean("loss") / LN2,
+        "fwd_iter": solver.pop("fwd_iter"),
+        "fwd_iter_batches": stats.fwd_per_batch,
+    }
+    return model, opt_state, {**metrics, **solver, "seconds": stats.seconds()}
+
+
+def _lm_figures(logits, yb) -> dict:
+    return {"loss": float(_flat_ce(logits, yb))}
 
 
 def evaluate_lm(model, codes, config: dict, *, batch_size: int = 128) -> dict:
     """Bits per character of `model` on the windows of `codes`, with solver statistics."""
     x, y = _windows(codes, config)
-    stats = _Running()
-    unconverged = 0
-    t0 = time.perf_counter()
-    for xb, yb in _data.batches(x, y, batch_size):
-        n = int(xb.shape[0])
-        logits, res = model(xb)
-        xp = namespace(res.converged)
-        unconverged += n - int(xp.sum(xp.astype(res.converged, xp.int64)))
-        stats.add(
-            n,
-            loss=float(_flat_ce(logits, yb)),
-            fwd=_mean(res.nit),
-            res=_mean(res.residual),
-            rel=_mean(_relative_residuals(res)),
-        )
+    stats = evaluate_batches(model, x, y, batch_size, _lm_figures)
     return {
         "bpc": stats.mean("loss") / LN2,
         "loss": stats.mean("loss"),
         "fwd_iter": stats.mean("fwd"),
         "fwd_residual": stats.mean("res"),
         "fwd_rel_residual": stats.mean("rel"),
-        "unconverged": unconverged,
+        "unconverged": stats.unconverged,
         "windows": stats.n,
-        "seconds": time.perf_counter() - t0,
+        "seconds": stats.seconds(),
     }
 
 

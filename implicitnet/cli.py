@@ -1,7 +1,9 @@
 """The ``implicitnet`` command line.
 
 ``main(argv)`` returns an exit code: 0 success, 1 runtime failure, 2 usage error.
-Metrics go to stdout, diagnostics to stderr.
+Metrics go to stdout, diagnostics to stderr. The commands are glue: the training loops
+are in ``_train.py`` (image classifiers) and ``_train_seq.py`` (the transformer language
+model), the checkpoint format in ``_checkpoint.py`` and the figures in ``_plot.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import platform
 import shlex
@@ -17,9 +18,14 @@ import sys
 import time
 from typing import Any
 
-from . import __version__
+from tqdm import tqdm
+
+from . import __version__, _checkpoint, _plot, _train, _train_seq, nn, solvers
 from . import backends as _backends
+from ._checkpoint import CheckpointError
+from ._checkpoint import jsonable as _jsonable
 from ._validate import check_int, check_nonnegative, check_positive, check_real
+from .distributed._cli import run_data_parallel
 
 __all__ = ["main", "main_entry"]
 
@@ -70,7 +76,6 @@ def _cmd_info(ns) -> int:
 # train / evaluate
 # ----------------------------------------------------------------------------------
 
-_SOLVERS = ("anderson", "broyden", "picard", "newton_krylov")
 _BACKWARDS = ("implicit", "phantom", "unrolled")
 _MODELS = ("mlp", "conv", "transformer")
 # Options that define the model, the data order or the optimizer: a resumed run takes
@@ -90,6 +95,8 @@ _FIXED_ON_RESUME = (
     "seq_len",
     "jac_reg",
 )
+# Options that resume or evaluate a run on other terms than it was trained with.
+_CHANGEABLE = ("solver", "backward", "rtol", "maxiter", "epochs", "backend", "data")
 
 
 class _Failure(Exception):
@@ -127,215 +134,150 @@ def _rate(text: str) -> float:
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+    return _parse(text, int, functools.partial(check_int, minimum=0), "a non-negative integer")
+
+
+# The commands: ``(summary, description)`` of each, for ``implicitnet -h`` and its own -h.
+_COMMANDS = {
+    "info": ("version, backends found and their devices", None),
+    "train": (
+        "train a deep equilibrium classifier (default: MLP DEQ on the digits)",
+        "Train a deep equilibrium classifier on the handwritten digits embedded in "
+        "scikit-learn (or on MNIST-format IDX files with --data). Prints one line "
+        "per epoch (loss, train and test accuracy, mean forward iterations and "
+        "residual, mean backward iterations, seconds) and a final summary; a "
+        "progress bar goes to stderr.",
+    ),
+    "evaluate": (
+        "accuracy and solver statistics of a saved model",
+        "Evaluate a checkpoint written by `implicitnet train --save` on its "
+        "test set: accuracy, loss, forward iterations and residuals.",
+    ),
+    "sample": (
+        "generate text with a trained transformer language model",
+        "Continue a prompt with characters drawn one at a time from a "
+        "checkpoint written by `implicitnet train --model transformer --save`.",
+    ),
+}
+
+
+def _command(sub, name: str) -> argparse.ArgumentParser:
+    summary, description = _COMMANDS[name]
+    return sub.add_parser(name, help=summary, description=description)
+
+
+def _solver_choices() -> list[str]:
+    # The solver registry, read when the parser is built (so a method registered
+    # before `main` is offered too).
+    return solvers.available_methods()
+
+
+def _train_help() -> dict[str, str]:
+    """The help of the train options whose text names a default."""
+    common, seq = _train.COMMON_DEFAULTS, _train_seq.SEQ_DEFAULTS
+    mlp, conv = _train.DEFAULTS["mlp"], _train.DEFAULTS["conv"]
+    return {
+        "model": "architecture (default: mlp); transformer: a weight-tied transformer DEQ "
+        "language model on characters (pydoc_data.topics, or the text file --data)",
+        "solver": f"forward solver, any registered method (default: {common['solver']}); "
+        "the scipy: adapters need --backend numpy",
+        "backward": f"how gradients flow through the solve (default: {common['backward']})",
+        "rtol": f"forward (and adjoint) relative tolerance (default: {common['rtol']})",
+        "maxiter": f"forward iteration limit (default: {common['maxiter']})",
+        "width": f"state size: features (mlp, default {mlp['width']}) or channels "
+        f"(conv, default {conv['width']})",
+        "dropout": f"variational dropout rate (default: mlp {mlp['dropout']}, "
+        f"conv {conv['dropout']})",
+        "heads": f"attention heads of the transformer (default: {seq['heads']})",
+        "seq_len": f"characters per training window of the transformer (default: {seq['seq_len']})",
+        "jac_reg": "weight of the Jacobian regularisation ||df/dz||_F^2 added to the "
+        "transformer's loss (Bai, Koltun & Kolter, 2021; default: 0, none)",
+        "epochs": f"total number of epochs (default: mlp {mlp['epochs']}, conv "
+        f"{conv['epochs']}); with --resume, train up to this total (a cosine schedule is "
+        "then re-planned over it)",
+        "batch_size": f"samples per batch (default: {mlp['batch_size']})",
+        "lr": f"peak learning rate (default: {mlp['lr']})",
+        "schedule": "learning-rate schedule of Adam (default: cosine decay over all epochs)",
+        "data": "directory of MNIST-format IDX files (train-images-idx3-ubyte, ...) "
+        "instead of the embedded digits; with --model transformer, a UTF-8 text file "
+        "instead of pydoc_data.topics",
+        "classes": "number of classes of the --data set (default: 10); a label outside "
+        "0..N-1 is an error",
+        "save": "checkpoint (.npz) written atomically after every epoch: parameters, "
+        "optimizer state, configuration, epoch and random state; an existing file is "
+        "refused unless it is the --resume checkpoint or --overwrite is given",
+        "resume": "continue the run saved in this checkpoint (exactly as if uninterrupted), "
+        "saving to the same file after every epoch unless --save names another",
+        "distributed": "data-parallel over MPI: run as `mpiexec -n N implicitnet train "
+        "--distributed ...`; each batch is split across the N ranks, gradients are "
+        "all-reduced, rank 0 prints and saves (needs mpi4py: pip install "
+        "'implicitnet[distributed]')",
+        "stop_after": "stop after N epochs of this invocation, as an interruption would "
+        "(the schedule still spans --epochs); resume with --resume",
+    }
 
 
 def _add_train_parser(sub) -> None:
-    from ._train import COMMON_DEFAULTS, DEFAULTS
-    from ._train_seq import SEQ_DEFAULTS as seq
-
-    mlp, conv = DEFAULTS["mlp"], DEFAULTS["conv"]
-    p = sub.add_parser(
-        "train",
-        help="train a deep equilibrium classifier (default: MLP DEQ on the digits)",
-        description=(
-            "Train a deep equilibrium classifier on the handwritten digits embedded in "
-            "scikit-learn (or on MNIST-format IDX files with --data). Prints one line "
-            "per epoch (loss, train and test accuracy, mean forward iterations and "
-            "residual, mean backward iterations, seconds) and a final summary; a "
-            "progress bar goes to stderr."
-        ),
-    )
+    h = _train_help()
+    p = _command(sub, "train")
+    # Every default is None: the configuration fills in the model's defaults, or the
+    # values saved in the checkpoint of --resume.
     g = p.add_argument_group("model and solver")
-    g.add_argument(
-        "--model",
-        choices=_MODELS,
-        default=None,
-        help="architecture (default: mlp); transformer: a weight-tied transformer DEQ "
-        "language model on characters (pydoc_data.topics, or the text file --data)",
-    )
-    g.add_argument(
-        "--solver",
-        choices=_SOLVERS,
-        default=None,
-        help=f"forward solver (default: {COMMON_DEFAULTS['solver']})",
-    )
-    g.add_argument(
-        "--backward",
-        choices=_BACKWARDS,
-        default=None,
-        help=f"how gradients flow through the solve (default: {COMMON_DEFAULTS['backward']})",
-    )
-    g.add_argument(
-        "--rtol",
-        type=_positive_float,
-        default=None,
-        help=f"forward (and adjoint) relative tolerance (default: {COMMON_DEFAULTS['rtol']})",
-    )
-    g.add_argument(
-        "--maxiter",
-        type=_positive_int,
-        default=None,
-        help=f"forward iteration limit (default: {COMMON_DEFAULTS['maxiter']})",
-    )
-    g.add_argument(
-        "--width",
-        type=_positive_int,
-        default=None,
-        help=f"state size: features (mlp, default {mlp['width']}) or channels "
-        f"(conv, default {conv['width']})",
-    )
-    g.add_argument(
-        "--dropout",
-        type=_rate,
-        default=None,
-        help=f"variational dropout rate (default: mlp {mlp['dropout']}, conv {conv['dropout']})",
-    )
-    g.add_argument(
-        "--heads",
-        type=_positive_int,
-        default=None,
-        help=f"attention heads of the transformer (default: {seq['heads']})",
-    )
-    g.add_argument(
-        "--seq-len",
-        type=_positive_int,
-        default=None,
-        help=f"characters per training window of the transformer (default: {seq['seq_len']})",
-    )
-    g.add_argument(
-        "--jac-reg",
-        type=_nonnegative_float,
-        default=None,
-        metavar="WEIGHT",
-        help="weight of the Jacobian regularisation ||df/dz||_F^2 added to the "
-        "transformer's loss (Bai, Koltun & Kolter, 2021; default: 0, none)",
-    )
+    g.add_argument("--model", choices=_MODELS, help=h["model"])
+    g.add_argument("--solver", choices=_solver_choices(), help=h["solver"])
+    g.add_argument("--backward", choices=_BACKWARDS, help=h["backward"])
+    g.add_argument("--rtol", type=_positive_float, help=h["rtol"])
+    g.add_argument("--maxiter", type=_positive_int, help=h["maxiter"])
+    g.add_argument("--width", type=_positive_int, help=h["width"])
+    g.add_argument("--dropout", type=_rate, help=h["dropout"])
+    g.add_argument("--heads", type=_positive_int, help=h["heads"])
+    g.add_argument("--seq-len", type=_positive_int, help=h["seq_len"])
+    g.add_argument("--jac-reg", type=_nonnegative_float, metavar="WEIGHT", help=h["jac_reg"])
     t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=_positive_int, help=h["epochs"])
+    t.add_argument("--batch-size", type=_positive_int, help=h["batch_size"])
+    t.add_argument("--lr", type=_positive_float, help=h["lr"])
+    t.add_argument("--schedule", choices=("cosine", "constant"), help=h["schedule"])
+    t.add_argument("--seed", type=_seed, help="random seed (default: 0)")
     t.add_argument(
-        "--epochs",
-        type=_positive_int,
-        default=None,
-        help=f"total number of epochs (default: mlp {mlp['epochs']}, conv {conv['epochs']}); "
-        "with --resume, train up to this total (a cosine schedule is then re-planned over it)",
+        "--backend", choices=_backends.BACKEND_NAMES, help="array library (default: numpy)"
     )
-    t.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=None,
-        help=f"samples per batch (default: {mlp['batch_size']})",
-    )
-    t.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=None,
-        help=f"peak learning rate (default: {mlp['lr']})",
-    )
-    t.add_argument(
-        "--schedule",
-        choices=("cosine", "constant"),
-        default=None,
-        help="learning-rate schedule of Adam (default: cosine decay over all epochs)",
-    )
-    t.add_argument("--seed", type=_seed, default=None, help="random seed (default: 0)")
-    t.add_argument(
-        "--backend",
-        choices=_backends.BACKEND_NAMES,
-        default=None,
-        help="array library (default: numpy)",
-    )
-    t.add_argument("--device", default=None, help=_DEVICE_HELP)
-    t.add_argument("--dtype", choices=("float64", "float32"), default=None, help="default: float64")
+    t.add_argument("--device", help=_DEVICE_HELP)
+    t.add_argument("--dtype", choices=("float64", "float32"), help="default: float64")
+    t.add_argument("--distributed", action="store_true", help=h["distributed"])
     io = p.add_argument_group("data, checkpoints and output")
-    io.add_argument(
-        "--data",
-        metavar="PATH",
-        default=None,
-        help="directory of MNIST-format IDX files (train-images-idx3-ubyte, ...) "
-        "instead of the embedded digits; with --model transformer, a UTF-8 text file "
-        "instead of pydoc_data.topics",
-    )
-    io.add_argument(
-        "--classes",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="number of classes of the --data set (default: 10); a label outside "
-        "0..N-1 is an error",
-    )
-    io.add_argument(
-        "--save",
-        metavar="PATH",
-        default=None,
-        help="checkpoint (.npz) written atomically after every epoch: parameters, "
-        "optimizer state, configuration, epoch and random state; an existing file is "
-        "refused unless it is the --resume checkpoint or --overwrite is given",
-    )
-    io.add_argument(
-        "--resume",
-        metavar="PATH",
-        default=None,
-        help="continue the run saved in this checkpoint (exactly as if uninterrupted), "
-        "saving to the same file after every epoch unless --save names another",
-    )
+    io.add_argument("--data", metavar="PATH", help=h["data"])
+    io.add_argument("--classes", type=_positive_int, metavar="N", help=h["classes"])
+    io.add_argument("--save", metavar="PATH", help=h["save"])
+    io.add_argument("--resume", metavar="PATH", help=h["resume"])
     io.add_argument(
         "--overwrite",
         action="store_true",
         help="let --save replace an existing file (which is otherwise refused)",
     )
-    io.add_argument(
-        "--plot", metavar="PATH", default=None, help="write a PNG of the curves (needs matplotlib)"
-    )
+    io.add_argument("--plot", metavar="PATH", help="write a PNG of the curves (needs matplotlib)")
     io.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     io.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    t.add_argument(
-        "--distributed",
-        action="store_true",
-        help="data-parallel over MPI: run as `mpiexec -n N implicitnet train --distributed "
-        "...`; each batch is split across the N ranks, gradients are all-reduced, rank 0 "
-        "prints and saves (needs mpi4py: pip install 'implicitnet[distributed]')",
-    )
     adv = p.add_argument_group("advanced (testing and quick runs)")
     adv.add_argument(
         "--limit",
         type=_positive_int,
-        default=None,
         metavar="N",
         help="use only the first N training and N test samples",
     )
-    adv.add_argument(
-        "--stop-after",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="stop after N epochs of this invocation, as an interruption would "
-        "(the schedule still spans --epochs); resume with --resume",
-    )
+    adv.add_argument("--stop-after", type=_positive_int, metavar="N", help=h["stop_after"])
     p.set_defaults(func=_cmd_train)
 
 
 def _add_evaluate_parser(sub) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="accuracy and solver statistics of a saved model",
-        description="Evaluate a checkpoint written by `implicitnet train --save` on its "
-        "test set: accuracy, loss, forward iterations and residuals.",
-    )
+    p = _command(sub, "evaluate")
     p.add_argument("path", metavar="PATH", help="checkpoint written by `implicitnet train`")
-    p.add_argument(
-        "--data", metavar="DIR", default=None, help="IDX directory (default: as trained)"
-    )
-    p.add_argument("--backend", choices=_backends.BACKEND_NAMES, default=None)
-    p.add_argument("--device", default=None, help=_DEVICE_HELP)
-    p.add_argument("--solver", choices=_SOLVERS, default=None, help="default: as trained")
-    p.add_argument("--rtol", type=_positive_float, default=None, help="default: as trained")
-    p.add_argument("--maxiter", type=_positive_int, default=None, help="default: as trained")
+    p.add_argument("--data", metavar="DIR", help="IDX directory (default: as trained)")
+    p.add_argument("--backend", choices=_backends.BACKEND_NAMES)
+    p.add_argument("--device", help=_DEVICE_HELP)
+    p.add_argument("--solver", choices=_solver_choices(), help="default: as trained")
+    p.add_argument("--rtol", type=_positive_float, help="default: as trained")
+    p.add_argument("--maxiter", type=_positive_int, help="default: as trained")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -345,39 +287,12 @@ def _fmt_opt(value) -> str:
 
 
 def _config_from(ns, checkpoint_config: dict | None) -> dict:
-    from ._train import COMMON_DEFAULTS, DEFAULTS
-
-    given = {
-        k: getattr(ns, k)
-        for k in (
-            "model",
-            "width",
-            "dropout",
-            "solver",
-            "backward",
-            "rtol",
-            "maxiter",
-            "epochs",
-            "batch_size",
-            "lr",
-            "schedule",
-            "seed",
-            "dtype",
-            "backend",
-            "data",
-            "classes",
-            "limit",
-            "heads",
-            "seq_len",
-            "jac_reg",
-        )
-        if getattr(ns, k, None) is not None
-    }
+    options = (*_FIXED_ON_RESUME, *_CHANGEABLE)
+    given = {k: getattr(ns, k) for k in options if getattr(ns, k, None) is not None}
     if checkpoint_config is None:
-        from ._train_seq import SEQ_DEFAULTS
-
         model = given.setdefault("model", "mlp")
-        return {**COMMON_DEFAULTS, **DEFAULTS.get(model, SEQ_DEFAULTS), **given}
+        defaults = _train.DEFAULTS.get(model, _train_seq.SEQ_DEFAULTS)
+        return {**_train.COMMON_DEFAULTS, **defaults, **given}
     config = dict(checkpoint_config)
     for key in _FIXED_ON_RESUME:
         if key in given and given[key] != config.get(key):
@@ -391,27 +306,12 @@ def _config_from(ns, checkpoint_config: dict | None) -> dict:
     return config
 
 
-def _read_checkpoint(path: str) -> tuple[dict, Any]:
-    """``(metadata, arrays)`` of a training checkpoint; one-line errors."""
-    from . import nn
-    from ._train import CHECKPOINT_FORMAT
-
-    if not os.path.exists(path):
-        raise _Failure(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise _Failure(f"{path}: is a directory, not a checkpoint")
+def _read_checkpoint(path: str) -> dict:
+    """The checked metadata of a training checkpoint; one-line errors."""
     try:
-        meta = nn.load_metadata(path)
-    except (OSError, ValueError) as exc:
+        return _checkpoint.read_metadata(path)
+    except CheckpointError as exc:
         raise _Failure(str(exc)) from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise _Failure(f"{path}: not an implicitnet training checkpoint")
-    for key in ("config", "epoch", "rng", "history", "in_shape", "num_classes"):
-        if key not in meta:
-            raise _Failure(f"{path}: corrupt checkpoint (no {key!r} entry)")
-    if not isinstance(meta["config"], dict):
-        raise _Failure(f"{path}: corrupt checkpoint (its 'config' entry is not a mapping)")
-    return meta, None
 
 
 def _backend_module(name: str, device: str | None = None):
@@ -430,111 +330,10 @@ def _backend_module(name: str, device: str | None = None):
     return be
 
 
-def _load_data(config: dict, be):
-    from ._train import load_data
-
-    try:
-        return load_data(config, backend=be)
-    except (OSError, ValueError) as exc:
-        raise _Failure(str(exc)) from None
-
-
-def _load_corpus(config: dict, be):
-    from ._train_seq import load_corpus
-
-    try:
-        return load_corpus(config, backend=be)
-    except (OSError, ValueError) as exc:
-        raise _Failure(str(exc)) from None
-
-
-def _seq_windows(corpus, config: dict, split: str = "train") -> int:
-    from ._train_seq import count_windows
-
-    try:
-        return count_windows(corpus, config, split)
-    except ValueError as exc:
-        raise _Failure(f"--seq-len {config['seq_len']}: {exc}") from None
-
-
-def _train_epoch_lm(*args, **kwargs):
-    from ._train_seq import train_epoch_lm
-
-    return train_epoch_lm(*args, **kwargs)
-
-
-def _evaluate_lm_splits(model, corpus, config: dict) -> dict:
-    from ._train_seq import evaluate_lm
-
-    valid = evaluate_lm(model, corpus.valid, config)
-    test = evaluate_lm(model, corpus.test, config)
-    return {
-        "valid_bpc": valid["bpc"],
-        "test_bpc": test["bpc"],
-        "test_fwd_iter": test["fwd_iter"],
-        "test_fwd_rel_residual": test["fwd_rel_residual"],
-        "eval_seconds": valid["seconds"] + test["seconds"],
-    }
-
-
-def _seq_epoch_line(row: dict, epochs: int, rtol: float) -> str:
-    width = len(str(epochs))
-    head = (
-        f"epoch {row['epoch']:>{width}}/{epochs}  train {row['train_bpc']:.3f}  "
-        f"valid {row['valid_bpc']:.3f}  test {row['test_bpc']:.3f} bpc  "
-    )
-    seconds = row["seconds"] + row["eval_seconds"]
-    return head + _solver_columns(row, rtol, seconds, "windows")
-
-
-def _write_seq_plot(path: str, history: list, title: str) -> None:
-    from matplotlib.figure import Figure
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    axes = fig.subplots(2, 2)
-    ax = axes[0, 0]
-    for key, label in (("train_bpc", "train"), ("valid_bpc", "validation"), ("test_bpc", "test")):
-        ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
-    ax.set_title("bits per character")
-    ax.set_xlabel("epoch")
-    ax.legend()
-    ax = axes[0, 1]
-    per_batch = [b for h in history for b in h.get("fwd_iter_batches", [])]
-    ax.plot(range(1, len(per_batch) + 1), per_batch)
-    ax.set_title("forward iterations per batch")
-    ax.set_xlabel("batch")
-    ax = axes[1, 0]
-    ax.plot(epochs, [h["fwd_iter"] for h in history], marker="o", label="forward")
-    bwd = [h["bwd_iter"] for h in history]
-    if any(b is not None for b in bwd):
-        ax.plot(epochs, [math.nan if b is None else b for b in bwd], marker="o", label="backward")
-    ax.set_title("mean solver iterations")
-    ax.set_xlabel("epoch")
-    ax.legend()
-    ax = axes[1, 1]
-    ax.plot(epochs, [h["fwd_rel_residual"] for h in history], marker="o")
-    ax.set_yscale("log")
-    ax.set_title("mean relative forward residual")
-    ax.set_xlabel("epoch")
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise _Failure(f"--plot {path}: directory {directory} does not exist")
-    try:
-        fig.savefig(path, format="png", dpi=100)
-    except OSError as exc:
-        raise _Failure(f"--plot {path}: {exc.strerror or exc}") from None
-
-
 class _Progress:
     """A tqdm bar over the samples of one epoch, on stderr (silent when disabled)."""
 
     def __init__(self, total: int, desc: str, disable):
-        from tqdm import tqdm
-
         self.bar = tqdm(
             total=total, desc=desc, unit="sample", leave=False, file=sys.stderr, disable=disable
         )
@@ -564,81 +363,227 @@ def _solver_columns(row: dict, rtol: float, seconds: float, units: str) -> str:
     return line + (f"  [{'; '.join(notes)}]" if notes else "")
 
 
-def _epoch_line(row: dict, epochs: int, rtol: float) -> str:
+def _failing(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, with ``OSError`` and ``ValueError`` as one-line failures."""
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _Failure(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------------
+# The model kinds. `train` and `evaluate` are written once; what differs between the
+# image classifiers (mlp, conv) and the transformer language model is here.
+# ----------------------------------------------------------------------------------
+
+
+class _Classifier:
+    """The mlp and conv DEQ classifiers, on images."""
+
+    units = "samples"
+    results = ("test_acc",)  # the figures of the final summary
+
+    def check(self, ns, config: dict) -> None:
+        if not config.get("data") and int(config.get("classes") or 10) != 10:
+            msg = f"--classes {config['classes']}: the digits have 10 classes; it is for --data"
+            raise _Usage(msg)
+
+    def load(self, config: dict, be):
+        return _failing(_train.load_data, config, backend=be)
+
+    def sizes(self, ds, config: dict) -> tuple[tuple, int, int, int]:
+        """``(in_shape, num_classes, n_train, n_test)``."""
+        in_shape = tuple(int(s) for s in ds.x_train.shape[1:])
+        return in_shape, ds.num_classes, int(ds.x_train.shape[0]), int(ds.x_test.shape[0])
+
+    def vocab(self, ds) -> str | None:
+        return None
+
+    def build(self, config: dict, rng, in_shape: tuple, num_classes: int, be):
+        return _train.build_model(
+            config, rng, in_shape=in_shape, num_classes=num_classes, backend=be
+        )
+
+    def epoch(self, ns):
+        # `ns.data_parallel` is the data-parallel epoch of `train --distributed`.
+        return getattr(ns, "data_parallel", _train.train_epoch)
+
+    def scores(self, model, ds, config: dict, metrics: dict) -> dict:
+        test = _train.evaluate(model, ds.x_test, ds.y_test)
+        named = {"test_acc": "accuracy", "test_loss": "loss", "test_fwd_iter": "fwd_iter"}
+        seconds = metrics["seconds"] + test["seconds"]  # the epoch's, evaluation included
+        return {**{key: test[name] for key, name in named.items()}, "seconds": seconds}
+
+    def figures(self, row: dict) -> tuple[str, float]:
+        """The epoch line's own figures, and the seconds it reports."""
+        text = (
+            f"loss {row['loss']:.4f}  train {100 * row['train_acc']:5.1f}%  "
+            f"test {100 * row['test_acc']:5.1f}%  "
+        )
+        return text, row["seconds"]
+
+    def subject(self, ds, config: dict, num_classes: int) -> tuple[str, str]:
+        """What is trained, on what; and what a sample is, for the first line."""
+        kind = "an MLP" if config["model"] == "mlp" else "a convolutional"
+        return f"{kind} DEQ on {config['data'] or 'digits'}", "samples"
+
+    def settings(self, config: dict) -> str:
+        return ""
+
+    def score(self, result: dict) -> str:
+        return f"accuracy {100 * result['test_acc']:.2f}%"
+
+    def plot(self, path: str, history: list, title: str) -> None:
+        _plot.write_classifier_plot(path, history, title)
+
+    def evaluate(self, model, ds, config: dict) -> dict:
+        return _train.evaluate(model, ds.x_test, ds.y_test)
+
+    def evaluated(self, out: dict, ds) -> tuple[str, str, str]:
+        """The evaluation's set, score and extra residual figure, for its two lines."""
+        score = f"accuracy {100 * out['accuracy']:.2f}%  loss {out['loss']:.4f}"
+        return f"{out['samples']} test samples", score, f"max abs res {out['max_residual']:.1e}, "
+
+
+class _LanguageModel:
+    """The transformer DEQ language model, on the characters of a text."""
+
+    units = "windows"
+    results = ("test_bpc", "valid_bpc")
+
+    def check(self, ns, config: dict) -> None:
+        if float(config.get("dropout") or 0.0) != 0.0:
+            raise _Usage("--dropout: the transformer model has no dropout")
+        if ns.distributed:
+            raise _Usage("--distributed is for the image models; --model transformer runs alone")
+        if ns.classes is not None:
+            raise _Usage("--classes is for image data; a text's symbols are its classes")
+
+    def load(self, config: dict, be):
+        return _failing(_train_seq.load_corpus, config, backend=be)
+
+    def sizes(self, corpus, config: dict) -> tuple[tuple, int, int, int]:
+        try:
+            n_train, n_test = (
+                _train_seq.count_windows(corpus, config, split) for split in ("train", "test")
+            )
+        except ValueError as exc:
+            raise _Failure(f"--seq-len {config['seq_len']}: {exc}") from None
+        return (int(config["seq_len"]),), corpus.vocab_size, n_train, n_test
+
+    def vocab(self, corpus) -> str | None:
+        return corpus.vocab
+
+    def build(self, config: dict, rng, in_shape: tuple, num_classes: int, be):
+        return _train_seq.build_lm(config, rng, vocab_size=num_classes, backend=be)
+
+    def epoch(self, ns):
+        return _train_seq.train_epoch_lm
+
+    def scores(self, model, corpus, config: dict, metrics: dict) -> dict:
+        valid = _train_seq.evaluate_lm(model, corpus.valid, config)
+        test = _train_seq.evaluate_lm(model, corpus.test, config)
+        return {
+            "valid_bpc": valid["bpc"],
+            "test_bpc": test["bpc"],
+            "test_fwd_iter": test["fwd_iter"],
+            "test_fwd_rel_residual": test["fwd_rel_residual"],
+            "eval_seconds": valid["seconds"] + test["seconds"],
+        }
+
+    def figures(self, row: dict) -> tuple[str, float]:
+        text = (
+            f"train {row['train_bpc']:.3f}  valid {row['valid_bpc']:.3f}  "
+            f"test {row['test_bpc']:.3f} bpc  "
+        )
+        return text, row["seconds"] + row["eval_seconds"]
+
+    def subject(self, corpus, config: dict, num_classes: int) -> tuple[str, str]:
+        windows = f"windows of {config['seq_len']} characters, {num_classes} symbols"
+        return f"a transformer DEQ language model on {corpus.name}", windows
+
+    def settings(self, config: dict) -> str:
+        return f", jac-reg {config['jac_reg']:g}"
+
+    def score(self, result: dict) -> str:
+        return f"{result['test_bpc']:.3f} bits per character"
+
+    def plot(self, path: str, history: list, title: str) -> None:
+        _plot.write_language_model_plot(path, history, title)
+
+    def evaluate(self, model, corpus, config: dict) -> dict:
+        return _train_seq.evaluate_lm(model, corpus.test, config)
+
+    def evaluated(self, out: dict, corpus) -> tuple[str, str, str]:
+        what = f"{out['windows']} test windows of {corpus.name}"
+        return what, f"{out['bpc']:.3f} bits per character", ""
+
+
+_KINDS = {"mlp": _Classifier(), "conv": _Classifier(), "transformer": _LanguageModel()}
+
+
+def _kind(config: dict):
+    return _KINDS.get(config.get("model"), _KINDS["mlp"])
+
+
+def _epoch_line(kind, row: dict, epochs: int, rtol: float) -> str:
     width = len(str(epochs))
-    head = (
-        f"epoch {row['epoch']:>{width}}/{epochs}  loss {row['loss']:.4f}  "
-        f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
-    )
-    return head + _solver_columns(row, rtol, row["seconds"], "samples")
+    figures, seconds = kind.figures(row)
+    head = f"epoch {row['epoch']:>{width}}/{epochs}  {figures}"
+    return head + _solver_columns(row, rtol, seconds, kind.units)
 
 
 def _check_plot_available() -> None:
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise _Failure(
-            "--plot needs matplotlib, which is not installed: pip install 'implicitnet[plot]'"
-        ) from None
+        _plot.check_available()
+    except ImportError as exc:
+        raise _Failure(str(exc)) from None
 
 
-def _write_plot(path: str, history: list, title: str) -> None:
-    from matplotlib.figure import Figure
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    axes = fig.subplots(2, 2)
-    ax = axes[0, 0]
-    ax.plot(epochs, [h["loss"] for h in history], marker="o", label="train loss")
-    ax.plot(epochs, [h["test_loss"] for h in history], marker="o", label="test loss")
-    ax.set_yscale("log")
-    ax.set_title("loss")
-    ax.legend()
-    ax = axes[0, 1]
-    ax.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", label="train")
-    ax.plot(epochs, [100 * h["test_acc"] for h in history], marker="o", label="test")
-    ax.set_title("accuracy (%)")
-    ax.legend()
-    ax = axes[1, 0]
-    ax.plot(epochs, [h["fwd_iter"] for h in history], marker="o", label="forward")
-    bwd = [h["bwd_iter"] for h in history]
-    if any(b is not None for b in bwd):
-        ax.plot(epochs, [math.nan if b is None else b for b in bwd], marker="o", label="backward")
-    ax.set_title("mean solver iterations per sample")
-    ax.legend()
-    ax = axes[1, 1]
-    ax.plot(epochs, [h["fwd_residual"] for h in history], marker="o")
-    ax.set_yscale("log")
-    ax.set_title("mean forward residual")
-    for ax in axes.flat:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise _Failure(f"--plot {path}: directory {directory} does not exist")
+def _write_plot(kind, path: str, history: list, config: dict) -> None:
+    title = (
+        f"{config['model']} DEQ, {config['solver']} / {config['backward']}"
+        f"{kind.settings(config)}, seed {config['seed']}"
+    )
     try:
-        fig.savefig(path, format="png", dpi=100)
+        kind.plot(path, history, title)
     except OSError as exc:
         raise _Failure(f"--plot {path}: {exc.strerror or exc}") from None
 
 
 def _check_writable(path: str, flag: str) -> None:
     """Fail now, not after an epoch, if `path` cannot be written as a checkpoint or plot."""
-    from .backends import _io
-
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise _Failure(f"{flag} {path}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise _Failure(f"{flag} {path}: is a directory")
     try:
-        _io.check_writable(path)
+        _checkpoint.check_writable(path)
     except OSError as exc:
         hint = "; give --save PATH to save elsewhere" if flag == "--resume" else ""
         raise _Failure(
             f"{flag} {path}: cannot write in {directory} ({exc.strerror or exc}){hint}"
         ) from None
+
+
+def _restore(path: str, meta: dict, model, opt_state, rng=None) -> tuple[Any, Any]:
+    try:
+        return _checkpoint.restore(path, meta, model, opt_state, rng=rng)
+    except CheckpointError as exc:
+        raise _Failure(str(exc)) from None
+
+
+def _saved_model(kind, path: str, meta: dict, config: dict, be):
+    """The model saved in the checkpoint `path` (with metadata `meta`), on `be`."""
+    try:
+        model = kind.build(
+            config, nn.generator(0), tuple(meta["in_shape"]), meta["num_classes"], be
+        )
+        opt_state = _train.build_optimizer(config, 1).init(model)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise _Failure(f"corrupt checkpoint: {exc}") from None
+    return _restore(path, meta, model, opt_state)[0]
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -684,37 +629,17 @@ class _Stopped(Exception):
 
 
 def _cmd_train(ns) -> int:
-    from . import nn
-    from ._train import (
-        CHECKPOINT_FORMAT,
-        build_model,
-        build_optimizer,
-        evaluate,
-        train_epoch,
-    )
-
     if ns.distributed and not hasattr(ns, "data_parallel"):
         # The same run on every MPI rank; `ns.data_parallel` is then its epoch function.
-        from .distributed._cli import run_data_parallel
-
         return run_data_parallel(_cmd_train, ns, usage_errors=(_Usage,), failure=_Failure)
     meta = None
     if ns.overwrite and ns.save is None:
         raise _Usage("--overwrite replaces the file named by --save; give --save PATH")
     if ns.resume is not None:
-        meta, _ = _read_checkpoint(ns.resume)
-        # Checkpoints from before --classes: the model's class count is the one trained.
-        meta["config"].setdefault("classes", meta["num_classes"])
+        meta = _read_checkpoint(ns.resume)
     config = _config_from(ns, None if meta is None else meta["config"])
-    seq = config["model"] == "transformer"
-    if seq and float(config.get("dropout") or 0.0) != 0.0:
-        raise _Usage("--dropout: the transformer model has no dropout")
-    if seq and ns.distributed:
-        raise _Usage("--distributed is for the image models; --model transformer runs alone")
-    if seq and ns.classes is not None:
-        raise _Usage("--classes is for image data; a text's symbols are its classes")
-    if not seq and not config.get("data") and int(config.get("classes") or 10) != 10:
-        raise _Usage(f"--classes {config['classes']}: the digits have 10 classes; it is for --data")
+    kind = _kind(config)
+    kind.check(ns, config)
     # A resumed run goes on saving to its own checkpoint unless --save names another.
     save = ns.save if ns.save is not None else ns.resume
     if not getattr(ns, "writes", True):  # an MPI rank other than 0: rank 0 saves
@@ -728,62 +653,38 @@ def _cmd_train(ns) -> int:
     if save is not None:
         _check_writable(save, save_flag)
     be = _backend_module(config["backend"], ns.device)
-    if seq:
-        ds = _load_corpus(config, be)
-        in_shape, num_classes = (int(config["seq_len"]),), ds.vocab_size
-        n_train = _seq_windows(ds, config)
-        n_test = _seq_windows(ds, config, "test")
-    else:
-        ds = _load_data(config, be)
-        in_shape, num_classes = tuple(int(s) for s in ds.x_train.shape[1:]), ds.num_classes
-        n_train, n_test = int(ds.x_train.shape[0]), int(ds.x_test.shape[0])
+    data = kind.load(config, be)
+    in_shape, num_classes, n_train, n_test = kind.sizes(data, config)
     if n_train == 0:
         raise _Failure("the training set is empty")
     try:
         rng = nn.generator(int(config["seed"]))
-        if seq:
-            from ._train_seq import build_lm
-
-            model = build_lm(config, rng, vocab_size=num_classes, backend=be)
-        else:
-            model = build_model(config, rng, in_shape=in_shape, num_classes=num_classes, backend=be)
-        optimizer = build_optimizer(config, n_train)
+        model = kind.build(config, rng, in_shape, num_classes, be)
+        optimizer = _train.build_optimizer(config, n_train)
     except (TypeError, ValueError) as exc:
         raise _Usage(str(exc)) from None
     opt_state = optimizer.init(model)
     start, history = 0, []
     if meta is not None:
-        if seq and meta.get("vocab") != ds.vocab:
-            raise _Failure(
-                f"{ns.resume}: the checkpoint was trained on text with another vocabulary "
-                f"({meta['num_classes']} symbols; this text has {num_classes})"
-            )
-        if list(meta["in_shape"]) != list(in_shape) or meta["num_classes"] != num_classes:
-            raise _Failure(
-                f"{ns.resume}: the checkpoint was trained on inputs of shape "
-                f"{tuple(meta['in_shape'])} with {meta['num_classes']} classes, the data "
-                f"has {in_shape} and {num_classes}"
-            )
         try:
-            tree = nn.load(ns.resume, like={"model": model, "optimizer": opt_state})
-            rng.bit_generator.state = meta["rng"]
-            start = int(meta["epoch"])
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise _Failure(f"corrupt checkpoint: {exc}") from None
-        model, opt_state = tree["model"], tree["optimizer"]
-        history = list(meta["history"])
+            _checkpoint.check_fits(meta, ns.resume, in_shape, num_classes, vocab=kind.vocab(data))
+        except CheckpointError as exc:
+            raise _Failure(str(exc)) from None
+        model, opt_state = _restore(ns.resume, meta, model, opt_state, rng=rng)
+        start, history = meta["epoch"], list(meta["history"])
     epochs = int(config["epochs"])
     # The newest checkpoint of this run, and the epoch it holds.
     saved, saved_epoch = (ns.resume, start) if meta is not None else (None, 0)
 
     def summary(status: str, elapsed: float, message: str | None = None) -> dict:
+        last = history[-1] if history else {}
         out = {
             "summary": True,
             "status": status,
-            "epochs": history[-1]["epoch"] if history else 0,
+            "epochs": last.get("epoch", 0),
             "of": epochs,
             "ran": len(history) - (len(meta["history"]) if meta is not None else 0),
-            "test_acc": history[-1].get("test_acc") if history else None,
+            **{key: last.get(key) for key in kind.results},
             "seconds": elapsed,
             "seed": config["seed"],
             "model": config["model"],
@@ -793,10 +694,6 @@ def _cmd_train(ns) -> int:
             "saved_epoch": saved_epoch if saved is not None else None,
             "plot": ns.plot,
         }
-        if seq:
-            del out["test_acc"]
-            out["test_bpc"] = history[-1].get("test_bpc") if history else None
-            out["valid_bpc"] = history[-1].get("valid_bpc") if history else None
         if message is not None:
             out["message"] = message
         if saved is not None and saved_epoch < epochs and status != "diverged":
@@ -815,73 +712,47 @@ def _cmd_train(ns) -> int:
         return 0
     stop = epochs if ns.stop_after is None else min(epochs, start + ns.stop_after)
     disable = True if ns.no_progress else None
-    if not ns.json and seq:
+    if not ns.json:
+        subject, units = kind.subject(data, config, num_classes)
         print(
-            f"training a transformer DEQ language model on {ds.name} ({n_train} train / "
-            f"{n_test} test windows of {config['seq_len']} characters, {num_classes} "
-            f"symbols, {model.num_parameters()} parameters): solver {config['solver']}, "
-            f"backward {config['backward']}, rtol {config['rtol']:g}, jac-reg "
-            f"{config['jac_reg']:g}, seed {config['seed']}, backend {config['backend']}"
-            + (f"; resuming after epoch {start}" if start else ""),
-            flush=True,
-        )
-    elif not ns.json:
-        kind = "an MLP" if config["model"] == "mlp" else "a convolutional"
-        data_name = config["data"] or "digits"
-        print(
-            f"training {kind} DEQ on {data_name} ({n_train} train / "
-            f"{int(ds.x_test.shape[0])} test samples, {model.num_parameters()} parameters): "
-            f"solver {config['solver']}, backward {config['backward']}, "
-            f"rtol {config['rtol']:g}, seed {config['seed']}, backend {config['backend']}"
+            f"training {subject} ({n_train} train / {n_test} test {units}, "
+            f"{model.num_parameters()} parameters): solver {config['solver']}, "
+            f"backward {config['backward']}, rtol {config['rtol']:g}{kind.settings(config)}, "
+            f"seed {config['seed']}, backend {config['backend']}"
             + (f"; resuming after epoch {start}" if start else ""),
             flush=True,
         )
     t_run = time.perf_counter()
     epoch = start
+    step = kind.epoch(ns)
     try:
         for epoch in range(start, stop):
             bar = _Progress(n_train, f"epoch {epoch + 1}/{epochs}", disable)
             try:
-                step = _train_epoch_lm if seq else getattr(ns, "data_parallel", train_epoch)
                 model, opt_state, metrics = step(
-                    model, optimizer, opt_state, ds, config, epoch, rng, progress=bar
+                    model, optimizer, opt_state, data, config, epoch, rng, progress=bar
                 )
             finally:
                 bar.close()
-            if seq:
-                row = {"epoch": epoch + 1, **metrics, **_evaluate_lm_splits(model, ds, config)}
-            else:
-                test = evaluate(model, ds.x_test, ds.y_test)
-                row = {
-                    "epoch": epoch + 1,
-                    **metrics,
-                    "test_acc": test["accuracy"],
-                    "test_loss": test["loss"],
-                    "test_fwd_iter": test["fwd_iter"],
-                }
-                row["seconds"] = metrics["seconds"] + test["seconds"]
+            row = {"epoch": epoch + 1, **metrics}
+            row.update(kind.scores(model, data, config, metrics))
             history.append(row)
             if ns.json:
                 print(json.dumps(_jsonable(row)), flush=True)
-            elif seq:
-                print(_seq_epoch_line(row, epochs, config["rtol"]), flush=True)
             else:
-                print(_epoch_line(row, epochs, config["rtol"]), flush=True)
+                print(_epoch_line(kind, row, epochs, config["rtol"]), flush=True)
             if save is not None:
-                meta_out = {
-                    "format": CHECKPOINT_FORMAT,
-                    "implicitnet": __version__,
-                    "config": config,
-                    "epoch": epoch + 1,
-                    "rng": rng.bit_generator.state,
-                    "history": _jsonable(history),
-                    "in_shape": list(in_shape),
-                    "num_classes": num_classes,
-                }
-                if seq:
-                    meta_out["vocab"] = ds.vocab
+                meta_out = _checkpoint.metadata(
+                    config,
+                    epoch=epoch + 1,
+                    rng=rng,
+                    history=history,
+                    in_shape=in_shape,
+                    num_classes=num_classes,
+                    vocab=kind.vocab(data),
+                )
                 try:
-                    nn.save(save, {"model": model, "optimizer": opt_state}, metadata=meta_out)
+                    _checkpoint.write(save, model, opt_state, meta_out)
                 except OSError as exc:
                     message = f"{save_flag} {save}: {exc.strerror or exc}"
                     if ns.json:
@@ -914,161 +785,61 @@ def _cmd_train(ns) -> int:
             print(json.dumps(_jsonable(out)), flush=True)
         raise _Stopped(status, message, 1) from None
     elapsed = time.perf_counter() - t_run
-    if ns.plot is not None and history and seq:
-        _write_seq_plot(
-            ns.plot,
-            history,
-            f"transformer DEQ, {config['solver']} / {config['backward']}, "
-            f"jac-reg {config['jac_reg']:g}, seed {config['seed']}",
-        )
-    elif ns.plot is not None and history:
-        _write_plot(
-            ns.plot,
-            history,
-            f"{config['model']} DEQ, {config['solver']} / {config['backward']}, "
-            f"seed {config['seed']}",
-        )
+    if ns.plot is not None and history:
+        _write_plot(kind, ns.plot, history, config)
     done = history[-1]["epoch"] if history else 0
     result = summary("done" if done == epochs else "stopped", elapsed)
     if ns.json:
         print(json.dumps(_jsonable(result)), flush=True)
-    else:
-        extra = []
-        if save:
-            extra.append(f"saved to {save}")
-        if ns.plot:
-            extra.append(f"plot in {ns.plot}")
-        status = "done" if done == epochs else f"stopped after epoch {done} of {epochs}"
-        if seq:
-            print(
-                f"{status}: test {result['test_bpc']:.3f} bits per character after {done} "
-                f"epoch{'' if done == 1 else 's'} ({result['ran']} in this run, "
-                f"{elapsed:.1f} s), seed {config['seed']}"
-                + (f"; {', '.join(extra)}" if extra else ""),
-                flush=True,
-            )
-        else:
-            print(
-                f"{status}: test accuracy {100 * result['test_acc']:.2f}% after {done} "
-                f"epoch{'' if done == 1 else 's'} "
-                f"({result['ran']} in this run, {elapsed:.1f} s), seed {config['seed']}"
-                + (f"; {', '.join(extra)}" if extra else ""),
-                flush=True,
-            )
-        if "resume" in result:
-            print(f"continue with: {result['resume']}", flush=True)
+        return 0
+    extra = []
+    if save:
+        extra.append(f"saved to {save}")
+    if ns.plot:
+        extra.append(f"plot in {ns.plot}")
+    status = "done" if done == epochs else f"stopped after epoch {done} of {epochs}"
+    print(
+        f"{status}: test {kind.score(result)} after {done} epoch{'' if done == 1 else 's'} "
+        f"({result['ran']} in this run, {elapsed:.1f} s), seed {config['seed']}"
+        + (f"; {', '.join(extra)}" if extra else ""),
+        flush=True,
+    )
+    if "resume" in result:
+        print(f"continue with: {result['resume']}", flush=True)
     return 0
 
 
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _cmd_evaluate(ns) -> int:
-    from . import nn
-    from ._train import build_model, build_optimizer, evaluate
-
-    meta, _ = _read_checkpoint(ns.path)
+    meta = _read_checkpoint(ns.path)
     config = dict(meta["config"])
-    if config.get("model") == "transformer":
-        return _evaluate_seq(ns, meta, config)
-    config.setdefault("classes", meta["num_classes"])
     for key in ("data", "backend", "solver", "rtol", "maxiter"):
         if getattr(ns, key) is not None:
             config[key] = getattr(ns, key)
+    kind = _kind(config)
     be = _backend_module(config["backend"], ns.device)
-    ds = _load_data(config, be)
-    in_shape = tuple(int(s) for s in ds.x_test.shape[1:])
-    if list(meta["in_shape"]) != list(in_shape) or meta["num_classes"] != ds.num_classes:
-        raise _Failure(
-            f"{ns.path}: the model takes inputs of shape {tuple(meta['in_shape'])} with "
-            f"{meta['num_classes']} classes, the data has {in_shape} and {ds.num_classes}"
-        )
+    data = kind.load(config, be)
+    in_shape, num_classes, _, _ = kind.sizes(data, config)
     try:
-        model = build_model(
-            config, nn.generator(0), in_shape=in_shape, num_classes=ds.num_classes, backend=be
-        )
-        opt_state = build_optimizer(config, 1).init(model)
-        tree = nn.load(ns.path, like={"model": model, "optimizer": opt_state})
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise _Failure(f"corrupt checkpoint: {exc}") from None
-    model = tree["model"]
-    out = evaluate(model, ds.x_test, ds.y_test)
-    out = {"path": ns.path, "epoch": meta["epoch"], **out}
+        _checkpoint.check_fits(meta, ns.path, in_shape, num_classes, vocab=kind.vocab(data))
+    except CheckpointError as exc:
+        raise _Failure(str(exc)) from None
+    model = _saved_model(kind, ns.path, meta, config, be)
+    out = {"path": ns.path, "epoch": meta["epoch"], **kind.evaluate(model, data, config)}
     if ns.json:
         print(json.dumps(_jsonable(out)))
         return 0
+    what, score, residual = kind.evaluated(out, data)
+    print(f"{ns.path}: {config['model']} DEQ after {meta['epoch']} epochs, {what}")
     print(
-        f"{ns.path}: {config['model']} DEQ after {meta['epoch']} epochs, "
-        f"{out['samples']} test samples"
-    )
-    print(
-        f"test accuracy {100 * out['accuracy']:.2f}%  loss {out['loss']:.4f}  "
-        f"fwd {out['fwd_iter']:.1f} it (mean rel res {out['fwd_rel_residual']:.1e}, max "
-        f"abs res {out['max_residual']:.1e}, {out['unconverged']} unconverged)  "
+        f"test {score}  fwd {out['fwd_iter']:.1f} it (mean rel res "
+        f"{out['fwd_rel_residual']:.1e}, {residual}{out['unconverged']} unconverged)  "
         f"solver {config['solver']} rtol {config['rtol']:g}  {out['seconds']:.2f} s"
     )
     return 0
 
 
-def _load_lm(path: str, meta: dict, config: dict, be):
-    """The language model of a transformer checkpoint."""
-    from . import nn
-    from ._train import build_optimizer
-    from ._train_seq import build_lm
-
-    if not isinstance(meta.get("vocab"), str) or len(meta["vocab"]) != meta["num_classes"]:
-        raise _Failure(f"{path}: corrupt checkpoint (no vocabulary)")
-    try:
-        model = build_lm(config, nn.generator(0), vocab_size=meta["num_classes"], backend=be)
-        opt_state = build_optimizer(config, 1).init(model)
-        tree = nn.load(path, like={"model": model, "optimizer": opt_state})
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise _Failure(f"corrupt checkpoint: {exc}") from None
-    return tree["model"]
-
-
-def _evaluate_seq(ns, meta: dict, config: dict) -> int:
-    from ._train_seq import evaluate_lm
-
-    for key in ("data", "backend", "solver", "rtol", "maxiter"):
-        if getattr(ns, key) is not None:
-            config[key] = getattr(ns, key)
-    be = _backend_module(config["backend"])
-    corpus = _load_corpus(config, be)
-    if corpus.vocab != meta.get("vocab"):
-        raise _Failure(f"{ns.path}: the text's vocabulary differs from the model's")
-    model = _load_lm(ns.path, meta, config, be)
-    out = evaluate_lm(model, corpus.test, config)
-    out = {"path": ns.path, "epoch": meta["epoch"], **out}
-    if ns.json:
-        print(json.dumps(_jsonable(out)))
-        return 0
-    print(
-        f"{ns.path}: transformer DEQ after {meta['epoch']} epochs, {out['windows']} test "
-        f"windows of {corpus.name}"
-    )
-    print(
-        f"test {out['bpc']:.3f} bits per character  fwd {out['fwd_iter']:.1f} it (mean rel "
-        f"res {out['fwd_rel_residual']:.1e}, {out['unconverged']} unconverged)  solver "
-        f"{config['solver']} rtol {config['rtol']:g}  {out['seconds']:.2f} s"
-    )
-    return 0
-
-
 def _add_sample_parser(sub) -> None:
-    p = sub.add_parser(
-        "sample",
-        help="generate text with a trained transformer language model",
-        description="Continue a prompt with characters drawn one at a time from a "
-        "checkpoint written by `implicitnet train --model transformer --save`.",
-    )
+    p = _command(sub, "sample")
     p.add_argument("path", metavar="CHECKPOINT", help="transformer checkpoint")
     p.add_argument("--prompt", required=True, help="text to continue (symbols of the corpus)")
     p.add_argument(
@@ -1087,18 +858,16 @@ def _add_sample_parser(sub) -> None:
 
 
 def _cmd_sample(ns) -> int:
-    from ._train_seq import sample_text
-
-    meta, _ = _read_checkpoint(ns.path)
+    meta = _read_checkpoint(ns.path)
     config = dict(meta["config"])
     if config.get("model") != "transformer":
         raise _Failure(f"{ns.path}: a {config.get('model')} classifier, not a language model")
     if ns.backend is not None:
         config["backend"] = ns.backend
     be = _backend_module(config["backend"])
-    model = _load_lm(ns.path, meta, config, be)
+    model = _saved_model(_kind(config), ns.path, meta, config, be)
     try:
-        text = sample_text(
+        text = _train_seq.sample_text(
             model,
             meta["vocab"],
             ns.prompt,
@@ -1124,7 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the traceback of an unexpected error"
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    p_info = sub.add_parser("info", help="version, backends found and their devices")
+    p_info = _command(sub, "info")
     p_info.add_argument("--json", action="store_true", help="print one JSON object")
     p_info.set_defaults(func=_cmd_info)
     _add_train_parser(sub)

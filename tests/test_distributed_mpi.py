@@ -188,6 +188,20 @@ def test_world_of_one_in_process():
     assert issubclass(ReplicaMismatchError, RuntimeError)
 
 
+@needs_mpi
+def test_data_parallel_text_output_matches_one_process(capsys):
+    # The epoch line shows the relative forward residual: the data-parallel epoch
+    # reports it too (it once lacked it, and the text output failed with a KeyError).
+    argv = ["train", "--limit", "64", "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--distributed"]) == 0
+    got = capsys.readouterr().out.splitlines()
+    assert main(argv) == 0
+    want = capsys.readouterr().out.splitlines()
+    strip = [line.rsplit("  ", 1)[0] for line in (got[1], want[1])]  # but the seconds
+    assert strip[0].startswith("epoch 1/1") and "rel res" in strip[0]
+    assert strip[0] == strip[1]
+
+
 def test_without_mpi4py_the_command_fails_in_one_line(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if not installed
     assert main([*TRAIN, "--distributed"]) == 1

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .. import backends
 from .. import data as _data
-from .._result import ConvergenceWarning
+from .._train import Running, checked_loss, differentiate, train_epoch
 from .._tree import tree_flatten, tree_unflatten
 from .._xp import device, namespace
 from ..autodiff import value_and_grad
@@ -307,6 +307,43 @@ def _zeros_like(tree):
     return tree_unflatten(treedef, [namespace(leaf).zeros_like(leaf) for leaf in leaves])
 
 
+def _sharded_step(dp: DataParallel, loss_grad, objective, model, xb, yb, extra, epoch, batch):
+    """One global batch split across the ranks of `dp`: ``(grads, record)``.
+
+    The step of :func:`implicitnet._train.fit_epoch` (the signature of its
+    ``local_step``): every rank differentiates its share of the batch (the rows of
+    `xb`, `yb` and of the batch's random draws `extra`), and one all-reduce of a single
+    buffer gives every rank the gradients and the figures of the whole batch.
+    """
+    xs, ys = dp.shard(xb), dp.shard(yb)
+    n = int(xs.shape[0])
+    keys = ("loss", *objective.figures, *Running.SOLVE_FIGURES)
+    local = Running()
+    if n > 0:
+        local_extra = tuple(dp.shard(e) for e in extra)
+        ((value, aux), grads), local.bwd_failures = differentiate(
+            loss_grad, (model, xs, ys, *local_extra), epoch, batch
+        )
+        loss, res, figures = objective.read(value, aux, ys)
+        local.add_solve(n, res, loss=float(loss), **figures)
+        counts = (local.unconverged / n, local.bwd_failures / n, float(local.bwd_seen))
+        values = (*(local.mean(k) for k in keys), *counts)
+    else:
+        grads = _zeros_like(model)
+        values = (0.0,) * (len(keys) + 3)
+    # One all-reduce per step: gradients, sample count and the step's figures.
+    packed, total = dp._allreduce_weighted(grads, n, values)
+    grads = dp._unpack(packed, 1.0 / total)
+    *sums, unconverged, failures, bwd_seen = packed[2]
+
+    def record(stats: Running, model) -> None:
+        means = {k: s / total for k, s in zip(keys, sums)}
+        means["loss"] = checked_loss(means["loss"], model, epoch, batch)
+        stats.add_means(round(total), means, round(unconverged), round(failures), bwd_seen > 0)
+
+    return grads, record
+
+
 def data_parallel_epoch(
     model,
     optimizer,
@@ -328,92 +365,19 @@ def data_parallel_epoch(
     are those of the whole batch, identical on every rank, plus ``ranks``,
     ``comm_seconds`` and ``comm_bytes``.
     """
-    from .. import nn
-    from .._train import _loss
-
-    loss_grad = value_and_grad(_loss, has_aux=True)
-    be = backends.backend_of(ds.x_train)
-    sums = {"loss": 0.0, "acc": 0.0, "fwd": 0.0, "res": 0.0, "bwd": 0.0}
-    seen = 0
-    unconverged = 0
-    backward_failures = 0
-    backward_seen = False
     comm0, bytes0 = dp.stats.seconds, dp.stats.bytes
-    t0 = time.perf_counter()
     dp.check_replicas(model)  # same start on every rank (a resume included)
-    for xb, yb in _data.batches(
-        ds.x_train, ds.y_train, int(config["batch_size"]), seed=int(config["seed"]), epoch=epoch
-    ):
-        n_global = int(xb.shape[0])
-        mask = model.mask(n_global, rng, like=xb)  # the whole batch's draw, on every rank
-        xs, ys, ms = dp.shard(xb), dp.shard(yb), dp.shard(mask)
-        n = int(xs.shape[0])
-        if n > 0:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
-                (loss, (logits, res)), grads = loss_grad(model, xs, ys, ms)
-            failures = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-            bwd = res.stats.get("backward")
-            xp = namespace(res.converged)
-            local = (
-                float(loss),
-                nn.accuracy(logits, ys),
-                _mean(res.nit),
-                _mean(res.residual),
-                _mean(bwd["nit"]) if bwd is not None else 0.0,
-                float(n - int(xp.sum(xp.astype(res.converged, xp.int64)))) / n,
-                float(failures) / n,
-                1.0 if bwd is not None else 0.0,
-            )
-        else:
-            grads = _zeros_like(model)
-            local = (0.0,) * 8
-        # One all-reduce per step: gradients, sample count and the step's figures.
-        packed, total = dp._allreduce_weighted(grads, n, local)
-        grads = dp._unpack(packed, 1.0 / total)
-        loss_sum, acc_sum, fwd_sum, res_sum, bwd_sum, unc, fail, bwd_any = packed[2]
-        model, opt_state = optimizer.update(model, grads, opt_state)
-        loss_mean = loss_sum / total
-        if not math.isfinite(loss_mean):
-            msg = f"the training loss became {loss_mean} in epoch {epoch + 1}; try a smaller --lr"
-            raise FloatingPointError(msg)
-        unconverged += round(unc)
-        backward_failures += round(fail)
-        backward_seen = backward_seen or bwd_any > 0
-        seen += n_global
-        sums["loss"] += loss_sum
-        sums["acc"] += acc_sum
-        sums["fwd"] += fwd_sum
-        sums["res"] += res_sum
-        sums["bwd"] += bwd_sum
-        if progress is not None:
-            progress(n_global, {"loss": sums["loss"] / seen})
-    be.synchronize()
-    dp.check_replicas(model)
-    mean = {k: (v / seen if seen else math.nan) for k, v in sums.items()}
-    return (
+    model, opt_state, metrics = train_epoch(
         model,
+        optimizer,
         opt_state,
-        {
-            "loss": mean["loss"],
-            "train_acc": mean["acc"],
-            "fwd_iter": mean["fwd"],
-            "fwd_residual": mean["res"],
-            "bwd_iter": mean["bwd"] if backward_seen else None,
-            "unconverged": unconverged,
-            "bwd_failures": backward_failures,
-            "seconds": time.perf_counter() - t0,
-            "ranks": dp.size,
-            "comm_seconds": dp.stats.seconds - comm0,
-            "comm_bytes": dp.stats.bytes - bytes0,
-        },
+        ds,
+        config,
+        epoch,
+        rng,
+        progress=progress,
+        step=partial(_sharded_step, dp),
     )
-
-
-def _mean(a) -> float:
-    if a is None:
-        return math.nan
-    if isinstance(a, int | float):
-        return float(a)
-    xp = namespace(a)
-    return float(xp.mean(xp.astype(a, xp.float64)))
+    dp.check_replicas(model)
+    comm = {"comm_seconds": dp.stats.seconds - comm0, "comm_bytes": dp.stats.bytes - bytes0}
+    return model, opt_state, {**metrics, "ranks": dp.size, **comm}
