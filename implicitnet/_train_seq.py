@@ -17,6 +17,7 @@ from ._result import ConvergenceWarning
 from ._train import _checked_loss, _mean, _relative_residuals, _Running
 from ._xp import device, namespace
 from .autodiff import value_and_grad
+from .nn._regularization import jacobian_regularization
 
 __all__ = [
     "SEQ_DEFAULTS",
@@ -98,8 +99,6 @@ def _apply_cell(z, cell, x):
 
 
 def _loss(model, xb, yb, jac_reg: float, seed):
-    from .implicit import jacobian_regularization
-
     x = model.injection(xb)
     z, res = model.body(x)
     logits = model.head(model.norm(z))

@@ -307,6 +307,9 @@ _CODES = {
     CODE_STAGNATED: Status.STAGNATED,
     CODE_DIVERGED: Status.DIVERGED,
 }
+#: The severity of each code (indexed by code), and the status of each severity.
+_RANKS = [_CODES[c].severity for c in sorted(_CODES)]
+_BY_RANK = {s.severity: s for s in _CODES.values()}
 
 
 def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
@@ -317,10 +320,10 @@ def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
         code = xp.where(converged, CODE_OK, CODE_MAXITER)
     else:
         code = xp.where(converged, CODE_OK, xp.where(code == CODE_OK, CODE_MAXITER, code))
-    # The overall status is the worst one: diverged > stagnated > breakdown > maxiter.
-    worst = int(xp.max(code))
-    status = _CODES[worst]
-    success = worst == CODE_OK
+    # The overall status is the worst one, in the order of `Status.severity`.
+    rank = xp.asarray(_RANKS, dtype=code.dtype, device=device(code))
+    status = _BY_RANK[int(xp.max(xp.take(rank, code)))]
+    success = status == Status.SUCCESS
     history = xp.stack(out.history, axis=0)
     x = problem.to_user(out.x, xp=xp)
     stats = dict(out.stats or {})
