@@ -21,8 +21,7 @@ from typing import Any
 
 from .._result import Result, Status, status_message
 from .._tree import tree_map
-from .._xp import host_reader, untraced
-from ._base import row_norms
+from .._xp import host_reader, row_norms, untraced
 
 __all__ = ["iterate"]
 
@@ -94,17 +93,6 @@ def iterate(
     nan = float("nan")
     eps = float(xp.finfo(dtype).eps)
 
-    ncalls = [0]
-
-    def counted(fn):
-        def g(x):
-            ncalls[0] += 1
-            return fn(x)
-
-        g.inner = fn
-        g.kind = problem.kind
-        return g
-
     read = host_reader(problem.x0)
 
     def host_norms(x, gx, r, g):
@@ -120,14 +108,14 @@ def iterate(
             # read one sum per row with the norms; non-finite rows get a NaN residual.
             both = read(xp.stack([r, xp.sum(x, axis=-1)]))
             return [v if t - t == 0.0 else nan for v, t in zip(both[0], both[1])], None
-        last_gx, last_f = g.inner.last
+        last_gx, last_f = g.last
         fx = last_f if last_gx is gx else untraced(x) + untraced(gx)
         both = read(xp.stack([untraced(r), row_norms(untraced(fx), xp=xp)]))
         return both[0], both[1]
 
     # -- iteration 0 ------------------------------------------------------------------
     ids = list(range(batch))  # systems held in the working arrays, in row order
-    g = counted(problem.residual_function(None))
+    g = problem.residual_function(None)
     x = problem.x0
     gx = g(x)
     r_list, s_list = host_norms(x, gx, None, g)
@@ -244,7 +232,7 @@ def iterate(
                 return leaf
 
             index = xp.asarray(ids, dtype=xp.int64, device=dev)
-            g = counted(problem.residual_function(index))
+            g = problem.residual_function(index, calls=g.calls)
             best = take(best)
             return take(x_work), take(gx_work), tree_map(take, state)
         newly = [d and a for d, a in zip(done, h_act)]
@@ -258,13 +246,13 @@ def iterate(
 
     if any(s is None for s in status):
         state = solver.init(g, x, gx, xp=xp)
-        fev = ncalls[0]
+        fev = g.calls
         x, gx, state = finish_rows(x, gx, state)
     else:
         x = None
 
     while x is not None and it < maxiter:
-        calls_before = ncalls[0]
+        calls_before = g.calls
         step = solver.step(g, x, gx, state, xp=xp)
         it += 1
         x_new, gx_new, state_new, r_new = step.x, step.fx, step.state, step.fx_norm
@@ -283,7 +271,7 @@ def iterate(
                 return new
 
             state_new = tree_map(hold, state_new, state)
-        fev += ncalls[0] - calls_before
+        fev += g.calls - calls_before
         r_list, s_list = host_norms(x_new, gx_new, r_new, g)
 
         # Per-row decisions as list comprehensions over the held rows; the rare rows
@@ -409,7 +397,7 @@ def iterate(
         nit,
         nfev,
         history,
-        stats={"ncalls": ncalls[0], "iterations": it},
+        stats={"ncalls": g.calls, "iterations": it},
         xp=xp,
         scale=best_s,
     )
