@@ -15,6 +15,7 @@ from ._anderson import Anderson as Anderson
 from ._base import AbstractIterativeSolver as AbstractIterativeSolver
 from ._base import AbstractSolver as AbstractSolver
 from ._base import Problem as Problem
+from ._base import Residual as Residual
 from ._base import Step as Step
 from ._broyden import Broyden as Broyden
 from ._newton_krylov import NewtonKrylov as NewtonKrylov
