@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .._batch import BatchLayout
 from .._result import Result, Status, status_message
 from .._xp import as_float_array, device, is_array, namespace, vector_norm
 
@@ -93,24 +94,13 @@ class _Problem(NamedTuple):
     x0: Any  # (B, n) or None (zeros)
     matvec: Any  # (B, n) -> (B, n)
     precond: Any  # (B, n) -> (B, n), or None
-    shape: tuple  # shape of the user's b
-    perm: tuple | None  # permutation moving the batch axis to the front, or None
+    layout: BatchLayout  # the user's b <-> (B, n), shared with the nonlinear solvers
     batched: bool
     bnorm: Any  # (B,) Euclidean norms of the right-hand sides
 
     def to_user(self, x, *, xp):
         """Map an internal ``(B, n)`` array back to the layout of the user's `b`."""
-        if self.perm is None:
-            return xp.reshape(x, self.shape)
-        moved = tuple(self.shape[i] for i in self.perm)
-        inverse = tuple(self.perm.index(i) for i in range(len(self.perm)))
-        return xp.permute_dims(xp.reshape(x, moved), inverse)
-
-
-def _to_internal(x, *, shape, perm, B, xp):
-    if perm is not None:
-        x = xp.permute_dims(x, perm)
-    return xp.reshape(x, (B, -1))
+        return self.layout.to_user(x, xp=xp)
 
 
 def _operator(A, name: str, *, b_shape, perm, batched: bool, B: int, n: int, dtype, xp):
@@ -219,7 +209,8 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
     if n == 0:
         msg = f"`b` must have at least one unknown per system, got shape {shape}"
         raise ValueError(msg)
-    b2 = _to_internal(b, shape=shape, perm=perm, B=B, xp=xp)
+    layout = BatchLayout(shape, (batch_axis % b.ndim) if batched else None)
+    b2 = layout.to_internal(b, xp=xp)
     x2 = None
     if x0 is not None:
         x0 = as_float_array(x0, xp=xp, dtype=dtype)
@@ -229,7 +220,7 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
         if not _all_finite(x0, xp=xp):
             msg = "`x0` contains non-finite values (nan or inf)"
             raise ValueError(msg)
-        x2 = _to_internal(x0, shape=shape, perm=perm, B=B, xp=xp)
+        x2 = layout.to_internal(x0, xp=xp)
     for name, op in (("A", A), ("M", M)):
         if is_array(op):
             try:
@@ -241,7 +232,7 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
     matvec = _operator(A, "A", xp=xp, **kw)
     precond = None if M is None else _operator(M, "M", xp=xp, **kw)
     bnorm = vector_norm(b2, axis=-1, xp=xp)
-    return _Problem(b2, x2, matvec, precond, shape, perm, batched, bnorm)
+    return _Problem(b2, x2, matvec, precond, layout, batched, bnorm)
 
 
 def resolve_namespace(b, x0, xp, A=None):

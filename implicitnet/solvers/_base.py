@@ -21,9 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from .._batch import BatchLayout
 from .._result import Result
 from .._tree import tree_map
 from .._xp import device, row_norms
+from ._iterate import iterate
 
 __all__ = ["AbstractIterativeSolver", "AbstractSolver", "Problem", "Residual", "Step"]
 
@@ -167,8 +169,6 @@ class AbstractIterativeSolver(AbstractSolver):
 
     def run(self, problem, *, rtol, atol, maxiter, callback, xp):
         """Run the shared driver (:func:`implicitnet.solvers._iterate.iterate`)."""
-        from ._iterate import iterate
-
         return iterate(
             self, problem, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, xp=xp
         )
@@ -340,6 +340,9 @@ class Problem:
     arg_batch_axes : tuple or None
         Per element of `args`, the axis that carries the batch (or None); None when
         not declared, in which case `f` is always evaluated on the whole batch.
+    layout : BatchLayout
+        The conversion between the user's layout and ``(batch, n)`` (shared with the
+        linear solvers).
     """
 
     def __init__(
@@ -362,16 +365,9 @@ class Problem:
         self.batch_axis = batch_axis
         self.arg_batch_axes = None if arg_batch_axes is None else tuple(arg_batch_axes)
         self._xp = xp
-        if batch_axis is None:
-            self.batch = 1
-            self._rest = self.shape
-        else:
-            self.batch = self.shape[batch_axis]
-            self._rest = self.shape[:batch_axis] + self.shape[batch_axis + 1 :]
-        n = 1
-        for s in self._rest:
-            n *= s
-        self.n = n
+        self.layout = BatchLayout(self.shape, batch_axis)
+        self.batch = self.layout.batch
+        self.n = self.layout.n
         self.x0 = self.to_internal(x0)
         self._checked = False
 
@@ -383,26 +379,11 @@ class Problem:
     # -- layout ---------------------------------------------------------------------
     def to_internal(self, x: Any) -> Any:
         """User layout (any number of systems along the batch axis) -> ``(rows, n)``."""
-        xp = self._xp
-        if self.batch_axis is None:
-            return xp.reshape(x, (1, self.n))
-        if self.batch_axis != 0:
-            order = (self.batch_axis, *(i for i in range(x.ndim) if i != self.batch_axis))
-            x = xp.permute_dims(x, order)
-        return xp.reshape(x, (x.shape[0], self.n))
+        return self.layout.to_internal(x, xp=self._xp)
 
     def to_user(self, x: Any) -> Any:
         """``(rows, n)`` -> user layout, with ``rows`` systems along the batch axis."""
-        xp = self._xp
-        if self.batch_axis is None:
-            return xp.reshape(x, self.shape)
-        x = xp.reshape(x, (x.shape[0], *self._rest))
-        if self.batch_axis != 0:
-            ndim = len(self.shape)
-            order = list(range(1, ndim))
-            order.insert(self.batch_axis, 0)
-            x = xp.permute_dims(x, tuple(order))
-        return x
+        return self.layout.to_user(x, xp=self._xp)
 
     # -- evaluation -------------------------------------------------------------------
     def sliced_args(self, index: Any) -> tuple:
