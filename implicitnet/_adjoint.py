@@ -41,6 +41,7 @@ from ._tree import tree_flatten, tree_unflatten
 from ._xp import is_array, is_tensor, namespace, vector_norm
 from .autodiff import Tensor, defvjp, primitive, vjp
 from .autodiff._core import _raw
+from .solvers._api import check_tolerance
 
 __all__ = [
     "AbstractAdjoint",
@@ -199,14 +200,8 @@ class ImplicitAdjoint(AbstractLinearAdjoint):
     maxiter: int | None = None
 
     def __post_init__(self):
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                msg = f"`{name}` must be a real number, got {value!r}"
-                raise TypeError(msg)
-            if not (value >= 0 and math.isfinite(value)):
-                msg = f"`{name}` must be finite and non-negative, got {value!r}"
-                raise ValueError(msg)
+        check_tolerance(self.rtol, "rtol")
+        check_tolerance(self.atol, "atol")
         if self.maxiter is not None and (
             isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int) or self.maxiter < 1
         ):

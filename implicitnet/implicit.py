@@ -33,50 +33,36 @@ __all__ = [
 ]
 
 
-def _solve(
-    kind,
-    f,
-    x0,
-    args,
-    *,
-    backward,
-    method,
-    rtol,
-    atol,
-    maxiter,
-    batch_axis,
-    arg_batch_axes,
-    callback,
-    xp,
-    options,
-) -> Result:
+#: The keywords of the entry points that the raw solve takes as they are.
+_SOLVE_KEYWORDS = (
+    "method",
+    "rtol",
+    "atol",
+    "maxiter",
+    "batch_axis",
+    "arg_batch_axes",
+    "callback",
+    "options",
+)
+
+
+def _solve(kind: str, f: Callable, x0: Any, args: Any, params: dict[str, Any]) -> Result:
+    """The one solve under :func:`fixed_point` and :func:`root` (`params`: their keywords)."""
     if not isinstance(args, tuple | list):
         args = (args,)
     args = tuple(args)
+    backward, xp = params["backward"], params["xp"]
+    keywords = {k: params[k] for k in _SOLVE_KEYWORDS}
 
     def solve(f, x0, args, *, raw=False):
         # `raw`: the adjoint solves on the raw arrays under any autodiff namespace given.
         ns = getattr(xp, "backend_namespace", xp) if raw and xp is not None else xp
-        return _api.solve(
-            kind,
-            f,
-            x0,
-            args,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            maxiter=maxiter,
-            batch_axis=batch_axis,
-            arg_batch_axes=arg_batch_axes,
-            callback=callback,
-            xp=ns,
-            options=options,
-        )
+        return _api.solve(kind, f, x0, args, xp=ns, **keywords)
 
     if backward is None:
         return solve(f, x0, args)
-    adjoint = resolve_adjoint(backward, rtol=rtol, atol=atol)
-    return adjoint.apply(solve, kind, f, x0, args, batch_axis=batch_axis)
+    adjoint = resolve_adjoint(backward, rtol=params["rtol"], atol=params["atol"])
+    return adjoint.apply(solve, kind, f, x0, args, batch_axis=params["batch_axis"])
 
 
 def fixed_point(
@@ -247,22 +233,7 @@ def fixed_point(
     >>> np.allclose(g, np.linalg.solve(np.eye(2) - W.T, np.ones(2)))
     True
     """
-    return _solve(
-        "fixed_point",
-        f,
-        x0,
-        args,
-        backward=backward,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        maxiter=maxiter,
-        batch_axis=batch_axis,
-        arg_batch_axes=arg_batch_axes,
-        callback=callback,
-        xp=xp,
-        options=options,
-    )
+    return _solve("fixed_point", f, x0, args, locals())
 
 
 def root(
@@ -342,22 +313,7 @@ def root(
     >>> round(float(inet.grad(lambda a: inet.ops.sum(sqrt_of(a)))(np.array([4.0]))[0]), 10)
     0.25
     """
-    return _solve(
-        "root",
-        F,
-        x0,
-        args,
-        backward=backward,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        maxiter=maxiter,
-        batch_axis=batch_axis,
-        arg_batch_axes=arg_batch_axes,
-        callback=callback,
-        xp=xp,
-        options=options,
-    )
+    return _solve("root", F, x0, args, locals())
 
 
 def __getattr__(name: str) -> Any:

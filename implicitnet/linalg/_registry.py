@@ -23,21 +23,27 @@ def register_solver(name: str, solver: Any, *, overwrite: bool = False) -> None:
     """Register `solver` (a class or factory called with no arguments) under `name`.
 
     Then ``get_solver(name)`` and ``ImplicitAdjoint(linear_solver=name)`` select it.
+    Names are case-insensitive; registering a taken name raises ``ValueError`` unless
+    `overwrite` is true.
 
     Parameters
     ----------
     name : str
-        The name (case-insensitive).
+        The name.
     solver : callable
         A linear solver class (an :class:`AbstractLinearSolver` with defaults for every
         field) or a factory returning a configured solver object.
     overwrite : bool, default: False
         Allow replacing an existing registration.
 
-    Raises
-    ------
-    ValueError
-        If `name` is already registered and `overwrite` is false.
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> inet.linalg.register_solver("gmres5", lambda: inet.linalg.GMRES(restart=5),
+    ...                             overwrite=True)
+    >>> inet.linalg.get_solver("GMRES5").restart
+    5
     """
     SOLVERS.register(name, solver, overwrite=overwrite)
 

@@ -18,18 +18,23 @@ from .._xp import as_float_array, is_array, namespace, to_host
 from ._base import Problem
 from ._registry import resolve_method
 
-__all__ = ["check_tolerances", "solve"]
+__all__ = ["check_tolerance", "check_tolerances", "solve"]
+
+
+def check_tolerance(value: Any, label: str) -> None:
+    """Raise ``TypeError``/``ValueError`` naming `label` unless `value` is a real >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"`{label}` must be a real number, got {value!r}"
+        raise TypeError(msg)
+    if not (value >= 0 and math.isfinite(value)):
+        msg = f"`{label}` must be finite and non-negative, got {value!r}"
+        raise ValueError(msg)
 
 
 def check_tolerances(rtol, atol, maxiter) -> None:
     """Raise ``TypeError``/``ValueError`` naming `rtol`, `atol` or `maxiter` if invalid."""
-    for value, label in ((rtol, "rtol"), (atol, "atol")):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            msg = f"`{label}` must be a real number, got {value!r}"
-            raise TypeError(msg)
-        if not (value >= 0 and math.isfinite(value)):
-            msg = f"`{label}` must be finite and non-negative, got {value!r}"
-            raise ValueError(msg)
+    check_tolerance(rtol, "rtol")
+    check_tolerance(atol, "atol")
     if isinstance(maxiter, bool) or not isinstance(maxiter, int):
         msg = f"`maxiter` must be an integer, got {maxiter!r}"
         raise TypeError(msg)

@@ -16,7 +16,6 @@ iterate and solver state are held fixed with ``where``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from .._result import Result, Status, status_message
@@ -52,17 +51,10 @@ def _scatter_index(ids: list[int], batch: int, *, xp, dev):
     return xp.asarray(perm, dtype=xp.int64, device=dev)
 
 
-def iterate(
-    solver,
-    problem,
-    *,
-    rtol: float,
-    atol: float,
-    maxiter: int,
-    callback: Callable | None,
-    xp: Any,
-) -> Result:
+def iterate(solver, problem, *, rtol, atol, maxiter, callback, xp) -> Result:
     """Run `solver` (an :class:`AbstractIterativeSolver`) on `problem`.
+
+    The keywords are those of :meth:`AbstractSolver.run`.
 
     Convergence of system ``i`` at iterate ``x`` (Euclidean norms over the system):
     ``||g(x)|| <= atol + rtol * scale(x)``, with
@@ -437,18 +429,22 @@ class _Systems:
 
 def _check_first(problem, r_list, s_list) -> None:
     """Refuse a starting point whose residual (or value of f) is not finite."""
-    fixed = problem.kind == "fixed_point"
     bad = [i for i, r in enumerate(r_list) if not r - r == 0.0]
-    if fixed:
+    if problem.kind == "fixed_point":
         bad += [i for i, v in enumerate(s_list) if not v - v == 0.0 and i not in bad]
     if bad:
-        name = "f" if fixed else "F"
-        where = "" if problem.batch_axis is None else f" for systems {sorted(bad)[:10]}"
-        msg = (
-            f"`{name}(x0)` is not finite (it contains NaN or infinity){where}; "
-            f"check `{name}` and the starting point `x0`"
-        )
-        raise ValueError(msg)
+        raise_nonfinite_start(problem, bad)
+
+
+def raise_nonfinite_start(problem, bad: list[int]) -> None:
+    """Raise the ``ValueError`` for systems `bad` whose ``f(x0)`` is not finite."""
+    name = "f" if problem.kind == "fixed_point" else "F"
+    where = "" if problem.batch_axis is None else f" for systems {sorted(bad)[:10]}"
+    msg = (
+        f"`{name}(x0)` is not finite (it contains NaN or infinity){where}; "
+        f"check `{name}` and the starting point `x0`"
+    )
+    raise ValueError(msg)
 
 
 def _wants_stop(answer: Any) -> bool:
