@@ -37,6 +37,7 @@ from .autodiff import unbroadcast as unbroadcast
 from .autodiff import value_and_grad as value_and_grad
 from .autodiff import vjp as vjp
 from .implicit import AbstractAdjoint as AbstractAdjoint
+from .implicit import AbstractLinearAdjoint as AbstractLinearAdjoint
 from .implicit import ImplicitAdjoint as ImplicitAdjoint
 from .implicit import PhantomAdjoint as PhantomAdjoint
 from .implicit import UnrolledAdjoint as UnrolledAdjoint

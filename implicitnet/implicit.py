@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._adjoint import AbstractAdjoint as AbstractAdjoint
+from ._adjoint import AbstractLinearAdjoint as AbstractLinearAdjoint
 from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
 from ._adjoint import PhantomAdjoint as PhantomAdjoint
 from ._adjoint import UnrolledAdjoint as UnrolledAdjoint
@@ -25,6 +26,7 @@ from .solvers import _api
 
 __all__ = [
     "AbstractAdjoint",
+    "AbstractLinearAdjoint",
     "ImplicitAdjoint",
     "PhantomAdjoint",
     "UnrolledAdjoint",
