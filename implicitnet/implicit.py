@@ -24,15 +24,8 @@ from ._adjoint import resolve_adjoint
 from ._result import Result
 from .solvers import _api
 
-__all__ = [
-    "AbstractAdjoint",
-    "AbstractLinearAdjoint",
-    "ImplicitAdjoint",
-    "PhantomAdjoint",
-    "UnrolledAdjoint",
-    "fixed_point",
-    "root",
-]
+# The adjoint classes above are re-exported (``X as X``); this module defines these.
+__all__ = ["fixed_point", "root"]
 
 
 #: The keywords of the entry points that the raw solve takes as they are.
