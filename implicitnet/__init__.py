@@ -15,6 +15,8 @@ from . import nn as nn
 from . import ops as ops
 from . import optim as optim
 from . import solvers as solvers
+from ._adjoint import available_adjoints as available_adjoints
+from ._adjoint import register_adjoint as register_adjoint
 from ._result import ConvergenceError as ConvergenceError
 from ._result import ConvergenceWarning as ConvergenceWarning
 from ._result import Result as Result
@@ -35,12 +37,13 @@ from .autodiff import unbroadcast as unbroadcast
 from .autodiff import value_and_grad as value_and_grad
 from .autodiff import vjp as vjp
 from .implicit import AbstractAdjoint as AbstractAdjoint
+from .implicit import AbstractLinearAdjoint as AbstractLinearAdjoint
 from .implicit import ImplicitAdjoint as ImplicitAdjoint
 from .implicit import PhantomAdjoint as PhantomAdjoint
 from .implicit import UnrolledAdjoint as UnrolledAdjoint
 from .implicit import fixed_point as fixed_point
-from .implicit import jacobian_regularization as jacobian_regularization
 from .implicit import root as root
+from .nn._regularization import jacobian_regularization as jacobian_regularization
 from .solvers import AbstractIterativeSolver as AbstractIterativeSolver
 from .solvers import AbstractSolver as AbstractSolver
 from .solvers import Anderson as Anderson

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,13 @@ class Status(str, enum.Enum):
         The callback asked to stop before every system converged.
 
     See the diagnostics tutorial for what to change in each case.
+
+    The statuses are ordered by :attr:`severity`, which decides the status of a batch
+    (the worst of its systems', :meth:`worst`), for nonlinear and linear solves alike:
+    ``success < maxiter < stopped < stagnated < breakdown < diverged``. Running out of
+    iterations is the mildest failure (more may do), a stop asked by the callback is
+    the user's, stagnation is a limit of precision or memory, a breakdown a failure of
+    the method itself (change it), and divergence the worst (the iterates are lost).
     """
 
     SUCCESS = "success"
@@ -39,6 +47,27 @@ class Status(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @property
+    def severity(self) -> int:
+        """The rank of this status: 0 for success, higher for a worse failure."""
+        return _SEVERITY.index(self)
+
+    @classmethod
+    def worst(cls, statuses: Iterable[Status]) -> Status:
+        """The status of a batch: success when every system converged, else the worst."""
+        return max((cls(s) for s in statuses), key=_SEVERITY.index, default=cls.SUCCESS)
+
+
+#: The statuses from best to worst (see :attr:`Status.severity`).
+_SEVERITY = (
+    Status.SUCCESS,
+    Status.MAXITER,
+    Status.STOPPED,
+    Status.STAGNATED,
+    Status.BREAKDOWN,
+    Status.DIVERGED,
+)
 
 
 _MESSAGES = {

@@ -13,6 +13,7 @@ from . import data as _data
 from . import nn
 from ._train import Objective, evaluate_batches, fit_epoch
 from ._xp import device, namespace
+from .nn._regularization import jacobian_regularization
 
 __all__ = [
     "SEQ_DEFAULTS",
@@ -94,8 +95,6 @@ def _apply_cell(z, cell, x):
 
 
 def _loss(model, xb, yb, jac_reg: float, seed):
-    from .implicit import jacobian_regularization
-
     x = model.injection(xb)
     z, res = model.body(x)
     logits = model.head(model.norm(z))

@@ -18,6 +18,7 @@ __all__ = [
     "is_array",
     "is_tensor",
     "namespace",
+    "row_norms",
     "set_index",
     "small_solve",
     "to_host",
@@ -196,6 +197,17 @@ def _check_solver_dtype(x: Any, name: str, *, xp) -> None:
 def vector_norm(x: Any, /, *, axis=None, keepdims: bool = False, xp):
     """Euclidean norm of `x` over `axis` (all axes by default)."""
     return xp.linalg.vector_norm(x, axis=axis, keepdims=keepdims)
+
+
+def row_norms(x: Any, *, xp: Any) -> Any:
+    """Euclidean norm of each row of the ``(batch, n)`` array `x`.
+
+    ``sqrt(vecdot(x, x))`` on raw arrays (one fused reduction, no temporary), the
+    differentiable ``vector_norm`` on autodiff tensors.
+    """
+    if is_tensor(x):
+        return xp.linalg.vector_norm(x, axis=-1)
+    return xp.sqrt(xp.vecdot(x, x))
 
 
 def vdot(a: Any, b: Any, /, *, axis=-1, xp):

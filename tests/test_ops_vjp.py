@@ -412,7 +412,7 @@ def _(draw, rng, xp):
 
 #: Modules whose primitives have their gradient checks in another test file.
 TESTED_ELSEWHERE = {
-    "implicitnet.implicit": "tests/test_implicit.py (adjoint solve vs unrolled and FD)",
+    "implicitnet._adjoint": "tests/test_implicit.py (adjoint solve vs unrolled and FD)",
 }
 
 

@@ -633,3 +633,36 @@ def test_mgh_root_problems_at_default_settings(xp, method, problem):
     # Powell's singular function has a singular Jacobian at its root: x converges slowly.
     if solution is not None and problem != "powell_singular":
         np.testing.assert_allclose(to_np(res.x), solution, atol=1e-5)
+
+
+# --- one status order for every driver ---------------------------------------------
+
+
+def test_status_severity_is_one_order():
+    order = ["success", "maxiter", "stopped", "stagnated", "breakdown", "diverged"]
+    assert sorted(inet.Status, key=lambda s: s.severity) == [inet.Status(s) for s in order]
+    assert inet.Status.worst([]) == inet.Status.SUCCESS
+    assert inet.Status.worst(["success", "maxiter", "stagnated"]) == "stagnated"
+    assert inet.Status.worst(["stagnated", "breakdown", "maxiter"]) == "breakdown"
+    assert inet.Status.worst(["breakdown", "diverged"]) == "diverged"
+
+
+def test_linear_and_nonlinear_drivers_rank_statuses_alike(xp):
+    from implicitnet.linalg import _base as lb
+
+    # A batch of linear systems, one stagnated and one broken down: the batch status
+    # is the worse of the two by `Status.severity`, as for a nonlinear batch.
+    b = xp.ones((2, 3), dtype=xp.float64)
+    p = lb.prepare(lambda v: v, b, None, None, 0, xp=xp)
+    code = xp.asarray([lb.CODE_STAGNATED, lb.CODE_BREAKDOWN], dtype=xp.int64)
+    out = lb._Outcome(
+        x=b,
+        residual=xp.ones((2,), dtype=xp.float64),
+        converged=xp.asarray([False, False]),
+        nit=lb.int_zeros(2, like=b, xp=xp),
+        nfev=lb.int_zeros(2, like=b, xp=xp),
+        history=[xp.ones((2,), dtype=xp.float64)],
+        code=code,
+    )
+    res = lb.make_result(p, out, xp=xp)
+    assert res.status == inet.Status.worst(["stagnated", "breakdown"]) == "breakdown"

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._adjoint import ImplicitAdjoint, UnrolledAdjoint, _constant, resolve_adjoint
 from .._result import Result, Status
 from .._tree import tree_flatten, tree_leaves, tree_unflatten
 from .._validate import check_int, check_real, check_tolerances
 from .._xp import as_float_array, is_tensor, namespace, vector_norm
 from ..autodiff import grad
 from ..autodiff._core import _raw
-from ..implicit import ImplicitAdjoint, _constant, _resolve_backward
 from ..implicit import root as _root
 
 __all__ = [
@@ -582,7 +582,7 @@ def mpc(
     g0 = problem.gradient(v, raw_x0, raw_params, raw_weights)
     threshold = atol + rtol * vector_norm(g0, axis=-1, xp=bxp)
     adjoint = _adjoint(backward, rtol)
-    unrolled = bool(getattr(adjoint, "unrolled", False))
+    unrolled = isinstance(adjoint, UnrolledAdjoint)
     nit = 0
     if not unrolled and newton_steps > 0:
         v, nit = _newton(
@@ -632,7 +632,7 @@ def _adjoint(backward, rtol):
     # runs with an absolute one in gradient units, which means nothing to the adjoint.
     if isinstance(backward, str) and backward == "implicit":
         return ImplicitAdjoint(rtol=max(rtol, 1e-10))
-    return _resolve_backward(backward, rtol=max(rtol, 1e-10), atol=0.0)
+    return resolve_adjoint(backward, rtol=max(rtol, 1e-10), atol=0.0)
 
 
 def shift_plan(u, /):

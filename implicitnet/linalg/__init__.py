@@ -20,3 +20,4 @@ from ._gmres import gmres as gmres
 from ._neumann import Neumann as Neumann
 from ._neumann import neumann as neumann
 from ._registry import get_solver as get_solver
+from ._registry import register_solver as register_solver

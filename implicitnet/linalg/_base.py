@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+from .._batch import BatchLayout
 from .._result import Result, Status, status_message
 from .._validate import (
     check_batch_axis,
@@ -110,24 +111,13 @@ class _Problem(NamedTuple):
     x0: Any  # (B, n) or None (zeros)
     matvec: Any  # (B, n) -> (B, n)
     precond: Any  # (B, n) -> (B, n), or None
-    shape: tuple  # shape of the user's b
-    perm: tuple | None  # permutation moving the batch axis to the front, or None
+    layout: BatchLayout  # the user's b <-> (B, n), shared with the nonlinear solvers
     batched: bool
     bnorm: Any  # (B,) Euclidean norms of the right-hand sides
 
     def to_user(self, x, *, xp):
         """Map an internal ``(B, n)`` array back to the layout of the user's `b`."""
-        if self.perm is None:
-            return xp.reshape(x, self.shape)
-        moved = tuple(self.shape[i] for i in self.perm)
-        inverse = tuple(self.perm.index(i) for i in range(len(self.perm)))
-        return xp.permute_dims(xp.reshape(x, moved), inverse)
-
-
-def _to_internal(x, *, shape, perm, B, xp):
-    if perm is not None:
-        x = xp.permute_dims(x, perm)
-    return xp.reshape(x, (B, -1))
+        return self.layout.to_user(x, xp=xp)
 
 
 def _operator(A, name: str, *, b_shape, perm, batched: bool, B: int, n: int, dtype, xp):
@@ -224,7 +214,8 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
     if n == 0:
         msg = f"`b` must have at least one unknown per system, got shape {shape}"
         raise ValueError(msg)
-    b2 = _to_internal(b, shape=shape, perm=perm, B=B, xp=xp)
+    layout = BatchLayout(shape, axis if batched else None)
+    b2 = layout.to_internal(b, xp=xp)
     x2 = None
     if x0 is not None:
         x0 = as_float_array(x0, xp=xp, dtype=dtype)
@@ -232,7 +223,7 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
             msg = f"`x0` must have the shape of `b` {shape}, got {tuple(x0.shape)}"
             raise ValueError(msg)
         check_finite(x0, "x0", xp=xp)
-        x2 = _to_internal(x0, shape=shape, perm=perm, B=B, xp=xp)
+        x2 = layout.to_internal(x0, xp=xp)
     for name, op in (("A", A), ("M", M)):
         if is_array(op):
             try:
@@ -244,7 +235,7 @@ def prepare(A, b, x0, M, batch_axis, *, xp) -> _Problem:
     matvec = _operator(A, "A", xp=xp, **kw)
     precond = None if M is None else _operator(M, "M", xp=xp, **kw)
     bnorm = vector_norm(b2, axis=-1, xp=xp)
-    return _Problem(b2, x2, matvec, precond, shape, perm, batched, bnorm)
+    return _Problem(b2, x2, matvec, precond, layout, batched, bnorm)
 
 
 def resolve_namespace(b, x0, xp, A=None):
@@ -299,6 +290,9 @@ _CODES = {
     CODE_STAGNATED: Status.STAGNATED,
     CODE_DIVERGED: Status.DIVERGED,
 }
+#: The severity of each code (indexed by code), and the status of each severity.
+_RANKS = [_CODES[c].severity for c in sorted(_CODES)]
+_BY_RANK = {s.severity: s for s in _CODES.values()}
 
 
 def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
@@ -309,10 +303,10 @@ def make_result(problem: _Problem, out: _Outcome, *, xp) -> Result:
         code = xp.where(converged, CODE_OK, CODE_MAXITER)
     else:
         code = xp.where(converged, CODE_OK, xp.where(code == CODE_OK, CODE_MAXITER, code))
-    # The overall status is the worst one: diverged > stagnated > breakdown > maxiter.
-    worst = int(xp.max(code))
-    status = _CODES[worst]
-    success = worst == CODE_OK
+    # The overall status is the worst one, in the order of `Status.severity`.
+    rank = xp.asarray(_RANKS, dtype=code.dtype, device=device(code))
+    status = _BY_RANK[int(xp.max(xp.take(rank, code)))]
+    success = status == Status.SUCCESS
     history = xp.stack(out.history, axis=0)
     x = problem.to_user(out.x, xp=xp)
     stats = dict(out.stats or {})

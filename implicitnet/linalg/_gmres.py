@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._batch import BatchLayout
 from .._validate import check_int
 from .._xp import device, is_tensor, set_index, small_solve, vector_norm
 from ._base import (
@@ -451,5 +452,5 @@ def _gmres_operator(matvec, b, bnorm, *, tol, restart: int, maxiter: int, xp, **
     `bnorm`, `tol` the per-system threshold ``(B,)``; `options` are those of
     :func:`_gmres`. Returns the :class:`_Outcome` (internal layout).
     """
-    p = _Problem(b, None, matvec, None, tuple(b.shape), None, True, bnorm)
+    p = _Problem(b, None, matvec, None, BatchLayout(tuple(b.shape), 0), True, bnorm)
     return _gmres(p, tol=tol, restart=restart, maxiter=maxiter, callback=None, xp=xp, **options)

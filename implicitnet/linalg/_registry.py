@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._registry import Registry
 from ._anderson import Anderson
 from ._base import AbstractLinearSolver
 from ._bicgstab import BiCGSTAB
@@ -11,17 +12,47 @@ from ._broyden import Broyden
 from ._gmres import GMRES
 from ._neumann import Neumann
 
-__all__ = ["get_solver"]
+__all__ = ["get_solver", "register_solver"]
 
 
-#: The registered solvers, by lower-case name.
-SOLVERS: dict[str, type] = {
-    "gmres": GMRES,
-    "bicgstab": BiCGSTAB,
-    "neumann": Neumann,
-    "broyden": Broyden,
-    "anderson": Anderson,
-}
+#: The registered linear solvers, by (case-insensitive) name.
+SOLVERS = Registry("name_or_obj", kind="linear solver", case_sensitive=False)
+
+
+def register_solver(name: str, solver: Any, *, overwrite: bool = False) -> None:
+    """Register `solver` (a class or factory called with no arguments) under `name`.
+
+    Then ``get_solver(name)`` and ``ImplicitAdjoint(linear_solver=name)`` select it.
+    Names are case-insensitive; registering a taken name raises ``ValueError`` unless
+    `overwrite` is true.
+
+    Parameters
+    ----------
+    name : str
+        The name.
+    solver : callable
+        A linear solver class (an :class:`AbstractLinearSolver` with defaults for every
+        field) or a factory returning a configured solver object.
+    overwrite : bool, default: False
+        Allow replacing an existing registration.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import implicitnet as inet
+    >>> inet.linalg.register_solver("gmres5", lambda: inet.linalg.GMRES(restart=5),
+    ...                             overwrite=True)
+    >>> inet.linalg.get_solver("GMRES5").restart
+    5
+    """
+    SOLVERS.register(name, solver, overwrite=overwrite)
+
+
+register_solver("gmres", GMRES)
+register_solver("bicgstab", BiCGSTAB)
+register_solver("neumann", Neumann)
+register_solver("broyden", Broyden)
+register_solver("anderson", Anderson)
 
 
 def get_solver(name_or_obj: Any, /) -> Any:
@@ -54,12 +85,7 @@ def get_solver(name_or_obj: Any, /) -> Any:
     GMRES(rtol=1e-06, atol=0.0, restart=20, maxiter=None, M=None, callback=None)
     """
     if isinstance(name_or_obj, str):
-        key = name_or_obj.lower()
-        if key not in SOLVERS:
-            known = ", ".join(repr(k) for k in SOLVERS)
-            msg = f"unknown linear solver `name_or_obj` {name_or_obj!r}; known: {known}"
-            raise ValueError(msg)
-        return SOLVERS[key]()
+        return SOLVERS.lookup(name_or_obj)()
     if isinstance(name_or_obj, AbstractLinearSolver) or callable(
         getattr(name_or_obj, "solve", None)
     ):

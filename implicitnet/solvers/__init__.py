@@ -2,17 +2,20 @@
 
 ``fixed_point(f, x0, args)`` solves ``x = f(x, *args)`` and ``root(F, x0, args)`` solves
 ``F(x, *args) = 0``; `method` is a registered name or any :class:`AbstractSolver`.
-These are the raw (non-differentiable) solves; :func:`implicitnet.fixed_point` adds
-implicit differentiation on top.
+They are the same functions as :func:`implicitnet.fixed_point` and
+:func:`implicitnet.root` (differentiable through `backward`; ``backward=None`` is the
+raw solve). They live one layer up, with the adjoints, and are imported here on first
+use, so that this package never imports autodiff.
 """
+
+from typing import Any
 
 from . import _scipy
 from ._anderson import Anderson as Anderson
-from ._api import fixed_point as fixed_point
-from ._api import root as root
 from ._base import AbstractIterativeSolver as AbstractIterativeSolver
 from ._base import AbstractSolver as AbstractSolver
 from ._base import Problem as Problem
+from ._base import Residual as Residual
 from ._base import Step as Step
 from ._broyden import Broyden as Broyden
 from ._newton_krylov import NewtonKrylov as NewtonKrylov
@@ -27,3 +30,18 @@ register("anderson", Anderson)
 register("broyden", Broyden)
 register("newton_krylov", NewtonKrylov)
 _scipy.register_all(register)
+
+
+def __getattr__(name: str) -> Any:
+    # `fixed_point` and `root` are implicitnet.implicit's (the same objects); a
+    # module-level import would make this lower layer import autodiff.
+    if name in ("fixed_point", "root"):
+        from .. import implicit
+
+        return getattr(implicit, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "fixed_point", "root"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._xp import device as _dev
-from .._xp import set_index, small_solve
+from .._xp import row_norms, set_index, small_solve
 from ._base import (
     AbstractIterativeSolver,
     Step,
@@ -14,7 +14,6 @@ from ._base import (
     _check_real,
     initial_beta,
     point_value,
-    row_norms,
 )
 
 __all__ = ["Anderson"]

@@ -21,11 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from .._batch import BatchLayout
 from .._result import Result
 from .._tree import tree_map
-from .._xp import device, is_tensor
+from .._xp import device, row_norms
+from ._iterate import iterate
 
-__all__ = ["AbstractIterativeSolver", "AbstractSolver", "Problem", "Step"]
+__all__ = ["AbstractIterativeSolver", "AbstractSolver", "Problem", "Residual", "Step"]
 
 
 class Step(NamedTuple):
@@ -167,8 +169,6 @@ class AbstractIterativeSolver(AbstractSolver):
 
     def run(self, problem, *, rtol, atol, maxiter, callback, xp):
         """Run the shared driver (:func:`implicitnet.solvers._iterate.iterate`)."""
-        from ._iterate import iterate
-
         return iterate(
             self, problem, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, xp=xp
         )
@@ -213,13 +213,11 @@ def _check_int(value: Any, name: str, *, minimum: int) -> None:
 def point_value(g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
     """``x + g(x)``, i.e. ``f(x)`` for a fixed-point problem.
 
-    When `gx` is the latest output of the driver's residual function for a fixed-point
-    problem, the value of ``f`` it was computed from is returned as is (no new array);
-    otherwise ``x + gx`` is formed.
+    When `g` is a :class:`Residual` and `gx` its latest output, the value of ``f`` it
+    was computed from is returned as is (no new array); otherwise ``x + gx`` is formed.
     """
-    last = getattr(getattr(g, "inner", g), "last", None)
-    if last is not None and last[0] is gx:
-        return last[1]
+    if isinstance(g, Residual):
+        return g.point(x, gx)
     return x + gx
 
 
@@ -247,6 +245,8 @@ def initial_beta(beta: float | None, g: Callable, x: Any, gx: Any, *, xp: Any) -
     """
     if beta is not None:
         return float(beta)
+    # A bare callable (a solver driven by hand) is a fixed-point residual unless it
+    # says otherwise, as a Residual does.
     if getattr(g, "kind", "fixed_point") == "fixed_point":
         return 1.0
     one = xp.ones_like(gx[:, 0])
@@ -267,15 +267,54 @@ def initial_beta(beta: float | None, g: Callable, x: Any, gx: Any, *, xp: Any) -
     return xp.where(xp.logical_and(uphill, xp.isfinite(best)), best, scipy_beta)
 
 
-def row_norms(x: Any, *, xp: Any) -> Any:
-    """Euclidean norm of each row of the ``(batch, n)`` array `x`.
+class Residual:
+    """The residual function ``g`` a solver step receives, on ``(rows, n)`` arrays.
 
-    ``sqrt(vecdot(x, x))`` on raw arrays (one fused reduction, no temporary), the
-    differentiable ``vector_norm`` on autodiff tensors.
+    ``g(x) = f(x) - x`` for a fixed-point problem, ``g(x) = F(x)`` for a root problem.
+
+    Parameters
+    ----------
+    value : callable
+        ``value(x)``: ``f(x)`` (fixed point) or ``F(x)`` (root) on ``(rows, n)`` arrays.
+    kind : {"fixed_point", "root"}
+        Which problem `value` belongs to.
+    calls : int, default: 0
+        Calls counted before this one (a residual that replaces another carries its
+        count on).
+
+    Attributes
+    ----------
+    kind : {"fixed_point", "root"}
+        As given.
+    calls : int
+        Evaluations so far.
+    last : tuple
+        For a fixed-point problem, ``(g(x), f(x))`` of the latest evaluation (``(None,
+        None)`` before the first): :meth:`point` reuses ``f(x)`` instead of forming
+        ``x + g(x)`` again.
     """
-    if is_tensor(x):
-        return xp.linalg.vector_norm(x, axis=-1)
-    return xp.sqrt(xp.vecdot(x, x))
+
+    __slots__ = ("_value", "calls", "kind", "last")
+
+    def __init__(self, value: Callable, kind: Literal["fixed_point", "root"], *, calls: int = 0):
+        self._value = value
+        self.kind = kind
+        self.calls = calls
+        self.last = (None, None)
+
+    def __call__(self, x: Any) -> Any:
+        self.calls += 1
+        out = self._value(x)
+        if self.kind != "fixed_point":
+            return out
+        gx = out - x
+        self.last = (gx, out)
+        return gx
+
+    def point(self, x: Any, gx: Any) -> Any:
+        """``f(x) = x + g(x)``: the stored value when `gx` is the latest output."""
+        last_gx, last_f = self.last
+        return last_f if last_gx is gx else x + gx
 
 
 class Problem:
@@ -301,6 +340,9 @@ class Problem:
     arg_batch_axes : tuple or None
         Per element of `args`, the axis that carries the batch (or None); None when
         not declared, in which case `f` is always evaluated on the whole batch.
+    layout : BatchLayout
+        The conversion between the user's layout and ``(batch, n)`` (shared with the
+        linear solvers).
     """
 
     def __init__(
@@ -323,16 +365,9 @@ class Problem:
         self.batch_axis = batch_axis
         self.arg_batch_axes = None if arg_batch_axes is None else tuple(arg_batch_axes)
         self._xp = xp
-        if batch_axis is None:
-            self.batch = 1
-            self._rest = self.shape
-        else:
-            self.batch = self.shape[batch_axis]
-            self._rest = self.shape[:batch_axis] + self.shape[batch_axis + 1 :]
-        n = 1
-        for s in self._rest:
-            n *= s
-        self.n = n
+        self.layout = BatchLayout(self.shape, batch_axis)
+        self.batch = self.layout.batch
+        self.n = self.layout.n
         self.x0 = self.to_internal(x0)
         self._checked = False
 
@@ -344,26 +379,11 @@ class Problem:
     # -- layout ---------------------------------------------------------------------
     def to_internal(self, x: Any) -> Any:
         """User layout (any number of systems along the batch axis) -> ``(rows, n)``."""
-        xp = self._xp
-        if self.batch_axis is None:
-            return xp.reshape(x, (1, self.n))
-        if self.batch_axis != 0:
-            order = (self.batch_axis, *(i for i in range(x.ndim) if i != self.batch_axis))
-            x = xp.permute_dims(x, order)
-        return xp.reshape(x, (x.shape[0], self.n))
+        return self.layout.to_internal(x, xp=self._xp)
 
     def to_user(self, x: Any) -> Any:
         """``(rows, n)`` -> user layout, with ``rows`` systems along the batch axis."""
-        xp = self._xp
-        if self.batch_axis is None:
-            return xp.reshape(x, self.shape)
-        x = xp.reshape(x, (x.shape[0], *self._rest))
-        if self.batch_axis != 0:
-            ndim = len(self.shape)
-            order = list(range(1, ndim))
-            order.insert(self.batch_axis, 0)
-            x = xp.permute_dims(x, tuple(order))
-        return x
+        return self.layout.to_user(x, xp=self._xp)
 
     # -- evaluation -------------------------------------------------------------------
     def sliced_args(self, index: Any) -> tuple:
@@ -376,36 +396,21 @@ class Problem:
             for a, ax in zip(self.args, self.arg_batch_axes)
         )
 
-    def residual_function(self, index: Any = None) -> Callable:
-        """The residual ``g`` on ``(rows, n)`` arrays for the systems `index` (all if None).
+    def residual_function(self, index: Any = None, *, calls: int = 0) -> Residual:
+        """The :class:`Residual` on ``(rows, n)`` arrays for the systems `index` (all if None).
 
         `index` is an integer index array (device) of the active systems; it may be
-        given only when :attr:`can_compact`.
+        given only when :attr:`can_compact`. `calls` starts its count of evaluations.
         """
         args = self.sliced_args(index)
-        if self.kind != "fixed_point":
 
-            def g(x):
-                out = self.f(self.to_user(x), *args)
-                if not self._checked:
-                    self._check_output(out, x)
-                return self.to_internal(out)
-
-            return g
-
-        def g(x):
+        def value(x):
             out = self.f(self.to_user(x), *args)
             if not self._checked:
                 self._check_output(out, x)
-            out = self.to_internal(out)
-            gx = out - x
-            g.last = (gx, out)
-            return gx
+            return self.to_internal(out)
 
-        # The last (residual, value of f) pair: the driver reads ``||f(x)||`` from it
-        # instead of recomputing ``f(x) = x + g(x)``.
-        g.last = (None, None)
-        return g
+        return Residual(value, self.kind, calls=calls)
 
     def _check_output(self, out: Any, x: Any) -> None:
         name = "f" if self.kind == "fixed_point" else "F"

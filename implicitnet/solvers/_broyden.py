@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .._xp import device, is_tensor, set_index
+from .._xp import device, is_tensor, row_norms, set_index
 from ._base import (
     AbstractIterativeSolver,
     Step,
     _check_int,
     _check_real,
     initial_beta,
-    row_norms,
 )
 
 __all__ = ["Broyden"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .._xp import device
-from ._base import AbstractIterativeSolver, Step, _check_int, _check_real, row_norms
+from .._xp import device, row_norms
+from ._base import AbstractIterativeSolver, Step, _check_int, _check_real
 
 __all__ = ["NewtonKrylov"]
 

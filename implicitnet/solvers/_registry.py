@@ -6,11 +6,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from .._registry import Registry
 from ._base import AbstractSolver
 
 __all__ = ["available_methods", "register", "resolve_method"]
 
-_REGISTRY: dict[str, Any] = {}
+#: The methods by name: ``method="anderson"`` etc.
+METHODS = Registry("method", kind="method", base=AbstractSolver)
 
 # Tolerance names of SciPy (and other libraries) that implicitnet spells `rtol` / `atol`.
 _FOREIGN_TOLERANCES = frozenset(
@@ -48,24 +50,12 @@ def register(name: str, solver: Any, *, overwrite: bool = False) -> None:
     >>> bool(res.success)
     True
     """
-    if not isinstance(name, str) or not name:
-        msg = f"`name` must be a non-empty string, got {name!r}"
-        raise TypeError(msg)
-    if not (isinstance(solver, AbstractSolver) or callable(solver)):
-        msg = (
-            "`solver` must be an AbstractSolver instance, subclass or factory, "
-            f"got {type(solver).__name__}"
-        )
-        raise TypeError(msg)
-    if name in _REGISTRY and not overwrite:
-        msg = f"method {name!r} is already registered; pass overwrite=True to replace it"
-        raise ValueError(msg)
-    _REGISTRY[name] = solver
+    METHODS.register(name, solver, overwrite=overwrite)
 
 
 def available_methods() -> list[str]:
     """The registered method names, sorted."""
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def resolve_method(method: Any, options: dict[str, Any]) -> AbstractSolver:
@@ -84,10 +74,7 @@ def resolve_method(method: Any, options: dict[str, Any]) -> AbstractSolver:
             f"got {type(method).__name__}"
         )
         raise TypeError(msg)
-    if method not in _REGISTRY:
-        msg = f"unknown `method` {method!r}; known methods: {', '.join(available_methods())}"
-        raise ValueError(msg)
-    entry = _REGISTRY[method]
+    entry = METHODS.lookup(method)
     try:
         if isinstance(entry, AbstractSolver):
             solver = dataclasses.replace(entry, **options) if options else entry

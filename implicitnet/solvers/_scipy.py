@@ -14,7 +14,7 @@ from typing import Any
 from .._result import Status
 from .._xp import is_tensor, vector_norm
 from ._base import AbstractSolver
-from ._iterate import SCALE_GROWTH, _result
+from ._iterate import SCALE_GROWTH, _result, raise_nonfinite_start
 
 __all__ = ["SCIPY_METHODS", "SciPyRoot"]
 
@@ -146,13 +146,7 @@ class SciPyRoot(AbstractSolver):
             g0 = fun(xp.astype(xp.reshape(x0_i, (n,)), xp.float64))
             r0 = record["hist"][0]
             if not (math.isfinite(r0) and math.isfinite(record["scale"][0])):
-                name = "f" if fixed else "F"
-                where = "" if problem.batch_axis is None else f" for system {i}"
-                msg = (
-                    f"`{name}(x0)` is not finite (it contains NaN or infinity){where}; "
-                    f"check `{name}` and the starting point `x0`"
-                )
-                raise ValueError(msg)
+                raise_nonfinite_start(problem, [i])
             s0 = max(record["scale"][0], r0) if fixed else r0
             cap = SCALE_GROWTH * s0
             threshold = atol + rtol * s0
