@@ -38,10 +38,10 @@ from . import linalg as _linalg
 from ._registry import Registry
 from ._result import ConvergenceWarning, Result, Status
 from ._tree import tree_flatten, tree_unflatten
+from ._validate import check_int, check_real, check_tolerances
 from ._xp import is_array, is_tensor, namespace, vector_norm
 from .autodiff import Tensor, defvjp, primitive, vjp
 from .autodiff._core import _raw
-from .solvers._api import check_tolerance
 
 __all__ = [
     "AbstractAdjoint",
@@ -200,13 +200,7 @@ class ImplicitAdjoint(AbstractLinearAdjoint):
     maxiter: int | None = None
 
     def __post_init__(self):
-        check_tolerance(self.rtol, "rtol")
-        check_tolerance(self.atol, "atol")
-        if self.maxiter is not None and (
-            isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int) or self.maxiter < 1
-        ):
-            msg = f"`maxiter` must be a positive integer or None, got {self.maxiter!r}"
-            raise ValueError(msg)
+        check_tolerances(self.rtol, self.atol, self.maxiter, maxiter_optional=True)
         self.solver()  # validate the name (or object) now, not in the backward pass
 
     def solver(self):
@@ -258,12 +252,8 @@ class PhantomAdjoint(AbstractLinearAdjoint):
     damping: float = 0.5
 
     def __post_init__(self):
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            msg = f"`steps` must be a non-negative integer, got {self.steps!r}"
-            raise ValueError(msg)
-        if not (isinstance(self.damping, int | float) and 0.0 < self.damping <= 1.0):
-            msg = f"`damping` must lie in (0, 1], got {self.damping!r}"
-            raise ValueError(msg)
+        check_int(self.steps, "steps", minimum=0)
+        check_real(self.damping, "damping", low=0.0, high=1.0, low_open=True)
 
     def solve_adjoint(self, A, b, /, *, batch_axis, xp):
         w = b

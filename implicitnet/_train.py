@@ -18,6 +18,7 @@ from typing import Any
 from . import backends, nn, optim
 from . import data as _data
 from ._result import ConvergenceWarning
+from ._validate import NonFiniteError
 from ._xp import device, is_tensor, namespace, vector_norm
 from .autodiff import value_and_grad
 
@@ -348,12 +349,10 @@ def differentiate(loss_grad, args: tuple, epoch: int, batch: int):
         warnings.simplefilter("always", ConvergenceWarning)
         try:
             out = loss_grad(*args)
-        except ValueError as exc:
+        except NonFiniteError as exc:
             # Finite but huge parameters can make the cell overflow at the start of
             # the solve, which the solver refuses as a bad problem: here it is the
             # training that diverged.
-            if "is not finite" not in str(exc):
-                raise
             msg = (
                 f"the forward solve met inf or NaN in epoch {epoch + 1}, batch "
                 f"{batch + 1}: the parameters overflowed ({exc})"

@@ -12,10 +12,10 @@ from typing import Any
 
 from .._result import Result, Status, status_message
 from .._tree import tree_leaves
+from .._validate import check_tolerances
 from .._xp import device, namespace
 from ..solvers import fixed_point as _fixed_point
 from ..solvers import root as _root
-from ..solvers._api import check_tolerances
 from ..solvers._iterate import overall_status
 from ..solvers._registry import resolve_method
 

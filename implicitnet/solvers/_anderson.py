@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .._validate import check_int, check_real
 from .._xp import device as _dev
 from .._xp import row_norms, set_index, small_solve
 from ._base import (
     AbstractIterativeSolver,
     Step,
-    _check_int,
-    _check_real,
     initial_beta,
     point_value,
 )
@@ -143,12 +142,12 @@ class Anderson(AbstractIterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_int(self.m, "m", minimum=1)
+        check_int(self.m, "m", minimum=1)
         if self.beta is not None:
-            _check_real(self.beta, "beta", low=0.0, low_open=True)
-        _check_real(self.regularization, "regularization", low=0.0)
-        _check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
-        _check_real(self.max_coefficient, "max_coefficient", low=1.0, low_open=True)
+            check_real(self.beta, "beta", low=0.0, low_open=True)
+        check_real(self.regularization, "regularization", low=0.0)
+        check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
+        check_real(self.max_coefficient, "max_coefficient", low=1.0, low_open=True)
 
     def stopping_rules(self, kind):
         """``(stagnation_window, divergence_factor)``: see the class parameters."""

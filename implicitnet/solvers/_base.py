@@ -174,42 +174,6 @@ class AbstractIterativeSolver(AbstractSolver):
         )
 
 
-def _check_real(
-    value: Any,
-    name: str,
-    *,
-    low: float | None = None,
-    high=None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    """Raise a clear error unless `value` is a real number in the given interval."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"`{name}` must be a real number, got {value!r}"
-        raise TypeError(msg)
-    ok = value == value
-    if low is not None:
-        ok = ok and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        lo = "-inf" if low is None else repr(low)
-        hi = "inf" if high is None else repr(high)
-        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}"
-        interval += ")" if high_open or high is None else "]"
-        msg = f"`{name}` must lie in {interval}, got {value!r}"
-        raise ValueError(msg)
-
-
-def _check_int(value: Any, name: str, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"`{name}` must be an integer, got {value!r}"
-        raise TypeError(msg)
-    if value < minimum:
-        msg = f"`{name}` must be at least {minimum}, got {value}"
-        raise ValueError(msg)
-
-
 def point_value(g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:
     """``x + g(x)``, i.e. ``f(x)`` for a fixed-point problem.
 

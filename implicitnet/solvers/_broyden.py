@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .._validate import check_int, check_real
 from .._xp import device, is_tensor, row_norms, set_index
 from ._base import (
     AbstractIterativeSolver,
     Step,
-    _check_int,
-    _check_real,
     initial_beta,
 )
 
@@ -187,11 +186,11 @@ class Broyden(AbstractIterativeSolver):
     def __post_init__(self):
         super().__post_init__()
         if self.m is not None:
-            _check_int(self.m, "m", minimum=1)
+            check_int(self.m, "m", minimum=1)
         if self.beta is not None:
-            _check_real(self.beta, "beta", low=0.0, low_open=True)
+            check_real(self.beta, "beta", low=0.0, low_open=True)
         if self.safeguard is not None:
-            _check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
+            check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
         if not isinstance(self.line_search, bool):
             msg = f"`line_search` must be True or False, got {self.line_search!r}"
             raise TypeError(msg)

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._result import Result, Status, status_message
 from .._tree import tree_map
+from .._validate import NonFiniteError
 from .._xp import host_reader, row_norms, untraced
 
 __all__ = ["iterate"]
@@ -437,14 +438,15 @@ def _check_first(problem, r_list, s_list) -> None:
 
 
 def raise_nonfinite_start(problem, bad: list[int]) -> None:
-    """Raise the ``ValueError`` for systems `bad` whose ``f(x0)`` is not finite."""
+    """Raise :class:`~implicitnet._validate.NonFiniteError` (a ``ValueError``) for the
+    systems `bad` whose ``f(x0)`` is not finite."""
     name = "f" if problem.kind == "fixed_point" else "F"
     where = "" if problem.batch_axis is None else f" for systems {sorted(bad)[:10]}"
     msg = (
         f"`{name}(x0)` is not finite (it contains NaN or infinity){where}; "
         f"check `{name}` and the starting point `x0`"
     )
-    raise ValueError(msg)
+    raise NonFiniteError(msg)
 
 
 def _wants_stop(answer: Any) -> bool:

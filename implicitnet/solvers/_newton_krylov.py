@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .._validate import check_int, check_real
 from .._xp import device, row_norms
-from ._base import AbstractIterativeSolver, Step, _check_int, _check_real
+from ._base import AbstractIterativeSolver, Step
 
 __all__ = ["NewtonKrylov"]
 
@@ -120,13 +121,13 @@ class NewtonKrylov(AbstractIterativeSolver):
     def __post_init__(self):
         super().__post_init__()
         if self.restart is not None:
-            _check_int(self.restart, "restart", minimum=1)
+            check_int(self.restart, "restart", minimum=1)
         if self.inner_maxiter is not None:
-            _check_int(self.inner_maxiter, "inner_maxiter", minimum=1)
-        _check_real(self.eta_max, "eta_max", low=0.0, high=1.0, low_open=True, high_open=True)
-        _check_real(self.eta0, "eta0", low=0.0, high=self.eta_max, low_open=True)
+            check_int(self.inner_maxiter, "inner_maxiter", minimum=1)
+        check_real(self.eta_max, "eta_max", low=0.0, high=1.0, low_open=True, high_open=True)
+        check_real(self.eta0, "eta0", low=0.0, high=self.eta_max, low_open=True)
         if self.fd_step is not None:
-            _check_real(self.fd_step, "fd_step", low=0.0, low_open=True)
+            check_real(self.fd_step, "fd_step", low=0.0, low_open=True)
         if not isinstance(self.line_search, bool):
             msg = f"`line_search` must be True or False, got {self.line_search!r}"
             raise TypeError(msg)

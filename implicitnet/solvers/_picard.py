@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._base import AbstractIterativeSolver, Step, _check_real, point_value
+from .._validate import check_real
+from ._base import AbstractIterativeSolver, Step, point_value
 
 __all__ = ["Picard"]
 
@@ -45,7 +46,7 @@ class Picard(AbstractIterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_real(self.damping, "damping", low=0.0, high=1.0, high_open=True)
+        check_real(self.damping, "damping", low=0.0, high=1.0, high_open=True)
 
     def init(self, g, x, gx, *, xp):
         return None
