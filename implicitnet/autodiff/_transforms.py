@@ -19,7 +19,6 @@ from ._core import (
     NODE_PRIM,
     NODE_SAVED,
     NODE_SPEC,
-    Tensor,
     _as_array,
     _new_level,
     _raw,
@@ -27,6 +26,7 @@ from ._core import (
     _Released,
 )
 from ._namespace import differentiable_namespace
+from ._tensor import Tensor
 
 __all__ = ["grad", "value_and_grad", "vjp"]
 
