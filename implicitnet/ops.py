@@ -6,46 +6,24 @@ signatures are the array API's; ``linalg`` holds ``solve`` and ``vector_norm`` (
 linear-algebra functions of the main namespace, as in the array API's ``linalg``
 extension).
 
-The functions are those of the primitive registry
-(:func:`implicitnet.autodiff.differentiable_functions`): a primitive declared with
-``primitive(export=True)`` is here under its name, also when it is declared after this
-module was imported.
+The functions are those that the primitive registry exports
+(:func:`implicitnet.autodiff.differentiable_functions`): a primitive of implicitnet
+declared with ``primitive(export=True)`` is here under its name, with no other edit.
 """
 
-import types as _types
+from types import SimpleNamespace as _SimpleNamespace
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .autodiff import differentiable_functions as _functions
 
-
-def _lookup(extension: str, name: str):
-    fn = _functions(extension).get(name)
-    if fn is None:
-        where = "implicitnet.ops" + (f".{extension}" if extension else "")
-        msg = f"module {where!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    return fn
-
-
-def __getattr__(name: str):
-    return _lookup("", name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_functions()})
-
-
-def _extension(name: str) -> _types.ModuleType:
-    """The differentiable functions of the array API's extension `name`, as a module."""
-    module = _types.ModuleType(f"{__name__}.{name}", f"``{name}`` of :mod:`implicitnet.ops`.")
-    module.__dict__.update(_functions(name))
-    module.__getattr__ = lambda attr: _lookup(name, attr)
-    module.__dir__ = lambda: sorted({*_functions(name), *vars(module)})
-    return module
-
-
-# add, subtract, ..., getitem, unbroadcast: module attributes, as fast as an import
+# add, subtract, ..., getitem, unbroadcast: module attributes, as if imported one by one
 globals().update(_functions())
 
 #: ``ops.linalg.solve``, ``ops.linalg.vector_norm`` (and the linear-algebra functions
 #: of the main namespace), as in the array API's ``linalg`` extension.
-linalg = _extension("linalg")
+linalg = _SimpleNamespace(**_functions("linalg"))
+
+if _TYPE_CHECKING:  # for static checkers, which cannot see the names set above
+    from typing import Any
+
+    def __getattr__(name: str) -> Any: ...
