@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import operator
 
 from .._xp import device as _device
 from ._core import (
@@ -228,16 +229,24 @@ def maximum(x1, x2, /, *, xp):
     return xp.maximum(x1, x2)
 
 
-@defvjp(maximum, save_output=False)
-def _maximum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
-    # ties split the cotangent evenly; masks compare the raw values (a raw
-    # array-api-strict array refuses a Tensor on its right)
+def _select_vjp(ct, ans, x1, x2, first_wins, needs_grad):
+    """The VJP of an elementwise choice between `x1` and `x2` (``maximum``, ``minimum``).
+
+    The cotangent goes where ``first_wins(x1, x2)`` says, split evenly on ties; the
+    masks compare the raw values (a raw array-api-strict array refuses a Tensor on its
+    right).
+    """
     dtype = ans.dtype
     r1, r2 = _raw(x1), _raw(x2)
-    w1 = _float_mask(r1 > r2, dtype) + 0.5 * _float_mask(r1 == r2, dtype)
+    w1 = _float_mask(first_wins(r1, r2), dtype) + 0.5 * _float_mask(r1 == r2, dtype)
     g1 = unbroadcast(multiply(ct, w1), x1) if needs_grad[0] else None
     g2 = unbroadcast(multiply(ct, 1.0 - w1), x2) if needs_grad[1] else None
     return g1, g2
+
+
+@defvjp(maximum, save_output=False)
+def _maximum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    return _select_vjp(ct, ans, x1, x2, operator.gt, needs_grad)
 
 
 @primitive(export=True)
@@ -247,12 +256,7 @@ def minimum(x1, x2, /, *, xp):
 
 @defvjp(minimum, save_output=False)
 def _minimum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
-    dtype = ans.dtype
-    r1, r2 = _raw(x1), _raw(x2)
-    w1 = _float_mask(r1 < r2, dtype) + 0.5 * _float_mask(r1 == r2, dtype)
-    g1 = unbroadcast(multiply(ct, w1), x1) if needs_grad[0] else None
-    g2 = unbroadcast(multiply(ct, 1.0 - w1), x2) if needs_grad[1] else None
-    return g1, g2
+    return _select_vjp(ct, ans, x1, x2, operator.lt, needs_grad)
 
 
 @primitive(export=True)

@@ -210,20 +210,15 @@ class Tensor(AbstractTensor):
         return f"Tensor({_raw(self)!r}, {kind})"
 
     # --- operators -------------------------------------------------------------------
-    # The primitives are plain functions, so they bind as methods: `t + x` is add(t, x).
-    __add__ = _ops.add
-    __sub__ = _ops.subtract
-    __mul__ = _ops.multiply
-    __truediv__ = _ops.divide
-    __pow__ = _ops.pow
-    __matmul__ = _ops.matmul
+    # The primitives are plain functions, so they bind as methods: `t + x` is add(t, x),
+    # and `x + t` is add(x, t).
+    __add__, __radd__ = _ops.add, _reflected(_ops.add)
+    __sub__, __rsub__ = _ops.subtract, _reflected(_ops.subtract)
+    __mul__, __rmul__ = _ops.multiply, _reflected(_ops.multiply)
+    __truediv__, __rtruediv__ = _ops.divide, _reflected(_ops.divide)
+    __pow__, __rpow__ = _ops.pow, _reflected(_ops.pow)
+    __matmul__, __rmatmul__ = _ops.matmul, _reflected(_ops.matmul)
     __neg__ = _ops.negative
-    __radd__ = _reflected(_ops.add)
-    __rsub__ = _reflected(_ops.subtract)
-    __rmul__ = _reflected(_ops.multiply)
-    __rtruediv__ = _reflected(_ops.divide)
-    __rpow__ = _reflected(_ops.pow)
-    __rmatmul__ = _reflected(_ops.matmul)
 
     def __pos__(self):
         return self
@@ -257,16 +252,13 @@ class Tensor(AbstractTensor):
     __le__ = _on_values(operator.le)
     __gt__ = _on_values(operator.gt)
     __ge__ = _on_values(operator.ge)
-    __and__ = _on_values(operator.and_)
-    __or__ = _on_values(operator.or_)
-    __xor__ = _on_values(operator.xor)
-    __rand__ = _on_values(lambda a, b: b & a)
-    __ror__ = _on_values(lambda a, b: b | a)
-    __rxor__ = _on_values(lambda a, b: b ^ a)
 
     def __invert__(self):
         return ~_raw(self)
 
+    __and__, __rand__ = _on_values(operator.and_), _on_values(lambda a, b: b & a)
+    __or__, __ror__ = _on_values(operator.or_), _on_values(lambda a, b: b | a)
+    __xor__, __rxor__ = _on_values(operator.xor), _on_values(lambda a, b: b ^ a)
     __floordiv__ = _not_differentiable("floor_divide", operator.floordiv)
     __rfloordiv__ = _not_differentiable("floor_divide", lambda a, b: b // a)
     __mod__ = _not_differentiable("remainder", operator.mod)
