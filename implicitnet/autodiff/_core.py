@@ -473,6 +473,9 @@ _ALSO_IN_EXTENSION = {"linalg": ("matmul", "matrix_transpose", "tensordot", "vec
 #: ``"linalg.solve"``): primitives declared with ``export=True`` and the composites of
 #: `export`. :mod:`implicitnet.ops` and the differentiable namespace serve these.
 _EXPORTS: dict[str, Callable] = {}
+#: What is built from `_EXPORTS` (the differentiable namespaces, by backend), emptied
+#: when a function is exported, so that it is built again with the new function.
+_BUILT_FROM_EXPORTS: dict = {}
 
 
 def export(fun: Callable | None = None, *, name: str | None = None):
@@ -509,6 +512,7 @@ def _export(fun: Callable, name: str) -> None:
         )
         raise ValueError(msg)
     _EXPORTS[name] = fun  # the same definition again: a module that was reloaded
+    _BUILT_FROM_EXPORTS.clear()
 
 
 def _definition(fun) -> tuple[str, str]:

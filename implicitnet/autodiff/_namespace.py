@@ -5,8 +5,8 @@ replaced by it. The differentiable versions are those the primitive registry exp
 (``primitive(export=True)`` and ``export``, see :mod:`._ops`): the main namespace
 serves the exported names that the backend's namespace has, and each extension
 (``linalg``, ``fft``) the names qualified by it (``"linalg.solve"``) and the main
-ones that the standard repeats there (``matmul`` in ``linalg``). A function exported
-after a namespace was made is found on first use.
+ones that the standard repeats there (``matmul`` in ``linalg``). Exporting a function
+drops the namespaces made so far, so that the next ``__array_namespace__()`` has it.
 
 Every other name of the backend namespace passes through: tensor arguments are
 unwrapped and the result is a plain array. Names with no useful derivative
@@ -20,7 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import _ops
-from ._core import EXTENSIONS, AbstractTensor, _unwrap_all, differentiable_functions
+from ._core import (
+    _BUILT_FROM_EXPORTS,
+    EXTENSIONS,
+    AbstractTensor,
+    _unwrap_all,
+    differentiable_functions,
+)
 
 __all__ = ["DifferentiableNamespace", "differentiable_namespace"]
 
@@ -146,7 +152,8 @@ class DifferentiableNamespace(_PassThroughNamespace):
         )
 
 
-_CACHE: dict[int, DifferentiableNamespace] = {}
+# by id of the backend namespace; emptied when a function is exported
+_CACHE: dict[int, DifferentiableNamespace] = _BUILT_FROM_EXPORTS
 
 
 def differentiable_namespace(backend) -> DifferentiableNamespace:
