@@ -84,7 +84,7 @@ def _passthrough(fun, name: str, differentiable_in_principle: bool):
 
 
 class _PassThroughNamespace:
-    """The backend namespace `backend` (or one of its extensions), differentiable.
+    """Common part: the backend namespace `backend` (or an extension), differentiable.
 
     The differentiable functions are set as attributes when the namespace is made;
     any other name is looked up on first use (a function exported since, or the
@@ -101,7 +101,7 @@ class _PassThroughNamespace:
         for ext in () if extension else EXTENSIONS:
             sub = getattr(backend, ext, None)
             if sub is not None:
-                setattr(self, ext, _PassThroughNamespace(sub, ext, f"{name}.{ext}"))
+                setattr(self, ext, _Extension(sub, ext, f"{name}.{ext}"))
 
     def _differentiable(self) -> dict:
         """The differentiable functions this namespace serves, by name."""
@@ -123,6 +123,10 @@ class _PassThroughNamespace:
 
     def __repr__(self) -> str:
         return f"<differentiable namespace {self.__name__}>"
+
+
+class _Extension(_PassThroughNamespace):
+    """An extension of a differentiable namespace: ``xp.linalg``, ``xp.fft``."""
 
 
 def _is_dtype(obj) -> bool:

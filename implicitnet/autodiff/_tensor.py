@@ -3,8 +3,9 @@
 The tape itself (trace levels, nodes, primitives) is :mod:`._core`; the primitives are
 :mod:`._ops`. This module puts the two together as an array-like class whose operators
 are those primitives, and whose ``__array_namespace__()`` is the differentiable
-namespace (:mod:`._namespace`). It is the top of the chain
-``_core <- _ops <- _namespace <- _tensor``: nothing below imports it.
+namespace (:mod:`._namespace`). The imports run one way,
+``_core <- _ops <- _namespace <- _tensor <- _transforms, _summary``: nothing below this
+module imports it, and nothing is attached to the class from outside.
 """
 
 from __future__ import annotations
