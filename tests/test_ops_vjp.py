@@ -385,24 +385,27 @@ def _(draw, rng, xp):
     return (lambda x, w: nn.conv2d(x, w, **conf)), (normal(rng, xs), normal(rng, ws)), (0, 1)
 
 
-@case("conv2d_input_grad")
-def _(draw, rng, xp):
-    xs, ws, ys, conf = _conv_problem(draw)
-    return (
-        (lambda g, w: nn.conv2d_input_grad(g, w, x_shape=xs, **conf)),
-        (normal(rng, ys), normal(rng, ws)),
-        (0, 1),
-    )
+def _conv_transpose_case(name):
+    """``conv2d_input_grad(g, w, x_shape=...)`` or ``conv2d_weight_grad(g, x, w_shape=...)``."""
+
+    def make(draw, rng, xp):
+        xs, ws, ys, conf = _conv_problem(draw)
+        if name == "conv2d_input_grad":
+            other, static = ws, {"x_shape": xs}
+        else:
+            other, static = xs, {"w_shape": ws}
+        fn = getattr(nn, name)
+        return (
+            (lambda g, a: fn(g, a, **static, **conf)),
+            (normal(rng, ys), normal(rng, other)),
+            (0, 1),
+        )
+
+    return make
 
 
-@case("conv2d_weight_grad")
-def _(draw, rng, xp):
-    xs, ws, ys, conf = _conv_problem(draw)
-    return (
-        (lambda g, x: nn.conv2d_weight_grad(g, x, w_shape=ws, **conf)),
-        (normal(rng, ys), normal(rng, xs)),
-        (0, 1),
-    )
+for _name in ("conv2d_input_grad", "conv2d_weight_grad"):
+    case(_name)(_conv_transpose_case(_name))
 
 
 # ----------------------------------------------------------------------------------
