@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import gc
 import itertools
 import tracemalloc
+from pathlib import Path
 from typing import NamedTuple
 
 import array_api_compat
@@ -699,3 +701,43 @@ def test_vjp_has_aux(xp):
     assert_close(vjp_fn(xp.ones(2))[0], xp.asarray([3.0, 3.0]), xp=xp)
     with pytest.raises(TypeError, match="pair"):
         inet.vjp(lambda x: x, x, has_aux=True)
+
+
+# --- structure -----------------------------------------------------------------------
+
+
+def _autodiff_imports() -> dict[str, set[str]]:
+    """For each module of ``implicitnet.autodiff``, the sibling modules it imports."""
+    package = Path(inet.autodiff.__file__).parent
+    graph = {}
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        deps = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            if node not in tree.body:  # no module needs a deferred import any more
+                pytest.fail(f"{path.name}:{node.lineno}: an import that is not at module level")
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                # `from ._core import x` names a module, `from . import _ops` the names
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = deps
+    return graph
+
+
+def test_autodiff_imports_have_no_cycle():
+    # Tensor's operators are defined in its class body, on the primitives; nothing is
+    # attached from below. So the modules form a chain
+    # _core <- _ops <- _namespace <- _tensor <- _transforms, _summary.
+    graph = _autodiff_imports()
+    assert graph["_core"] == set(), graph["_core"]
+    order = []
+    pending = dict(graph)
+    while pending:
+        ready = sorted(m for m, deps in pending.items() if deps <= set(order))
+        assert ready, f"import cycle among {sorted(pending)}: {pending}"
+        order += ready
+        for m in ready:
+            del pending[m]
+    assert order.index("_ops") < order.index("_tensor") < order.index("_transforms")
+    assert "__add__" in vars(inet.Tensor) and "__radd__" in vars(inet.Tensor)

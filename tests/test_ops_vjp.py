@@ -438,6 +438,27 @@ def test_every_primitive_has_a_case():
     assert not no_rule, f"primitives without a VJP rule: {no_rule}"
 
 
+#: Exported functions of implicitnet that are not primitives of their own, and why.
+NOT_PRIMITIVES = {
+    "unbroadcast": "a helper of VJP rules, made of sum, reshape and astype",
+}
+
+
+def test_every_exported_function_has_a_case():
+    """What the differentiable namespace and ``implicitnet.ops`` serve is tested here.
+
+    Both are derived from the registry's exports, primitives and the wrappers that give
+    them their array-API signatures (``reshape``, ``linalg.vector_norm``), so the table
+    is checked against the exports too, each under its qualified name.
+    """
+    exported = {
+        name for name, fn in _core._EXPORTS.items() if fn.__module__.startswith("implicitnet.")
+    }
+    assert {"add", "reshape", "linalg.solve", "linalg.vector_norm"} <= exported, exported
+    missing = sorted(exported - set(CASES) - set(NOT_PRIMITIVES))
+    assert not missing, f"exported functions without an entry in CASES: {missing}"
+
+
 def _draw_case(xp, name, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     fun, args, argnums = CASES[name](data.draw, rng, xp)

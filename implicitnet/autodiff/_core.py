@@ -1,4 +1,4 @@
-"""The core of the reverse-mode autodiff: ``Tensor`` boxes and primitives.
+"""The core of the reverse-mode autodiff: the tape, tensor boxes and primitives.
 
 A ``Tensor`` wraps one value and belongs to one *trace*, identified by an integer
 level. Every transform (``vjp``, ``grad``, ...) opens a new trace with a level larger
@@ -32,8 +32,11 @@ from typing import Any
 import array_api_compat
 
 __all__ = [
-    "Tensor",
+    "EXTENSIONS",
+    "AbstractTensor",
     "defvjp",
+    "differentiable_functions",
+    "export",
     "nondifferentiable",
     "primitive",
     "stop_gradient",
@@ -49,68 +52,27 @@ def _new_level() -> int:
     return next(_levels)
 
 
-class Tensor:
-    """An array that records the operations applied to it, for reverse-mode autodiff.
+class AbstractTensor:
+    """What the tape knows of a tensor: the value it wraps, its trace level, its node.
 
-    A ``Tensor`` wraps one backend array (or, under nested transforms, a ``Tensor`` of an
-    outer trace). It behaves like an array-API array: it has ``shape``, ``dtype``,
-    ``device``, ``ndim``, ``size``, ``T`` and ``mT``, the arithmetic operators in both
-    operand orders, comparisons (which return plain boolean arrays) and indexing, and
-    ``__array_namespace__()`` returns implicitnet's differentiable namespace for its
-    backend. Tensors are immutable.
-
-    Tensors are created by the transforms (:func:`grad`, :func:`value_and_grad`,
-    :func:`vjp`); ``Tensor(x)`` builds a *constant* tensor, which records nothing.
-
-    Notes
-    -----
-    **Operand order with raw arrays.** A tensor's operators accept raw arrays and Python
-    scalars on either side, and so do the functions of the differentiable namespace
-    (``xp.multiply(raw, t)``, ``implicitnet.ops.add(raw, t)``, ...). ``raw + t`` with
-    the raw array on the *left* works on NumPy and CuPy (the tensor's
-    ``__array_ufunc__`` turns NumPy's operator into the tensor's reflected one; any
-    other NumPy function applied to a traced tensor raises ``TypeError`` saying to use
-    the differentiable namespace), but **not on
-    array-api-strict**: its operators raise ``TypeError`` for a foreign operand
-    instead of returning ``NotImplemented``, so Python never asks the tensor. Inside
-    the transforms this cannot happen with the function's arguments, because
-    :func:`grad`, :func:`value_and_grad`, :func:`vjp` and
-    :func:`~implicitnet.testing.check_grads` wrap every array argument as a tensor
-    (constant for the ones not differentiated). It can happen with raw arrays that the
-    function gets in another way (a closure, a global, a value made with a creation
-    function such as ``xp.ones``): with array-api-strict, put such arrays on the
-    *right* of an operator (``t * raw``, ``t - raw``), or call the namespace function
-    (``xp.subtract(raw, t)``), or wrap them as ``Tensor(raw)``. VJP rules follow the
-    same rule (they are written with :mod:`implicitnet.ops` functions), which is what
-    makes grad-of-grad work on array-api-strict.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import implicitnet as inet
-    >>> inet.grad(lambda x: inet.ops.sum(x * x))(np.array([1.0, 2.0]))
-    array([2., 4.])
+    The array interface and the operators are those of the one concrete subclass,
+    :class:`~implicitnet.autodiff.Tensor` (``_tensor.py``), built on the primitives of
+    ``_ops.py``, which are built on this module. Defining that subclass makes it
+    `_Tensor` here, so that the machinery recognises tensors with
+    ``type(x) is _Tensor``: the cheapest test there is, which every primitive runs on
+    every argument of every call (``isinstance`` makes a primitive on small raw arrays
+    about 12 % slower).
     """
 
     __slots__ = ("_implicitnet_data", "_level", "_node")
 
-    _implicitnet_tensor = True
-    __array_priority__ = 1000
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        # NumPy calls this for ``raw op tensor`` (its operators are ufuncs) and for a
-        # NumPy function applied to a tensor. The first is the tensor's own operator;
-        # the second would leave the tape, so it is refused with a pointer to the
-        # differentiable namespace.
-        name = ufunc.__name__.removeprefix("cupy_")  # CuPy's ufuncs are "cupy_add", ...
-        names = _UFUNC_OPERATORS.get(name)
-        if names is not None and method == "__call__" and not kwargs and len(inputs) == 2:
-            a, b = inputs
-            if type(a) is Tensor:
-                return getattr(a, names[0])(b)
-            return getattr(b, names[1])(a)
-        what = name if method == "__call__" else f"{name}.{method}"
-        raise TypeError(_numpy_message(f"numpy.{what}"))
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        global _Tensor
+        if _Tensor is not AbstractTensor and _definition(_Tensor) != _definition(cls):
+            msg = f"`{_Tensor.__qualname__}` is final: it cannot be subclassed"
+            raise TypeError(msg)
+        _Tensor = cls
 
     def __init__(self, data, level: int = 0, node=None):
         self._implicitnet_data = data
@@ -119,147 +81,22 @@ class Tensor:
         # for a constant
         self._node = node if node is not None or level == 0 else _leaf_node()
 
-    # --- array attributes -------------------------------------------------------
-    @property
-    def shape(self) -> tuple:
-        return tuple(self._implicitnet_data.shape)
 
-    @property
-    def dtype(self):
-        return self._implicitnet_data.dtype
-
-    @property
-    def ndim(self) -> int:
-        return self._implicitnet_data.ndim
-
-    @property
-    def size(self) -> int:
-        # array-api-compat's size(): a torch tensor's own ``.size`` is a method
-        return array_api_compat.size(self._implicitnet_data)
-
-    @property
-    def device(self):
-        data = self._implicitnet_data
-        if type(data) is Tensor:
-            return data.device
-        return array_api_compat.device(data)
-
-    @property
-    def traced(self) -> bool:
-        """Whether this tensor belongs to a trace (``False`` for constants)."""
-        return self._level > 0
-
-    def __array_namespace__(self, api_version=None):
-        from ._namespace import differentiable_namespace
-
-        return differentiable_namespace(_raw_namespace((_raw(self),)))
-
-    # --- conversions to Python numbers ----------------------------------------------
-    def _scalar(self):
-        raw = _raw(self)
-        if raw.ndim != 0:
-            if array_api_compat.size(raw) != 1:
-                msg = (
-                    f"only size-1 tensors can be converted to Python scalars, got shape "
-                    f"{tuple(raw.shape)}"
-                )
-                raise TypeError(msg)
-            raw = _raw_namespace((raw,)).reshape(raw, ())
-        return raw
-
-    def __float__(self) -> float:
-        return float(self._scalar())
-
-    def __int__(self) -> int:
-        return int(self._scalar())
-
-    def __bool__(self) -> bool:
-        return bool(self._scalar())
-
-    def __complex__(self) -> complex:
-        return complex(self._scalar())
-
-    def __len__(self) -> int:
-        if self.ndim == 0:
-            msg = "len() of a 0-d tensor"
-            raise TypeError(msg)
-        return self.shape[0]
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i, ...]
-
-    # --- interop -------------------------------------------------------------------
-    def __dlpack__(self, *args, **kwargs):
-        return _raw(self).__dlpack__(*args, **kwargs)
-
-    def __dlpack_device__(self):
-        return _raw(self).__dlpack_device__()
-
-    def __array__(self, dtype=None, copy=None):
-        if self._level:
-            # A traced value turned into a NumPy array loses its gradient silently.
-            raise TypeError(_numpy_message("a NumPy conversion"))
-        raw = _raw(self)
-        if not hasattr(raw, "__array__"):
-            msg = f"cannot convert a tensor of {type(raw).__module__} to a NumPy array"
-            raise TypeError(msg)
-        return raw.__array__() if dtype is None else raw.__array__(dtype)
-
-    def __setitem__(self, key, value):
-        msg = (
-            "implicitnet tensors are immutable: build a new array instead, e.g. "
-            "`xp.where(mask, value, x)` or `xp.concat(...)`"
-        )
-        raise TypeError(msg)
-
-    def __repr__(self) -> str:
-        kind = f"level={self._level}" if self._level else "constant"
-        return f"Tensor({_raw(self)!r}, {kind})"
-
-    __hash__ = None  # like arrays: == is elementwise
-
-
-# NumPy ufuncs behind the operators, and the tensor methods for each operand order
-# (``a < t`` reflects to ``t > a``).
-_UFUNC_OPERATORS = {
-    "add": ("__add__", "__radd__"),
-    "subtract": ("__sub__", "__rsub__"),
-    "multiply": ("__mul__", "__rmul__"),
-    "divide": ("__truediv__", "__rtruediv__"),
-    "true_divide": ("__truediv__", "__rtruediv__"),
-    "floor_divide": ("__floordiv__", "__rfloordiv__"),
-    "remainder": ("__mod__", "__rmod__"),
-    "power": ("__pow__", "__rpow__"),
-    "matmul": ("__matmul__", "__rmatmul__"),
-    "equal": ("__eq__", "__eq__"),
-    "not_equal": ("__ne__", "__ne__"),
-    "less": ("__lt__", "__gt__"),
-    "less_equal": ("__le__", "__ge__"),
-    "greater": ("__gt__", "__lt__"),
-    "greater_equal": ("__ge__", "__le__"),
-}
-
-
-def _numpy_message(what: str) -> str:
-    return (
-        f"{what} was applied to an implicitnet Tensor (a value under `grad`/`vjp`); "
-        "NumPy cannot record it, so its gradient would be lost. Write the function "
-        "with the namespace of its inputs, `xp = inet.namespace(z)` and then `xp.tanh(z)`, "
-        "`xp.sum(z)`, ..., or with `implicitnet.ops` (`inet.ops.tanh(z)`)"
-    )
+#: The concrete tensor class (see `AbstractTensor`), this placeholder until it is defined:
+#: read it here at call time; import `Tensor` from ``_tensor``.
+_Tensor: type = AbstractTensor
 
 
 def _raw(x):
     """The backend array under any number of tensor boxes."""
-    while type(x) is Tensor:
+    while type(x) is _Tensor:
         x = x._implicitnet_data
     return x
 
 
 def _unwrap_all(x):
     """`x` with every tensor replaced by its backend array (recursing into lists/tuples)."""
-    if type(x) is Tensor:
+    if type(x) is _Tensor:
         return _raw(x)
     if type(x) is tuple or type(x) is list:
         return type(x)(_unwrap_all(a) for a in x)
@@ -286,7 +123,7 @@ def _as_array(x):
         return x
     if t in _NUMPY_SCALAR_TYPES:
         return x[...]  # a NumPy scalar indexed with ``...`` is a 0-d ndarray
-    if t is Tensor or t in _SCALAR_TYPES or x is None:
+    if t is _Tensor or t in _SCALAR_TYPES or x is None:
         return x
     if array_api_compat.is_numpy_array(x) and type(x[...]) is not t:
         _NUMPY_SCALAR_TYPES.add(t)
@@ -305,7 +142,7 @@ def _raw_namespace(args):
             return ns
         if a is None or t in _SCALAR_TYPES:
             continue
-        if t is Tensor:
+        if t is _Tensor:
             return _raw_namespace((_raw(a),))
         if t is tuple or t is list:
             if a:
@@ -469,7 +306,7 @@ _REGISTRY: list[_Primitive] = []
 
 def _unbox_at(a, top: int):
     """`a` as a primitive of trace `top` computes with it (one box removed, or none)."""
-    if type(a) is Tensor and (a._level == top or a._level == 0):
+    if type(a) is _Tensor and (a._level == top or a._level == 0):
         return a._implicitnet_data
     return a
 
@@ -487,8 +324,8 @@ def _apply(rec: _Primitive, args: tuple, kwargs: dict):
         needs = _ONE_INPUT
     elif nargs == 2:
         a1, a2 = args
-        l1 = a1._level if type(a1) is Tensor else -1  # -1: not a tensor
-        l2 = a2._level if type(a2) is Tensor else -1
+        l1 = a1._level if type(a1) is _Tensor else -1  # -1: not a tensor
+        l2 = a2._level if type(a2) is _Tensor else -1
         top = l1 if l1 > l2 else l2
         unboxed = [
             a1._implicitnet_data if l1 == top or l1 == 0 else a1,
@@ -498,14 +335,14 @@ def _apply(rec: _Primitive, args: tuple, kwargs: dict):
     else:
         top = 0
         for a in args:
-            if type(a) is Tensor and a._level > top:
+            if type(a) is _Tensor and a._level > top:
                 top = a._level
         unboxed = [_unbox_at(a, top) for a in args]
-        needs = tuple([type(a) is Tensor and a._level == top for a in args])
+        needs = tuple([type(a) is _Tensor and a._level == top for a in args])
     # recurses when a lower-level tensor remains, else computes on raw arrays
     ans = rec.wrapper(*unboxed, **kwargs)
     if top == 0:
-        return Tensor(ans)
+        return _Tensor(ans)
     if rec.vjp is None:
         msg = f"`{rec.name}` has no VJP rule: it is not differentiable (yet)"
         raise NotImplementedError(msg)
@@ -536,10 +373,10 @@ def _apply(rec: _Primitive, args: tuple, kwargs: dict):
     # An output the rule does not read is not kept: its stand-in is made when needed,
     # from a consumer (which holds the value or its stand-in) or from the output itself.
     node = [rec, parents, unboxed, ans if keep_out else _UNKEPT, kwargs, needs, None]
-    return Tensor(ans, top, node)
+    return _Tensor(ans, top, node)
 
 
-def primitive(fun: Callable | None = None, *, name: str | None = None):
+def primitive(fun: Callable | None = None, *, name: str | None = None, export: bool = False):
     """Declare `fun`, a function on backend arrays, as a differentiable primitive.
 
     The returned function accepts raw arrays (and then calls `fun` directly) or
@@ -555,7 +392,19 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
         ``fun(*arrays, **static)`` computing on backend arrays.
     name : str, optional
         Name used in error messages and the primitive registry. Default:
-        ``fun.__name__``.
+        ``fun.__name__``. With `export`, the array-API name, qualified by its extension
+        where it has one (``"linalg.solve"``).
+    export : bool, default: False
+        Whether the primitive is also the function `name` of the differentiable
+        namespace (``xp = array_namespace(tensor)``, then ``xp.<name>`` or
+        ``xp.linalg.<name>``) and of :mod:`implicitnet.ops`. For a function of the
+        array API whose derivative implicitnet does not have yet.
+
+    Raises
+    ------
+    ValueError
+        With `export`, if another function already has that name, or the name is not
+        an identifier (optionally after ``"linalg."`` or ``"fft."``).
 
     Returns
     -------
@@ -576,8 +425,10 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
     array([ 3., 12.])
     """
     if fun is None:
-        return lambda f: primitive(f, name=name)
+        return lambda f: primitive(f, name=name, export=export)
     rec = _Primitive(fun, name or fun.__name__)
+    if export:
+        _check_export_name(rec.name)
 
     # On raw arrays a primitive is `fun` itself, plus one set lookup on the type of its
     # answer (NumPy scalars become 0-d arrays, see `_as_array`).
@@ -586,7 +437,7 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
 
         def wrapper(*args, **kwargs):
             for a in args:
-                if type(a) is Tensor:
+                if type(a) is _Tensor:
                     return _apply(rec, args, kwargs)
             out = fun(*args, xp=_raw_namespace(args), **kwargs)
             return out if type(out) in array_types else _as_array(out)
@@ -595,7 +446,7 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
 
         def wrapper(*args, **kwargs):
             for a in args:
-                if type(a) is Tensor:
+                if type(a) is _Tensor:
                     return _apply(rec, args, kwargs)
             out = fun(*args, **kwargs)
             return out if type(out) in array_types else _as_array(out)
@@ -608,7 +459,103 @@ def primitive(fun: Callable | None = None, *, name: str | None = None):
     wrapper._implicitnet_primitive = rec
     rec.wrapper = wrapper
     _REGISTRY.append(rec)
+    if export:
+        _export(wrapper, rec.name)
     return wrapper
+
+
+#: The array API's extension sub-namespaces: where a qualified exported name may live.
+EXTENSIONS = ("linalg", "fft")
+#: Functions of the main namespace that the standard repeats in an extension.
+_ALSO_IN_EXTENSION = {"linalg": ("matmul", "matrix_transpose", "tensordot", "vecdot")}
+
+#: The differentiable functions of the array API, by qualified name (``"exp"``,
+#: ``"linalg.solve"``): primitives declared with ``export=True`` and the composites of
+#: `export`. :mod:`implicitnet.ops` and the differentiable namespace serve these.
+_EXPORTS: dict[str, Callable] = {}
+#: What is built from `_EXPORTS` (the differentiable namespaces, by backend), emptied
+#: when a function is exported, so that it is built again with the new function.
+_BUILT_FROM_EXPORTS: dict = {}
+
+
+def export(fun: Callable | None = None, *, name: str | None = None):
+    """Make `fun` the differentiable array-API function `name`; use as a decorator.
+
+    For a composite of primitives that gives a primitive its array-API signature (the
+    primitive takes static arguments as keywords; ``reshape(x, shape)`` does not). A
+    primitive that has that signature itself is declared with ``primitive(export=True)``.
+    """
+    if fun is None:
+        return lambda f: export(f, name=name)
+    name = name or fun.__name__
+    _check_export_name(name)
+    _export(fun, name)
+    return fun
+
+
+def _check_export_name(name: str) -> None:
+    sub, _, base = name.rpartition(".")
+    if not base.isidentifier() or (sub and sub not in EXTENSIONS):
+        msg = (
+            f"an exported function's name must be an identifier, optionally qualified by "
+            f"an extension of the array API ({', '.join(EXTENSIONS)}), got {name!r}"
+        )
+        raise ValueError(msg)
+
+
+def _export(fun: Callable, name: str) -> None:
+    old = _EXPORTS.get(name)
+    if old is not None and _definition(old) != _definition(fun):
+        msg = (
+            f"`{name}` is already a differentiable function ({'.'.join(_definition(old))}); "
+            "choose another name"
+        )
+        raise ValueError(msg)
+    _EXPORTS[name] = fun  # the same definition again: a module that was reloaded
+    _BUILT_FROM_EXPORTS.clear()
+
+
+def _definition(fun) -> tuple[str, str]:
+    fun = getattr(fun, "__wrapped__", fun)
+    return (str(getattr(fun, "__module__", "")), str(getattr(fun, "__qualname__", "")))
+
+
+def differentiable_functions(extension: str = "") -> dict[str, Callable]:
+    """The differentiable array-API functions, by name: what ``implicitnet.ops`` holds.
+
+    Every primitive declared with ``primitive(export=True)``, and every composite of
+    primitives that implicitnet exports with the array API's signature, from the
+    primitive registry as it is now (a primitive defined later is in a later call).
+
+    Parameters
+    ----------
+    extension : str, default: ""
+        ``""`` for the functions of the main namespace; ``"linalg"`` or ``"fft"`` for
+        those of that extension, by their names in it (with the main functions that
+        the standard repeats there, such as ``linalg.matmul``).
+
+    Returns
+    -------
+    dict
+        Name to function.
+
+    Examples
+    --------
+    >>> import implicitnet as inet
+    >>> fns = inet.autodiff.differentiable_functions()
+    >>> fns["tanh"] is inet.ops.tanh
+    True
+    >>> sorted(inet.autodiff.differentiable_functions("linalg"))
+    ['matmul', 'matrix_transpose', 'solve', 'tensordot', 'vecdot', 'vector_norm']
+    """
+    if not extension:
+        return {name: fun for name, fun in _EXPORTS.items() if "." not in name}
+    prefix = extension + "."
+    also = _ALSO_IN_EXTENSION.get(extension, ())
+    return {
+        **{n: f for n, f in _EXPORTS.items() if n in also},
+        **{n.removeprefix(prefix): f for n, f in _EXPORTS.items() if n.startswith(prefix)},
+    }
 
 
 def defvjp(prim: Callable, *, save_inputs: Any = "all", save_output: Any = True):
@@ -712,6 +659,6 @@ def stop_gradient(x):
     >>> inet.grad(lambda x: inet.ops.sum(x * inet.stop_gradient(x)))(np.array([3.0]))
     array([3.])
     """
-    if type(x) is Tensor:
-        return Tensor(_raw(x))
+    if type(x) is _Tensor:
+        return _Tensor(_raw(x))
     return x

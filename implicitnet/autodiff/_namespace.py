@@ -1,11 +1,18 @@
 """The differentiable array-API namespace: what ``Tensor.__array_namespace__`` returns.
 
-Differentiable functions come from :mod:`implicitnet.autodiff._ops`. Every other name
-of the backend namespace passes through: tensor arguments are unwrapped and the result
-is a plain array. Names with no useful derivative (comparisons, ``argmax``,
-``isfinite``, creation functions, ...) pass through silently; any other function whose
-derivative is not implemented raises ``NotImplementedError`` naming it when it meets a
-traced tensor (instead of silently dropping the gradient).
+It is the backend's namespace with every function that has a differentiable version
+replaced by it. The differentiable versions are those the primitive registry exports
+(``primitive(export=True)`` and ``export``, see :mod:`._ops`): the main namespace
+serves the exported names that the backend's namespace has, and each extension
+(``linalg``, ``fft``) the names qualified by it (``"linalg.solve"``) and the main
+ones that the standard repeats there (``matmul`` in ``linalg``). Exporting a function
+drops the namespaces made so far, so that the next ``__array_namespace__()`` has it.
+
+Every other name of the backend namespace passes through: tensor arguments are
+unwrapped and the result is a plain array. Names with no useful derivative
+(comparisons, ``argmax``, ``isfinite``, creation functions, ...) pass through silently;
+any other function whose derivative is not implemented raises ``NotImplementedError``
+naming it when it meets a traced tensor (instead of silently dropping the gradient).
 """
 
 from __future__ import annotations
@@ -13,29 +20,15 @@ from __future__ import annotations
 from typing import Any
 
 from . import _ops
-from ._core import Tensor, _unwrap_all
+from ._core import (
+    _BUILT_FROM_EXPORTS,
+    EXTENSIONS,
+    AbstractTensor,
+    _unwrap_all,
+    differentiable_functions,
+)
 
 __all__ = ["DifferentiableNamespace", "differentiable_namespace"]
-
-# Differentiable functions of the main namespace.
-_DIFFERENTIABLE = {
-    name: getattr(_ops, name)
-    for name in (
-        "abs add astype broadcast_to clip concat cos divide exp expand_dims expm1 flip "
-        "log log1p logaddexp matmul matrix_transpose max maximum mean min minimum "
-        "multiply negative permute_dims pow prod reshape sin sqrt square squeeze stack "
-        "subtract sum take tanh tensordot vecdot where"
-    ).split()
-}
-
-_LINALG_DIFFERENTIABLE = {
-    "solve": _ops.solve,
-    "vector_norm": _ops.vector_norm,
-    "matmul": _ops.matmul,
-    "matrix_transpose": _ops.matrix_transpose,
-    "tensordot": _ops.tensordot,
-    "vecdot": _ops.vecdot,
-}
 
 # Functions whose derivative is zero or undefined: tensors are unwrapped, no error.
 _NONDIFFERENTIABLE = frozenset(
@@ -53,7 +46,7 @@ _NONDIFFERENTIABLE = frozenset(
 
 
 def _is_traced(x) -> bool:
-    if type(x) is Tensor:
+    if isinstance(x, AbstractTensor):
         return x._level > 0
     if type(x) is tuple or type(x) is list:
         return any(_is_traced(a) for a in x)
@@ -91,21 +84,40 @@ def _passthrough(fun, name: str, differentiable_in_principle: bool):
 
 
 class _PassThroughNamespace:
-    """Common part: attribute lookup falls back to the backend, wrapped once."""
+    """Common part: the backend namespace `backend` (or an extension), differentiable.
 
-    def __init__(self, backend, prefix: str, differentiable: dict):
+    The differentiable functions are set as attributes when the namespace is made;
+    any other name is looked up on first use (a function exported since, or the
+    backend's, wrapped once) and then kept.
+    """
+
+    def __init__(self, backend, extension: str, name: str):
         self.backend_namespace = backend
-        self._prefix = prefix
-        for name, fn in differentiable.items():
-            setattr(self, name, fn)
+        self.__name__ = name
+        self._extension = extension
+        self._prefix = extension + "." if extension else ""
+        for attr, fn in self._differentiable().items():
+            setattr(self, attr, fn)
+        for ext in () if extension else EXTENSIONS:
+            sub = getattr(backend, ext, None)
+            if sub is not None:
+                setattr(self, ext, _Extension(sub, ext, f"{name}.{ext}"))
+
+    def _differentiable(self) -> dict:
+        """The differentiable functions this namespace serves, by name."""
+        candidates = differentiable_functions(self._extension)
+        backend = self.backend_namespace
+        return {attr: fn for attr, fn in candidates.items() if hasattr(backend, attr)}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name != "__array_namespace_info__":
             raise AttributeError(name)
-        attr = getattr(self.backend_namespace, name)
-        if callable(attr) and not isinstance(attr, type) and not _is_dtype(attr):
-            full = self._prefix + name
-            attr = _passthrough(attr, full, name not in _NONDIFFERENTIABLE)
+        attr = self._differentiable().get(name)
+        if attr is None:
+            attr = getattr(self.backend_namespace, name)
+            if callable(attr) and not isinstance(attr, type) and not _is_dtype(attr):
+                full = self._prefix + name
+                attr = _passthrough(attr, full, name not in _NONDIFFERENTIABLE)
         setattr(self, name, attr)
         return attr
 
@@ -113,14 +125,12 @@ class _PassThroughNamespace:
         return f"<differentiable namespace {self.__name__}>"
 
 
+class _Extension(_PassThroughNamespace):
+    """An extension of a differentiable namespace: ``xp.linalg``, ``xp.fft``."""
+
+
 def _is_dtype(obj) -> bool:
     return type(obj).__name__ in ("DType", "dtype")
-
-
-class _Linalg(_PassThroughNamespace):
-    def __init__(self, backend_linalg, name: str):
-        super().__init__(backend_linalg, "linalg.", _LINALG_DIFFERENTIABLE)
-        self.__name__ = name + ".linalg"
 
 
 class DifferentiableNamespace(_PassThroughNamespace):
@@ -128,19 +138,16 @@ class DifferentiableNamespace(_PassThroughNamespace):
 
     Differentiable functions record on the autodiff tape when they receive traced
     tensors and call the backend directly on raw arrays; every other name passes
-    through to the backend (``backend_namespace``).
+    through to the backend (``backend_namespace``). The ``linalg`` and ``fft``
+    extensions, where the backend has them, are differentiable namespaces too.
     """
 
     def __init__(self, backend):
-        super().__init__(backend, "", _DIFFERENTIABLE)
-        self.__name__ = f"implicitnet.autodiff({backend.__name__})"
-        linalg = getattr(backend, "linalg", None)
-        if linalg is not None:
-            self.linalg = _Linalg(linalg, self.__name__)
+        super().__init__(backend, "", f"implicitnet.autodiff({backend.__name__})")
 
     def asarray(self, obj, /, *, dtype=None, device=None, copy=None):
         """``asarray`` that keeps a tensor a tensor (casting it if `dtype` differs)."""
-        if type(obj) is Tensor:
+        if isinstance(obj, AbstractTensor):
             if dtype is not None and obj.dtype != dtype:
                 return _ops.astype(obj, dtype)
             return obj
@@ -149,7 +156,8 @@ class DifferentiableNamespace(_PassThroughNamespace):
         )
 
 
-_CACHE: dict[int, DifferentiableNamespace] = {}
+# by id of the backend namespace; emptied when a function is exported
+_CACHE: dict[int, DifferentiableNamespace] = _BUILT_FROM_EXPORTS
 
 
 def differentiable_namespace(backend) -> DifferentiableNamespace:

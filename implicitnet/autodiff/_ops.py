@@ -4,62 +4,30 @@ Each primitive computes on backend arrays (its ``xp`` is the backend namespace);
 rule is written with these same functions, so rules are differentiable themselves
 (grad-of-grad). Static arguments (axis, shape, keepdims, ...) are keyword arguments of
 the primitive; thin public wrappers give the array-API signatures.
+
+What the differentiable namespace and :mod:`implicitnet.ops` serve is declared here, by
+``primitive(export=True)`` on a primitive with the array-API signature and ``@export``
+on a wrapper: a new function is one edit in this file (and its entry in the table of
+``tests/test_ops_vjp.py``).
 """
 
 from __future__ import annotations
 
 import builtins
 import math
+import operator
 
 from .._xp import device as _device
-from ._core import Tensor, _as_array, _raw, _raw_namespace, _unwrap_all, defvjp, primitive
-
-__all__ = [
-    "abs",
-    "add",
-    "astype",
-    "broadcast_to",
-    "clip",
-    "concat",
-    "cos",
-    "divide",
-    "exp",
-    "expand_dims",
-    "expm1",
-    "flip",
-    "getitem",
-    "log",
-    "log1p",
-    "logaddexp",
-    "matmul",
-    "matrix_transpose",
-    "max",
-    "maximum",
-    "mean",
-    "min",
-    "minimum",
-    "multiply",
-    "negative",
-    "permute_dims",
-    "pow",
-    "prod",
-    "reshape",
-    "sin",
-    "solve",
-    "sqrt",
-    "square",
-    "squeeze",
-    "stack",
-    "subtract",
-    "sum",
-    "take",
-    "tanh",
-    "tensordot",
-    "unbroadcast",
-    "vecdot",
-    "vector_norm",
-    "where",
-]
+from ._core import (
+    AbstractTensor,
+    _as_array,
+    _raw,
+    _raw_namespace,
+    _unwrap_all,
+    defvjp,
+    export,
+    primitive,
+)
 
 _SCALARS = (bool, int, float)
 
@@ -83,6 +51,7 @@ def _norm_axes(axis, ndim: int) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------
 
 
+@export
 def unbroadcast(ct, like, *, xp=None):
     """Sum the cotangent `ct` back to the shape (and dtype) of the operand `like`.
 
@@ -180,7 +149,7 @@ def _take_saves(needs):  # only the indices
 # ----------------------------------------------------------------------------------
 
 
-@primitive
+@primitive(export=True)
 def add(x1, x2, /):
     return x1 + x2
 
@@ -190,7 +159,7 @@ def _add_vjp(ct, ans, x1, x2, /, *, xp):
     return unbroadcast(ct, x1), unbroadcast(ct, x2)
 
 
-@primitive
+@primitive(export=True)
 def subtract(x1, x2, /):
     return x1 - x2
 
@@ -200,7 +169,7 @@ def _subtract_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     return unbroadcast(ct, x1), (unbroadcast(-ct, x2) if needs_grad[1] else None)
 
 
-@primitive
+@primitive(export=True)
 def multiply(x1, x2, /):
     return x1 * x2
 
@@ -212,7 +181,7 @@ def _multiply_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     return g1, g2
 
 
-@primitive
+@primitive(export=True)
 def divide(x1, x2, /):
     return x1 / x2
 
@@ -224,7 +193,7 @@ def _divide_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     return g1, g2
 
 
-@primitive
+@primitive(export=True)
 def pow(x1, x2, /):
     return x1**x2
 
@@ -245,7 +214,7 @@ def _pow_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     return g1, g2
 
 
-@primitive
+@primitive(export=True)
 def negative(x, /):
     return -x
 
@@ -255,39 +224,42 @@ def _negative_vjp(ct, ans, x, /, *, xp):
     return (-ct,)
 
 
-@primitive
+@primitive(export=True)
 def maximum(x1, x2, /, *, xp):
     return xp.maximum(x1, x2)
 
 
-@defvjp(maximum, save_output=False)
-def _maximum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
-    # ties split the cotangent evenly; masks compare the raw values (a raw
-    # array-api-strict array refuses a Tensor on its right)
+def _select_vjp(ct, ans, x1, x2, first_wins, needs_grad):
+    """The VJP of an elementwise choice between `x1` and `x2` (``maximum``, ``minimum``).
+
+    The cotangent goes where ``first_wins(x1, x2)`` says, split evenly on ties; the
+    masks compare the raw values (a raw array-api-strict array refuses a Tensor on its
+    right).
+    """
     dtype = ans.dtype
     r1, r2 = _raw(x1), _raw(x2)
-    w1 = _float_mask(r1 > r2, dtype) + 0.5 * _float_mask(r1 == r2, dtype)
+    w1 = _float_mask(first_wins(r1, r2), dtype) + 0.5 * _float_mask(r1 == r2, dtype)
     g1 = unbroadcast(multiply(ct, w1), x1) if needs_grad[0] else None
     g2 = unbroadcast(multiply(ct, 1.0 - w1), x2) if needs_grad[1] else None
     return g1, g2
 
 
-@primitive
+@defvjp(maximum, save_output=False)
+def _maximum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
+    return _select_vjp(ct, ans, x1, x2, operator.gt, needs_grad)
+
+
+@primitive(export=True)
 def minimum(x1, x2, /, *, xp):
     return xp.minimum(x1, x2)
 
 
 @defvjp(minimum, save_output=False)
 def _minimum_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
-    dtype = ans.dtype
-    r1, r2 = _raw(x1), _raw(x2)
-    w1 = _float_mask(r1 < r2, dtype) + 0.5 * _float_mask(r1 == r2, dtype)
-    g1 = unbroadcast(multiply(ct, w1), x1) if needs_grad[0] else None
-    g2 = unbroadcast(multiply(ct, 1.0 - w1), x2) if needs_grad[1] else None
-    return g1, g2
+    return _select_vjp(ct, ans, x1, x2, operator.lt, needs_grad)
 
 
-@primitive
+@primitive(export=True)
 def logaddexp(x1, x2, /, *, xp):
     return xp.logaddexp(x1, x2)
 
@@ -299,7 +271,7 @@ def _logaddexp_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     return g1, g2
 
 
-@primitive
+@primitive(export=True)
 def where(condition, x1, x2, /, *, xp):
     return xp.where(condition, x1, x2)
 
@@ -336,6 +308,7 @@ def _clip_vjp(ct, ans, x, min, max, /, *, xp, needs_grad):
     return unbroadcast(g_x, x), g_min, g_max
 
 
+@export
 def clip(x, /, min=None, max=None):
     """Differentiable ``clip(x, min, max)``; `min` and `max` may be arrays."""
     return _clip(x, min, max)
@@ -346,7 +319,7 @@ def clip(x, /, min=None, max=None):
 # ----------------------------------------------------------------------------------
 
 
-@primitive
+@primitive(export=True)
 def exp(x, /, *, xp):
     return xp.exp(x)
 
@@ -356,7 +329,7 @@ def _exp_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, ans),)
 
 
-@primitive
+@primitive(export=True)
 def log(x, /, *, xp):
     return xp.log(x)
 
@@ -366,7 +339,7 @@ def _log_vjp(ct, ans, x, /, *, xp):
     return (divide(ct, x),)
 
 
-@primitive
+@primitive(export=True)
 def log1p(x, /, *, xp):
     return xp.log1p(x)
 
@@ -376,7 +349,7 @@ def _log1p_vjp(ct, ans, x, /, *, xp):
     return (divide(ct, 1.0 + x),)
 
 
-@primitive
+@primitive(export=True)
 def expm1(x, /, *, xp):
     return xp.expm1(x)
 
@@ -386,7 +359,7 @@ def _expm1_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, ans + 1.0),)
 
 
-@primitive
+@primitive(export=True)
 def sqrt(x, /, *, xp):
     return xp.sqrt(x)
 
@@ -396,7 +369,7 @@ def _sqrt_vjp(ct, ans, x, /, *, xp):
     return (divide(ct * 0.5, ans),)
 
 
-@primitive
+@primitive(export=True)
 def tanh(x, /, *, xp):
     return xp.tanh(x)
 
@@ -406,7 +379,7 @@ def _tanh_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, 1.0 - ans * ans),)
 
 
-@primitive
+@primitive(export=True)
 def sin(x, /, *, xp):
     return xp.sin(x)
 
@@ -416,7 +389,7 @@ def _sin_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, cos(x)),)
 
 
-@primitive
+@primitive(export=True)
 def cos(x, /, *, xp):
     return xp.cos(x)
 
@@ -426,7 +399,7 @@ def _cos_vjp(ct, ans, x, /, *, xp):
     return (-multiply(ct, sin(x)),)
 
 
-@primitive
+@primitive(export=True)
 def abs(x, /, *, xp):
     return xp.abs(x)
 
@@ -437,7 +410,7 @@ def _abs_vjp(ct, ans, x, /, *, xp):
     return (multiply(ct, _raw_namespace((raw,)).sign(raw)),)
 
 
-@primitive
+@primitive(export=True)
 def square(x, /, *, xp):
     return xp.square(x)
 
@@ -457,13 +430,14 @@ def _astype_vjp(ct, ans, x, /, *, xp, dtype):
     return (astype(ct, x.dtype),)
 
 
+@export
 def astype(x, dtype, /, *, copy=True, device=None):
     """Differentiable ``astype`` between floating dtypes.
 
     A cast to a non-floating dtype returns a plain (untraced) array: it has no useful
     derivative.
     """
-    if type(x) is not Tensor:
+    if not isinstance(x, AbstractTensor):
         xp = _raw_namespace((x,))
         return _as_array(
             xp.astype(x, dtype, copy=copy)
@@ -481,7 +455,7 @@ def astype(x, dtype, /, *, copy=True, device=None):
 # ----------------------------------------------------------------------------------
 
 
-@primitive
+@primitive(export=True)
 def sum(x, /, *, axis=None, dtype=None, keepdims=False, xp):
     return xp.sum(x, axis=axis, dtype=dtype, keepdims=keepdims)
 
@@ -492,7 +466,7 @@ def _sum_vjp(ct, ans, x, /, *, xp, axis=None, dtype=None, keepdims=False):
     return (g if g.dtype == x.dtype else astype(g, x.dtype),)
 
 
-@primitive
+@primitive(export=True)
 def mean(x, /, *, axis=None, keepdims=False, xp):
     return xp.mean(x, axis=axis, keepdims=keepdims)
 
@@ -515,7 +489,7 @@ def _extremum_vjp(ct, ans, x, axis, keepdims):
     return (multiply(_expand_to(ct, x, axis, keepdims), mask / count),)
 
 
-@primitive
+@primitive(export=True)
 def max(x, /, *, axis=None, keepdims=False, xp):
     return xp.max(x, axis=axis, keepdims=keepdims)
 
@@ -525,7 +499,7 @@ def _max_vjp(ct, ans, x, /, *, xp, axis=None, keepdims=False):
     return _extremum_vjp(ct, ans, x, axis, keepdims)
 
 
-@primitive
+@primitive(export=True)
 def min(x, /, *, axis=None, keepdims=False, xp):
     return xp.min(x, axis=axis, keepdims=keepdims)
 
@@ -535,7 +509,7 @@ def _min_vjp(ct, ans, x, /, *, xp, axis=None, keepdims=False):
     return _extremum_vjp(ct, ans, x, axis, keepdims)
 
 
-@primitive
+@primitive(export=True)
 def prod(x, /, *, axis=None, dtype=None, keepdims=False, xp):
     return xp.prod(x, axis=axis, dtype=dtype, keepdims=keepdims)
 
@@ -561,7 +535,7 @@ def _prod_vjp(ct, ans, x, /, *, xp, axis=None, dtype=None, keepdims=False):
 # ----------------------------------------------------------------------------------
 
 
-@primitive
+@primitive(export=True)
 def matmul(x1, x2, /):
     return x1 @ x2
 
@@ -592,7 +566,7 @@ def _matmul_vjp(ct, ans, x1, x2, /, *, xp, needs_grad):
     return g1, g2
 
 
-@primitive
+@primitive(export=True)
 def matrix_transpose(x, /, *, xp):
     return xp.matrix_transpose(x)
 
@@ -618,7 +592,7 @@ def _inverse_perm(src):
     return tuple(perm)
 
 
-@primitive
+@primitive(export=True)
 def tensordot(x1, x2, /, *, axes=2, xp):
     return xp.tensordot(x1, x2, axes=axes)
 
@@ -644,7 +618,7 @@ def _tensordot_vjp(ct, ans, x1, x2, /, *, xp, needs_grad, axes=2):
     return g1, g2
 
 
-@primitive
+@primitive(export=True)
 def vecdot(x1, x2, /, *, axis=-1, xp):
     return xp.vecdot(x1, x2, axis=axis)
 
@@ -659,7 +633,7 @@ def _vecdot_vjp(ct, ans, x1, x2, /, *, xp, needs_grad, axis=-1):
     return g1, g2
 
 
-@primitive(name="linalg.solve")
+@primitive(name="linalg.solve", export=True)
 def solve(x1, x2, /, *, xp):
     return xp.linalg.solve(x1, x2)
 
@@ -697,11 +671,12 @@ def _vector_norm2_vjp(ct, ans, x, /, *, xp, axis=None, keepdims=False):
     return (multiply(_expand_to(ct, x, axis, keepdims), where(zero, 0.0, divide(x, safe))),)
 
 
+@export(name="linalg.vector_norm")
 def vector_norm(x, /, *, axis=None, keepdims=False, ord=2):
     """Differentiable ``linalg.vector_norm``; ord 2 is a primitive, others composites."""
     if ord == 2:
         return _vector_norm2(x, axis=axis, keepdims=keepdims)
-    if type(x) is not Tensor:
+    if not isinstance(x, AbstractTensor):
         xp = _raw_namespace((x,))
         return _as_array(xp.linalg.vector_norm(x, axis=axis, keepdims=keepdims, ord=ord))
     if ord == 1:
@@ -731,6 +706,7 @@ def _reshape_vjp(ct, ans, x, /, *, xp, shape):
     return (reshape(ct, tuple(x.shape)),)
 
 
+@export
 def reshape(x, /, shape, *, copy=None):
     """Differentiable ``reshape``."""
     return _reshape(x, shape=tuple(shape))
@@ -746,12 +722,13 @@ def _permute_dims_vjp(ct, ans, x, /, *, xp, axes):
     return (permute_dims(ct, _inverse_perm([a % x.ndim for a in axes])),)
 
 
+@export
 def permute_dims(x, /, axes):
     """Differentiable ``permute_dims``."""
     return _permute_dims(x, axes=tuple(axes))
 
 
-@primitive
+@primitive(export=True)
 def expand_dims(x, /, *, axis=0, xp):
     return xp.expand_dims(x, axis=axis)
 
@@ -771,6 +748,7 @@ def _squeeze_vjp(ct, ans, x, /, *, xp, axis):
     return (reshape(ct, tuple(x.shape)),)
 
 
+@export
 def squeeze(x, /, axis):
     """Differentiable ``squeeze``."""
     return _squeeze(x, axis=axis)
@@ -786,6 +764,7 @@ def _broadcast_to_vjp(ct, ans, x, /, *, xp, shape):
     return (unbroadcast(ct, x),)
 
 
+@export
 def broadcast_to(x, /, shape):
     """Differentiable ``broadcast_to``."""
     if tuple(x.shape) == tuple(shape):
@@ -793,7 +772,7 @@ def broadcast_to(x, /, shape):
     return _broadcast_to(x, shape=tuple(shape))
 
 
-@primitive
+@primitive(export=True)
 def flip(x, /, *, axis=None, xp):
     return xp.flip(x, axis=axis)
 
@@ -823,6 +802,7 @@ def _concat_vjp(ct, ans, *arrays, xp, axis, needs_grad):
     return tuple(out)
 
 
+@export
 def concat(arrays, /, *, axis=0):
     """Differentiable ``concat``; ``axis=None`` concatenates the flattened arrays."""
     if axis is None:
@@ -845,6 +825,7 @@ def _stack_vjp(ct, ans, *arrays, xp, axis, needs_grad):
     )
 
 
+@export
 def stack(arrays, /, *, axis=0):
     """Differentiable ``stack``."""
     return _stack(*arrays, axis=axis)
@@ -910,12 +891,13 @@ def _scatter_vjp(ct, ans, g, /, *, xp, shape, key, take_axis=None):
     return (getitem(ct, key=key),)
 
 
+@export
 def getitem(x, /, key):
     """Differentiable ``x[key]`` (basic slicing and integer-array indexing)."""
     return _getitem(x, key=_unwrap_all(key))
 
 
-@primitive
+@primitive(export=True)
 def take(x, indices, /, *, axis=None, xp):
     return xp.take(x, indices, axis=axis)
 
@@ -924,85 +906,3 @@ def take(x, indices, /, *, axis=None, xp):
 def _take_vjp(ct, ans, x, indices, /, *, xp, axis=None):
     ax = 0 if axis is None else axis % x.ndim
     return _scatter(ct, shape=tuple(x.shape), key=_raw(indices), take_axis=ax), None
-
-
-# ----------------------------------------------------------------------------------
-# Tensor operators
-# ----------------------------------------------------------------------------------
-
-
-def _compare(op):
-    def method(self, other):
-        return op(_raw(self), _unwrap_all(other))
-
-    return method
-
-
-def _install_operators():
-    import operator
-
-    T = Tensor
-    # the primitives are plain functions, so they bind as methods: `t + x` is add(t, x)
-    T.__add__ = add
-    T.__radd__ = lambda self, other: add(other, self)
-    T.__sub__ = subtract
-    T.__rsub__ = lambda self, other: subtract(other, self)
-    T.__mul__ = multiply
-    T.__rmul__ = lambda self, other: multiply(other, self)
-    T.__truediv__ = divide
-    T.__rtruediv__ = lambda self, other: divide(other, self)
-    T.__pow__ = pow
-    T.__rpow__ = lambda self, other: pow(other, self)
-    T.__matmul__ = matmul
-    T.__rmatmul__ = lambda self, other: matmul(other, self)
-    T.__neg__ = negative
-    T.__pos__ = lambda self: self
-    T.__abs__ = lambda self: abs(self)
-    T.__getitem__ = lambda self, key: _getitem(self, key=_unwrap_all(key))
-    T.mT = property(lambda self: matrix_transpose(self), doc="Transpose of the last two axes.")
-
-    def _T(self):
-        if self.ndim != 2:
-            msg = f"`.T` needs a 2-D tensor, got {self.ndim}-D; use `.mT` or permute_dims"
-            raise ValueError(msg)
-        return matrix_transpose(self)
-
-    T.T = property(_T, doc="Transpose of a 2-D tensor.")
-
-    def astype_method(self, dtype, /, *, copy=True, device=None):
-        return astype(self, dtype)
-
-    T.astype = astype_method
-    for name, op in [
-        ("__eq__", operator.eq),
-        ("__ne__", operator.ne),
-        ("__lt__", operator.lt),
-        ("__le__", operator.le),
-        ("__gt__", operator.gt),
-        ("__ge__", operator.ge),
-        ("__and__", operator.and_),
-        ("__or__", operator.or_),
-        ("__xor__", operator.xor),
-        ("__rand__", lambda a, b: b & a),
-        ("__ror__", lambda a, b: b | a),
-        ("__rxor__", lambda a, b: b ^ a),
-    ]:
-        setattr(T, name, _compare(op))
-    T.__invert__ = lambda self: ~_raw(self)
-
-    def _not_differentiable(name, op):
-        def method(self, other):
-            if self._level > 0 or (type(other) is Tensor and other._level > 0):
-                msg = f"`{name}` is not differentiable (yet)"
-                raise NotImplementedError(msg)
-            return op(_raw(self), _unwrap_all(other))
-
-        return method
-
-    T.__floordiv__ = _not_differentiable("floor_divide", operator.floordiv)
-    T.__rfloordiv__ = _not_differentiable("floor_divide", lambda a, b: b // a)
-    T.__mod__ = _not_differentiable("remainder", operator.mod)
-    T.__rmod__ = _not_differentiable("remainder", lambda a, b: b % a)
-
-
-_install_operators()

@@ -7,7 +7,10 @@ from typing import Any
 
 import array_api_compat
 
-from ._core import _SCALAR_TYPES, Tensor, _raw, _raw_namespace, _Released
+from .. import backends
+from ._core import _SCALAR_TYPES, _raw, _raw_namespace, _Released
+from ._tensor import Tensor
+from ._transforms import _Plan
 
 __all__ = ["TapeSummary", "tape_summary"]
 
@@ -52,8 +55,6 @@ def _storage_function(raw):
     t = type(raw)
     fn = _STORAGE.get(t)
     if fn is None:
-        from .. import backends
-
         try:
             fn = getattr(backends.backend_of(raw), "storage", None)
         except TypeError:  # an array library with no backend module
@@ -140,8 +141,6 @@ def tape_summary(trace: Any) -> TapeSummary:
     plan = getattr(trace, "_implicitnet_plan", None)
     if plan is None:
         if type(trace) is Tensor and trace._level > 0:
-            from ._transforms import _Plan
-
             plan = _Plan([trace._node], trace._level, [trace._implicitnet_data])
         else:
             msg = (

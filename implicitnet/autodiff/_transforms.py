@@ -19,7 +19,6 @@ from ._core import (
     NODE_PRIM,
     NODE_SAVED,
     NODE_SPEC,
-    Tensor,
     _as_array,
     _new_level,
     _raw,
@@ -27,6 +26,7 @@ from ._core import (
     _Released,
 )
 from ._namespace import differentiable_namespace
+from ._tensor import Tensor
 
 __all__ = ["grad", "value_and_grad", "vjp"]
 
@@ -223,6 +223,29 @@ def _box_leaves(leaves, level: int, what: str) -> list[Tensor]:
     return boxed
 
 
+def _box_argument(arg, level: int, what: str):
+    """`arg` (an array or a tree of arrays) boxed at `level`: ``(boxed arg, (boxes, treedef))``."""
+    leaves, td = tree_flatten(arg)
+    boxed = _box_leaves(leaves, level, what)
+    return (boxed[0] if td.kind == "leaf" else tree_unflatten(td, boxed)), (boxed, td)
+
+
+def _split_aux(out, has_aux: bool, what: str):
+    """``(out, aux)`` from the output of `fun`; ``(out, None)`` without `has_aux`."""
+    if not has_aux:
+        return out, None
+    if not (isinstance(out, tuple) and len(out) == 2):
+        msg = f"with `has_aux=True`, `fun` must return a pair ({what}, aux)"
+        raise TypeError(msg)
+    return out
+
+
+def _unbox_tree(tree, level: int):
+    """`tree` with the tensors of trace `level` as seen from outside it."""
+    leaves, td = tree_flatten(tree)
+    return tree_unflatten(td, [_unbox(x, level) for x in leaves])
+
+
 def _constant(x):
     """Wrap a raw array as a constant tensor (non-arrays are left alone)."""
     if type(x) is Tensor or not _is_any_array(x):
@@ -324,20 +347,12 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False):
     boxed_args = []
     inputs = []
     for i, p in enumerate(primals):
-        leaves, td = tree_flatten(p)
-        boxed = _box_leaves(leaves, level, f"`primals[{i}]`")
-        inputs.append((boxed, td))
-        boxed_args.append(boxed[0] if td.kind == "leaf" else tree_unflatten(td, boxed))
-    out = fun(*boxed_args)
-    aux = None
+        arg, boxed = _box_argument(p, level, f"`primals[{i}]`")
+        inputs.append(boxed)
+        boxed_args.append(arg)
+    out, aux = _split_aux(fun(*boxed_args), has_aux, "out")
     if has_aux:
-        if not (isinstance(out, tuple) and len(out) == 2):
-            msg = "with `has_aux=True`, `fun` must return a pair (out, aux)"
-            raise TypeError(msg)
-        out, aux = out
-        aux_leaves, aux_td = tree_flatten(aux)
-        aux = tree_unflatten(aux_td, [_unbox(x, level) for x in aux_leaves])
-        del aux_leaves
+        aux = _unbox_tree(aux, level)
     out_leaves, out_td = _output_leaves(out, level, "the output of `fun`")
     out_value = tree_unflatten(out_td, [_unbox(x, level) for x in out_leaves])
     # Which outputs are traced, and their shapes. The backward pass is compiled now,
@@ -468,21 +483,12 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
         inputs = {}
         for i, a in enumerate(args):
             if i in nums:
-                leaves, td = tree_flatten(a)
-                boxed = _box_leaves(leaves, level, f"argument {i} of `fun`")
-                inputs[i] = (boxed, td)
-                call_args[i] = boxed[0] if td.kind == "leaf" else tree_unflatten(td, boxed)
+                call_args[i], inputs[i] = _box_argument(a, level, f"argument {i} of `fun`")
             else:
                 call_args[i] = _wrap_constants(a)
         if kwargs:
             kwargs = {k: _wrap_constants(v) for k, v in kwargs.items()}
-        out = fun(*call_args, **kwargs)
-        aux = None
-        if has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                msg = "with `has_aux=True`, `fun` must return a pair (value, aux)"
-                raise TypeError(msg)
-            out, aux = out
+        out, aux = _split_aux(fun(*call_args, **kwargs), has_aux, "value")
         if not _is_array(out):
             msg = (
                 f"`fun` must return a 0-D floating array to be differentiated, got a "
@@ -522,9 +528,8 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
                 leaves.append(_unbox_ct(c, b._implicitnet_data))
             grads.append(leaves[0] if td.kind == "leaf" else tree_unflatten(td, leaves))
         del acc
-        if has_aux:
-            leaves, td = tree_flatten(aux)
-            value = (value, tree_unflatten(td, [_unbox(x, level) for x in leaves]))
+        if has_aux:  # after the backward pass: earlier, it raised the peak of training 5 %
+            value = (value, _unbox_tree(aux, level))
         return value, (grads[0] if isinstance(argnums, int) else tuple(grads))
 
     return wrapped
