@@ -40,7 +40,7 @@ _DEVICE_HELP = (
 def _cmd_info(ns) -> int:
     found = {}
     for name in _backends.BACKEND_NAMES:
-        mod = _backends._load(name)
+        mod = _backends.load_backend(name)
         if mod.available():
             found[name] = {"available": True, "devices": mod.devices()}
         else:
@@ -637,15 +637,13 @@ def _write_plot(path: str, history: list, title: str) -> None:
 
 def _check_writable(path: str, flag: str) -> None:
     """Fail now, not after an epoch, if `path` cannot be written as a checkpoint or plot."""
-    from .backends import _io
-
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise _Failure(f"{flag} {path}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise _Failure(f"{flag} {path}: is a directory")
     try:
-        _io.check_writable(path)
+        _backends.host.check_writable(path)
     except OSError as exc:
         hint = "; give --save PATH to save elsewhere" if flag == "--resume" else ""
         raise _Failure(

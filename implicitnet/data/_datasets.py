@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numbers
 import os
-import types
 from typing import Any, NamedTuple
 
 from .. import backends
-from ..backends import _data as _host
+from ..backends import host
 
 __all__ = ["Dataset", "load_digits", "load_idx", "load_mnist", "read_idx"]
 
@@ -25,26 +24,6 @@ class Dataset(NamedTuple):
     x_test: Any
     y_test: Any
     num_classes: int
-
-
-def _backend(backend):
-    if isinstance(backend, str):
-        return backends.get_backend(backend)
-    if isinstance(backend, types.ModuleType) and backend.__name__.startswith(
-        "implicitnet.backends."
-    ):
-        return backend
-    msg = (
-        f"`backend` must be a backend name ({', '.join(backends.BACKEND_NAMES)}) or a "
-        f"backend module, got {backend!r}"
-    )
-    raise TypeError(msg)
-
-
-def _dtype_name(dtype) -> str:
-    from ..backends import _common
-
-    return _common.dtype_name(dtype)
 
 
 def _images(a, *, flatten: bool):
@@ -102,15 +81,15 @@ def load_digits(
     >>> ds.x_train.shape, ds.x_test.shape, ds.x_train.dtype.name, ds.num_classes
     ((1438, 1, 8, 8), (359, 1, 8, 8), 'float32', 10)
     """
-    be = _backend(backend)
+    be = backends.get_backend(backend)
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
         msg = f"`test_fraction` must be a number, got {type(test_fraction).__name__}"
         raise TypeError(msg)
     if not 0.0 < float(test_fraction) < 1.0:
         msg = f"`test_fraction` must lie in (0, 1), got {test_fraction}"
         raise ValueError(msg)
-    images, labels = _host.digits(dtype=_dtype_name(dtype))
-    train, test = _host.split_indices(images.shape[0], float(test_fraction), seed)
+    images, labels = host.digits(dtype=host.dtype_name(dtype))
+    train, test = host.split_indices(images.shape[0], float(test_fraction), seed)
     images = _images(images, flatten=flatten)
     return Dataset(
         x_train=be.from_numpy(images[train], device=device),
@@ -163,8 +142,8 @@ def read_idx(path: str | os.PathLike, *, backend="numpy", device=None):
     >>> data.read_idx(path).tolist()
     [7, 2, 1]
     """
-    be = _backend(backend)
-    return be.from_numpy(_host.read_idx(path), device=device)
+    be = backends.get_backend(backend)
+    return be.from_numpy(host.read_idx(path), device=device)
 
 
 def _check_num_classes(num_classes) -> int:
@@ -218,10 +197,10 @@ def load_idx(
         a label lies outside ``0 .. num_classes - 1``, or the counts differ. Messages
         name the file.
     """
-    be = _backend(backend)
+    be = backends.get_backend(backend)
     num_classes = _check_num_classes(num_classes)
-    images = _host.read_idx(images_path)
-    labels = _host.read_idx(labels_path)
+    images = host.read_idx(images_path)
+    labels = host.read_idx(labels_path)
     if images.ndim != 3:
         msg = (
             f"{os.fspath(images_path)}: images must be 3-D (n, height, width), got shape "
@@ -250,7 +229,7 @@ def load_idx(
             )
             raise ValueError(msg)
     scale = 255.0 if images.dtype.name == "uint8" else 1.0
-    x = _images(_host.astype(images, _dtype_name(dtype), scale), flatten=flatten)
+    x = _images(host.astype(images, host.dtype_name(dtype), scale), flatten=flatten)
     y = labels.astype("int64")
     return be.from_numpy(x, device=device), be.from_numpy(y, device=device)
 

@@ -6,8 +6,8 @@ import numbers
 import os
 from typing import Any, NamedTuple
 
+from .. import backends
 from .._xp import namespace
-from ._datasets import _backend
 
 __all__ = ["TextCorpus", "load_text", "pydoc_text", "text_sequences"]
 
@@ -137,7 +137,7 @@ def load_text(
     >>> corpus.decode(corpus.encode("def f(x):"))
     'def f(x):'
     """
-    be = _backend(backend)
+    be = backends.get_backend(backend)
     if path is None:
         text, name = pydoc_text(), "pydoc_data.topics"
     else:

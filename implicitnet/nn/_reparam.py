@@ -6,9 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backends
 from .._tree import static_field, tree_map
 from .._xp import device, namespace
-from ._init import generator, normal_init, resolve_backend
+from ._init import generator, normal_init
 from ._module import Module
 
 __all__ = [
@@ -208,8 +209,6 @@ def spectral_norm(layer, *, n_power_iterations: int = 1, seed=0) -> SpectralNorm
         raise ValueError(msg)
     inner = _without_weight(layer)
     w = layer.weight
-    from .. import backends
-
     be = backends.backend_of(w)
     xp = namespace(w)
     u = normal_init(
@@ -315,7 +314,7 @@ class MonotoneLinear(Module):
         """
         rng = generator(seed)
         scale = 1.0 / n**0.5 if scale is None else float(scale)
-        kw = {"dtype": dtype, "backend": resolve_backend(backend), "device": device}
+        kw = {"dtype": dtype, "backend": backends.get_backend(backend), "device": device}
         A = normal_init((n, n), scale, rng, **kw)
         B = normal_init((n, n), scale, rng, **kw)
         return cls(A=A, B=B, m=m)

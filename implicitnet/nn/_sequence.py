@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backends
 from .._tree import static_field
 from .._xp import device as _device
 from .._xp import namespace
 from ._deq import DEQ
 from ._functional import gelu, softmax
-from ._init import generator, normal_init, resolve_backend
+from ._init import generator, normal_init
 from ._layers import LayerNorm, Linear, _check_int
 from ._module import Module
 
@@ -161,7 +162,7 @@ class Embedding(Module):
             float(std),
             generator(seed),
             dtype=dtype,
-            backend=resolve_backend(backend),
+            backend=backends.get_backend(backend),
             device=device,
         )
         return cls(weight=w)
