@@ -8,7 +8,8 @@ from typing import Any
 
 from .. import backends
 from .._tree import static_field, tree_map
-from .._xp import device, namespace
+from .._xp import device, is_tensor, namespace
+from ..autodiff import stop_gradient as _stop_gradient
 from ._init import generator, normal_init
 from ._module import Module
 
@@ -20,12 +21,6 @@ __all__ = [
     "update_buffers",
     "weight_norm",
 ]
-
-
-def _stop_gradient(x):
-    from ..autodiff._core import stop_gradient
-
-    return stop_gradient(x)
 
 
 def _row_norms(v, *, xp):
@@ -181,8 +176,6 @@ class SpectralNorm(Module):
         """A copy with `u` advanced by the power iterations (not differentiated)."""
         xp = namespace(self.weight_orig, self.u)
         u, _ = self._iterate(xp=xp)
-        from .._xp import is_tensor
-
         while is_tensor(u):
             u = u._implicitnet_data
         return dataclasses.replace(self, u=u)

@@ -14,11 +14,12 @@ from typing import Any
 from .. import backends
 from .._tree import static_field
 from .._xp import device as _device
-from .._xp import namespace
+from .._xp import is_tensor, namespace
 from ._deq import DEQ
 from ._functional import gelu, softmax
 from ._init import generator, normal_init
 from ._layers import LayerNorm, Linear, _check_int
+from ._models import _deq_config
 from ._module import Module
 
 __all__ = [
@@ -259,8 +260,6 @@ class CausalSelfAttention(Module):
 
 def _raw_namespace(x):
     # The namespace of the arrays under `x` (the mask is a constant, never traced).
-    from .._xp import is_tensor
-
     while is_tensor(x):
         x = x._implicitnet_data
     return namespace(x)
@@ -392,8 +391,6 @@ class Unrolled(Module):
 
 
 def _raw_array(x):
-    from .._xp import is_tensor
-
     while is_tensor(x):
         x = x._implicitnet_data
     return x
@@ -508,8 +505,6 @@ def transformer_deq(
     cell = TransformerCell.create(
         dim, num_heads=num_heads, hidden=hidden, init_scale=init_scale, seed=rng, **kw
     )
-    from ._models import _deq_config
-
     return SequenceLM(
         embedding=emb, body=DEQ(cell, **_deq_config(deq_config)), norm=norm, head=head
     )
