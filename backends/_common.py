@@ -4,6 +4,7 @@ the probe of an optional array library, and NumPy's batched solver."""
 from __future__ import annotations
 
 import functools
+import importlib
 import numbers
 from collections.abc import Callable
 from types import ModuleType
@@ -62,6 +63,20 @@ def host_normal(shape, seed, dtype) -> np.ndarray:
 def host_uniform(shape, seed, dtype, low, high) -> np.ndarray:
     rng = generator(seed)
     return rng.uniform(low, high, size=check_shape(shape)).astype(dtype_name(dtype))
+
+
+def compat_namespace(library: str) -> Callable[[], ModuleType]:
+    """The ``namespace()`` of a backend whose library array-api-compat wraps.
+
+    The wrapper (``array_api_compat.torch``, ``array_api_compat.cupy``) imports the
+    library itself, so it is imported on the first call, not with the backend module.
+    """
+
+    def namespace() -> ModuleType:
+        return importlib.import_module(f"array_api_compat.{library}")
+
+    namespace.__doc__ = f"The array-API namespace of {library} (array-api-compat's wrapper)."
+    return namespace
 
 
 def scipy() -> ModuleType:

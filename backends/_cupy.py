@@ -30,15 +30,9 @@ unavailable_reason = _library.unavailable_reason
 _cupy = _library.module
 
 
-def namespace():
-    import array_api_compat.cupy as xp  # deferred: imports CuPy, an optional dependency
-
-    return xp
-
-
-def is_array(x) -> bool:
-    # array-api-compat looks at the type without importing CuPy (slow, and it may fail).
-    return array_api_compat.is_cupy_array(x)
+namespace = _common.compat_namespace("cupy")
+# array-api-compat looks at the type without importing CuPy (slow, and it may fail).
+is_array = array_api_compat.is_cupy_array
 
 
 def from_numpy(a, *, device=None):

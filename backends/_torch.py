@@ -65,16 +65,9 @@ def set_default_device(device) -> None:
     torch.set_default_device(dev)
 
 
-def namespace():
-    """The array-API namespace of PyTorch (array-api-compat's wrapper)."""
-    import array_api_compat.torch as xp  # deferred: imports torch, an optional dependency
-
-    return xp
-
-
-def is_array(x) -> bool:
-    # array-api-compat looks at the type without importing torch (which is slow).
-    return array_api_compat.is_torch_array(x)
+namespace = _common.compat_namespace("torch")
+# array-api-compat looks at the type without importing torch (which is slow).
+is_array = array_api_compat.is_torch_array
 
 
 def from_numpy(a, *, device=None):

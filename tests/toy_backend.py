@@ -14,38 +14,51 @@ import numpy as np
 name = "toy"
 
 
-def available() -> bool:
-    return True
-
-
-def unavailable_reason() -> str:
-    return ""
-
-
-def namespace():
-    return _xp
-
-
 def is_array(x) -> bool:
+    """Whether `x` is a NumPy array (the numpy backend, registered first, claims them)."""
     return isinstance(x, np.ndarray)
 
 
 def from_numpy(a, *, device=None):
+    """A copy of `a` (there is only the CPU)."""
     return np.array(a, copy=True)
 
 
 def to_numpy(x) -> np.ndarray:
+    """`x` itself, as a NumPy array."""
     return np.asarray(x)
 
 
+def namespace():
+    """NumPy's array-API namespace, as array-api-compat wraps it."""
+    return _xp
+
+
 def random_normal(shape, seed, *, dtype=None, device=None):
+    """Standard normal numbers from `seed` (an int or a NumPy Generator)."""
     draw = np.random.default_rng(seed).standard_normal(shape)
     return draw.astype(dtype or np.float64)
 
 
 def random_uniform(shape, seed, *, low=0.0, high=1.0, dtype=None, device=None):
+    """Uniform numbers on ``[low, high)`` from `seed`."""
     draw = np.random.default_rng(seed).uniform(low, high, size=shape)
     return draw.astype(dtype or np.float64)
+
+
+def available() -> bool:
+    """Always: NumPy is a dependency of implicitnet."""
+    return True
+
+
+def unavailable_reason() -> str:
+    """Nothing to explain."""
+    return ""
+
+
+def devices() -> list[str]:
+    """Only the CPU."""
+    return ["cpu"]
 
 
 def synchronize() -> None:
@@ -53,7 +66,8 @@ def synchronize() -> None:
 
 
 def peak_memory() -> int | None:
-    return None  # keeps no such figure
+    """No such figure is kept."""
+    return None
 
 
 def reset_peak_memory() -> None:
@@ -61,10 +75,7 @@ def reset_peak_memory() -> None:
 
 
 def scipy_module():
+    """SciPy itself."""
     import scipy  # deferred: slow to import, and only the SciPy adapters use it
 
     return scipy
-
-
-def devices() -> list[str]:
-    return ["cpu"]
