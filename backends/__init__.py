@@ -84,7 +84,8 @@ BACKEND_NAMES: tuple[str, ...] = tuple(_BUILT_IN)
 # added with register_backend come after the built-in ones.
 _REGISTRY: dict[str, Any] = dict(_BUILT_IN)
 
-# Backend objects passed to get_backend that check_backend accepted (by identity).
+# Backend modules known to conform, by identity: the built-in ones once loaded, and those
+# that register_backend or get_backend checked.
 _CHECKED: dict[int, Any] = {}
 
 
@@ -92,6 +93,7 @@ def _load(name: str) -> Backend:
     mod = _REGISTRY[name]
     if isinstance(mod, str):
         mod = _REGISTRY[name] = importlib.import_module(mod)
+        _CHECKED[id(mod)] = mod  # built in: tests/test_backend_protocol.py checks it
     return mod
 
 
@@ -152,6 +154,7 @@ def register_backend(module: Any) -> Backend:
         msg = f"`module`: a backend named {module.name!r} is registered already"
         raise ValueError(msg)
     _REGISTRY[module.name] = module
+    _CHECKED[id(module)] = module
     return module
 
 
@@ -186,7 +189,7 @@ def get_backend(name_or_array: Any) -> Backend:
             msg = f"backend {x!r} is not available here: {mod.unavailable_reason()}"
             raise ValueError(msg)
         return mod
-    if id(x) in _CHECKED or any(x is mod for mod in _REGISTRY.values()):
+    if id(x) in _CHECKED:
         return x
     if isinstance(x, ModuleType):
         check_backend(x)
