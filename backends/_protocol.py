@@ -46,10 +46,12 @@ class Backend(Protocol):
         The buffer an array lives in (views of one buffer share ``key``): what
         :func:`implicitnet.autodiff.tape_summary` counts. Without it an array counts as
         its own buffer of ``size * itemsize`` bytes.
-    ``conv2d(x, w, stride=1, padding=0)``, ``conv2d_input_grad(g, w, x_shape, stride=1,
-    padding=0)``, ``conv2d_weight_grad(g, x, w_shape, stride=1, padding=0)``
-        A fast NCHW cross-correlation and its two vector-Jacobian products. Without
-        them :mod:`implicitnet.nn` uses its portable array-API convolution.
+    ``conv2d``, ``conv2d_input_grad``, ``conv2d_weight_grad``
+        A fast NCHW cross-correlation, ``conv2d(x, w, stride=1, padding=0)``, and its
+        two vector-Jacobian products,
+        ``conv2d_input_grad(g, w, x_shape, stride=1, padding=0)`` and
+        ``conv2d_weight_grad(g, x, w_shape, stride=1, padding=0)``.
+        Without them :mod:`implicitnet.nn` uses its portable array-API convolution.
 
     A backend may have more members (the torch backend has ``cuda_available()``,
     ``default_device()`` and ``set_default_device(device)``); the core uses only these.
