@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _common
+from . import _common, _numpy
 
 name = "array_api_strict"
 
@@ -56,8 +56,6 @@ def random_uniform(shape, seed, *, low=0.0, high=1.0, dtype=None, device=None):
 
 def storage(x) -> tuple[int, int]:
     """``(key, nbytes)`` of the NumPy buffer under `x` (views share the key)."""
-    from . import _numpy
-
     return _numpy.storage(x._array)  # the wrapped ndarray (its views share a base)
 
 
@@ -65,22 +63,9 @@ def synchronize() -> None:
     """Runs synchronously: nothing to wait for."""
 
 
-def peak_memory() -> int | None:
-    from . import _numpy
-
-    return _numpy.peak_memory()
-
-
-def reset_peak_memory() -> None:
-    from . import _numpy
-
-    _numpy.reset_peak_memory()
-
-
-def scipy_module():
-    import scipy
-
-    return scipy
+peak_memory = _numpy.peak_memory
+reset_peak_memory = _numpy.reset_peak_memory
+scipy_module = _common.scipy
 
 
 def devices() -> list[str]:

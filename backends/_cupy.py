@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import array_api_compat
 import numpy as np
 
@@ -12,10 +10,9 @@ from . import _common
 name = "cupy"
 
 
-@functools.cache
-def _probe():
+def _import_cupy():
     try:
-        import cupy
+        import cupy  # deferred: an optional dependency, slow to import
     except Exception as exc:  # ImportError, or a CUDA library failing to load
         return None, f"CuPy is not importable ({type(exc).__name__}: {exc})"
     try:
@@ -27,30 +24,15 @@ def _probe():
     return cupy, ""
 
 
-def available() -> bool:
-    return _probe()[0] is not None
+_library = _common.OptionalLibrary("CuPy", _import_cupy)
+available = _library.available
+unavailable_reason = _library.unavailable_reason
+_cupy = _library.module
 
 
-def unavailable_reason() -> str:
-    return _probe()[1]
-
-
-def _cupy():
-    cp, why = _probe()
-    if cp is None:
-        raise RuntimeError(f"the CuPy backend is not available: {why}")
-    return cp
-
-
-def namespace():
-    import array_api_compat.cupy as xp
-
-    return xp
-
-
-def is_array(x) -> bool:
-    # array-api-compat looks at the type without importing CuPy (slow, and it may fail).
-    return array_api_compat.is_cupy_array(x)
+namespace = _common.compat_namespace("cupy")
+# array-api-compat looks at the type without importing CuPy (slow, and it may fail).
+is_array = array_api_compat.is_cupy_array
 
 
 def from_numpy(a, *, device=None):
@@ -100,7 +82,7 @@ def reset_peak_memory() -> None:
 
 
 def scipy_module():
-    import cupyx.scipy
+    import cupyx.scipy  # deferred: part of CuPy, an optional dependency
 
     return cupyx.scipy
 

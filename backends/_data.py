@@ -31,7 +31,7 @@ def digits(dtype=None) -> tuple[np.ndarray, np.ndarray]:
 
     The data ship inside scikit-learn (no download).
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: scikit-learn is slow to import
 
     bunch = load_digits()
     images = (np.asarray(bunch.images, dtype=np.float64) / 16.0).astype(_common.dtype_name(dtype))

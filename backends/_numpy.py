@@ -6,7 +6,6 @@ import tracemalloc
 
 import array_api_compat.numpy as _xp
 import numpy as np
-import scipy
 
 from . import _common
 
@@ -32,13 +31,6 @@ def is_array(x) -> bool:
 
 def from_numpy(a, *, device=None):
     return np.asarray(a)
-
-
-def solve(A, b):
-    """Batched ``A x = b`` for ``b[..., n, k]``: NumPy's own solver, without the
-    array-API wrapper's per-call overhead (it matters for the many tiny systems that
-    Anderson and GMRES solve once per iteration)."""
-    return np.linalg.solve(A, b)
 
 
 def to_numpy(x) -> np.ndarray:
@@ -82,9 +74,7 @@ def reset_peak_memory() -> None:
         tracemalloc.reset_peak()
 
 
-def scipy_module():
-    """The SciPy serving this backend."""
-    return scipy
+scipy_module = _common.scipy
 
 
 def devices() -> list[str]:

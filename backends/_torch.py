@@ -10,8 +10,6 @@ is unavailable, and says why.
 
 from __future__ import annotations
 
-import functools
-
 import array_api_compat
 import numpy as np
 
@@ -20,33 +18,23 @@ from . import _common
 name = "torch"
 
 
-@functools.cache
-def _probe():
+def _import_torch():
     try:
-        import torch
+        import torch  # deferred: an optional dependency, slow to import
     except Exception as exc:  # ImportError, or a shared library failing to load
         return None, f"PyTorch is not importable ({type(exc).__name__}: {exc}; pip install torch)"
     return torch, ""
 
 
-def available() -> bool:
-    return _probe()[0] is not None
-
-
-def unavailable_reason() -> str:
-    return _probe()[1]
-
-
-def _torch():
-    torch, why = _probe()
-    if torch is None:
-        raise RuntimeError(f"the torch backend is not available: {why}")
-    return torch
+_library = _common.OptionalLibrary("torch", _import_torch)
+available = _library.available
+unavailable_reason = _library.unavailable_reason
+_torch = _library.module
 
 
 def cuda_available() -> bool:
     """Whether PyTorch sees a usable CUDA device."""
-    torch = _probe()[0]
+    torch = _library.loaded()
     return torch is not None and torch.cuda.is_available()
 
 
@@ -77,16 +65,9 @@ def set_default_device(device) -> None:
     torch.set_default_device(dev)
 
 
-def namespace():
-    """The array-API namespace of PyTorch (array-api-compat's wrapper)."""
-    import array_api_compat.torch as xp
-
-    return xp
-
-
-def is_array(x) -> bool:
-    # array-api-compat looks at the type without importing torch (which is slow).
-    return array_api_compat.is_torch_array(x)
+namespace = _common.compat_namespace("torch")
+# array-api-compat looks at the type without importing torch (which is slow).
+is_array = array_api_compat.is_torch_array
 
 
 def from_numpy(a, *, device=None):
@@ -143,11 +124,8 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def scipy_module():
-    """SciPy itself (it serves CPU tensors through NumPy; there is no SciPy for CUDA)."""
-    import scipy
-
-    return scipy
+# SciPy itself: it serves CPU tensors through NumPy (there is no SciPy for CUDA).
+scipy_module = _common.scipy
 
 
 def devices() -> list[str]:

@@ -36,7 +36,7 @@ from typing import Any
 
 from . import nn
 from ._version import __version__
-from .backends import _io
+from .backends import host
 
 __all__ = [
     "FORMAT",
@@ -183,4 +183,4 @@ def restore(
 
 def check_writable(path: str) -> None:
     """Raise ``OSError`` now if a save of `path` could not write its temporary file."""
-    _io.check_writable(path)
+    host.check_writable(path)

@@ -10,6 +10,9 @@ from typing import Any
 
 import array_api_compat
 
+from . import backends
+from .backends import host
+
 __all__ = [
     "as_float_array",
     "default_float",
@@ -223,9 +226,7 @@ def small_solve(A: Any, b: Any, /, *, xp):
     autodiff tensors, ``xp.linalg.solve``.
     """
     if array_api_compat.is_numpy_namespace(xp):
-        from .backends import _numpy
-
-        return _numpy.solve(A, b[..., None])[..., 0]
+        return host.solve(A, b[..., None])[..., 0]
     return xp.linalg.solve(A, b[..., None])[..., 0]
 
 
@@ -289,8 +290,6 @@ def host_reader(x: Any, /):
     The same as :func:`to_host` with the backend looked up once: for loops that read a
     small array of the same library every iteration.
     """
-    from . import backends
-
     convert = backends.backend_of(x).to_numpy
 
     def read(a: Any, /) -> list:

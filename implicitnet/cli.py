@@ -48,7 +48,7 @@ _DEVICE_HELP = (
 def _cmd_info(ns) -> int:
     found = {}
     for name in _backends.BACKEND_NAMES:
-        mod = _backends._load(name)
+        mod = _backends.load_backend(name)
         if mod.available():
             found[name] = {"available": True, "devices": mod.devices()}
         else:

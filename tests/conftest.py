@@ -43,11 +43,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 # The backend matrix: (test id, backend name, device). Every backend runs on its default
 # device; torch runs a second time on CUDA ("torch_cuda"), with torch's default device
 # set to the GPU for the test, so that every array the test makes lands there.
+# A backend added to implicitnet.backends joins the matrix by its registration alone.
 _VARIANTS = {
-    "numpy": ("numpy", None),
-    "array_api_strict": ("array_api_strict", None),
-    "torch": ("torch", None),
-    "cupy": ("cupy", None),
+    **{name: (name, None) for name in backends.BACKEND_NAMES},
     "torch_cuda": ("torch", "cuda"),
 }
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import backends
 from .._xp import device, namespace
-from ..backends import _data as _host
+from ..backends import host
 
 __all__ = ["batches", "num_batches"]
 
@@ -91,7 +91,7 @@ def _iterate(x, y, batch_size, seed, epoch, drop_last):
     if seed is not None:
         xp = namespace(x)
         be = backends.backend_of(x)
-        host_perm = _host.permutation(n, seed, epoch)
+        host_perm = host.permutation(n, seed, epoch)
         # One gather per epoch, then contiguous slices.
         x = xp.take(x, be.from_numpy(host_perm, device=device(x)), axis=0)
         if y is not None:

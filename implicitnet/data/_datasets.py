@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import types
 from typing import Any, NamedTuple
 
 from .. import backends
 from .._validate import check_int, check_real
-from ..backends import _data as _host
+from ..backends import host
 
 __all__ = ["Dataset", "load_digits", "load_idx", "load_mnist", "read_idx"]
 
@@ -25,26 +24,6 @@ class Dataset(NamedTuple):
     x_test: Any
     y_test: Any
     num_classes: int
-
-
-def _backend(backend):
-    if isinstance(backend, str):
-        return backends.get_backend(backend)
-    if isinstance(backend, types.ModuleType) and backend.__name__.startswith(
-        "implicitnet.backends."
-    ):
-        return backend
-    msg = (
-        f"`backend` must be a backend name ({', '.join(backends.BACKEND_NAMES)}) or a "
-        f"backend module, got {backend!r}"
-    )
-    raise TypeError(msg)
-
-
-def _dtype_name(dtype) -> str:
-    from ..backends import _common
-
-    return _common.dtype_name(dtype)
 
 
 def _images(a, *, flatten: bool):
@@ -102,10 +81,10 @@ def load_digits(
     >>> ds.x_train.shape, ds.x_test.shape, ds.x_train.dtype.name, ds.num_classes
     ((1438, 1, 8, 8), (359, 1, 8, 8), 'float32', 10)
     """
-    be = _backend(backend)
+    be = backends.get_backend(backend)
     check_real(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True)
-    images, labels = _host.digits(dtype=_dtype_name(dtype))
-    train, test = _host.split_indices(images.shape[0], float(test_fraction), seed)
+    images, labels = host.digits(dtype=host.dtype_name(dtype))
+    train, test = host.split_indices(images.shape[0], float(test_fraction), seed)
     images = _images(images, flatten=flatten)
     return Dataset(
         x_train=be.from_numpy(images[train], device=device),
@@ -158,8 +137,8 @@ def read_idx(path: str | os.PathLike, *, backend="numpy", device=None):
     >>> data.read_idx(path).tolist()
     [7, 2, 1]
     """
-    be = _backend(backend)
-    return be.from_numpy(_host.read_idx(path), device=device)
+    be = backends.get_backend(backend)
+    return be.from_numpy(host.read_idx(path), device=device)
 
 
 def load_idx(
@@ -203,10 +182,10 @@ def load_idx(
         a label lies outside ``0 .. num_classes - 1``, or the counts differ. Messages
         name the file.
     """
-    be = _backend(backend)
+    be = backends.get_backend(backend)
     num_classes = check_int(num_classes, "num_classes", minimum=1)
-    images = _host.read_idx(images_path)
-    labels = _host.read_idx(labels_path)
+    images = host.read_idx(images_path)
+    labels = host.read_idx(labels_path)
     if images.ndim != 3:
         msg = (
             f"{os.fspath(images_path)}: images must be 3-D (n, height, width), got shape "
@@ -235,7 +214,7 @@ def load_idx(
             )
             raise ValueError(msg)
     scale = 255.0 if images.dtype.name == "uint8" else 1.0
-    x = _images(_host.astype(images, _dtype_name(dtype), scale), flatten=flatten)
+    x = _images(host.astype(images, host.dtype_name(dtype), scale), flatten=flatten)
     y = labels.astype("int64")
     return be.from_numpy(x, device=device), be.from_numpy(y, device=device)
 

@@ -6,8 +6,8 @@ import numbers
 import os
 from typing import Any, NamedTuple
 
-from .._xp import namespace
-from ._datasets import _backend
+from .. import backends
+from .._xp import device, namespace
 
 __all__ = ["TextCorpus", "load_text", "pydoc_text", "text_sequences"]
 
@@ -66,8 +66,6 @@ def _encode(text: str, vocab: str, *, like, what: str):
         msg = f"`{what}` holds symbols outside the vocabulary: {''.join(unknown)!r}"
         raise ValueError(msg)
     xp = namespace(like)
-    from .._xp import device
-
     return xp.asarray([index[ch] for ch in text], dtype=xp.int64, device=device(like))
 
 
@@ -85,7 +83,7 @@ def pydoc_text() -> str:
     >>> len(data.pydoc_text()) > 100_000
     True
     """
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # deferred: half a megabyte of text, rarely used
 
     return "".join(topics[key] for key in sorted(topics))
 
@@ -137,7 +135,7 @@ def load_text(
     >>> corpus.decode(corpus.encode("def f(x):"))
     'def f(x):'
     """
-    be = _backend(backend)
+    be = backends.get_backend(backend)
     if path is None:
         text, name = pydoc_text(), "pydoc_data.topics"
     else:

@@ -16,7 +16,7 @@ the convolution differentiable to any order:
 
 from __future__ import annotations
 
-from ..autodiff._core import defvjp, primitive
+from ..autodiff import defvjp, primitive
 from ._conv_kernels import conv2d_input_grad_raw, conv2d_raw, conv2d_weight_grad_raw
 
 __all__ = ["conv2d", "conv2d_input_grad", "conv2d_weight_grad"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import backends
 from .._tree import static_field
 from .._validate import check_real
+from .._xp import device as device_of
 from .._xp import namespace
-from ._init import resolve_backend
+from ..backends import host
 from ._module import Module
 
 __all__ = ["VariationalDropout", "dropout_mask"]
@@ -43,10 +45,8 @@ def dropout_mask(shape, rate: float, seed, *, dtype=None, backend="numpy", devic
     True
     """
     rate = check_real(rate, "rate", low=0.0, high=1.0, high_open=True)
-    be = resolve_backend(backend)
-    from ..backends._common import dtype_name
-
-    dtype = dtype_name(dtype)
+    be = backends.get_backend(backend)
+    dtype = host.dtype_name(dtype)
     u = be.random_uniform(shape, seed, dtype=dtype, device=device)
     xp = be.namespace()
     keep = xp.asarray(1.0 / (1.0 - rate), dtype=u.dtype, device=device)
@@ -98,9 +98,6 @@ class VariationalDropout(Module):
         if self.rate == 0.0:
             return None
         if like is not None:
-            from .. import backends
-            from .._xp import device as device_of
-
             return dropout_mask(
                 shape,
                 self.rate,

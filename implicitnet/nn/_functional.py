@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._xp import device, namespace
+from ..autodiff import stop_gradient as _stop_gradient
 from ._module import Module
 
 __all__ = [
@@ -25,12 +26,6 @@ __all__ = [
     "softmax",
     "tanh",
 ]
-
-
-def _stop_gradient(x):
-    from ..autodiff._core import stop_gradient
-
-    return stop_gradient(x)
 
 
 def relu(x, /):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import types
 
 from .. import backends
-from ..backends import _common
+from ..backends import host
 
-__all__ = ["generator", "normal_init", "resolve_backend", "uniform_init", "zeros_init"]
+__all__ = ["generator", "normal_init", "uniform_init", "zeros_init"]
 
 
 def generator(seed):
@@ -16,22 +15,7 @@ def generator(seed):
 
     Draw several layers from one generator to build a whole model from one seed.
     """
-    return _common.generator(seed)
-
-
-def resolve_backend(backend):
-    """A backend module from a name or a backend module."""
-    if isinstance(backend, str):
-        return backends.get_backend(backend)
-    if isinstance(backend, types.ModuleType) and backend.__name__.startswith(
-        "implicitnet.backends."
-    ):
-        return backend
-    msg = (
-        f"`backend` must be a backend name ({', '.join(backends.BACKEND_NAMES)}) or a "
-        f"backend module, got {backend!r}"
-    )
-    raise TypeError(msg)
+    return host.generator(seed)
 
 
 def uniform_init(shape, bound: float, seed, *, dtype=None, backend="numpy", device=None):
@@ -59,23 +43,23 @@ def uniform_init(shape, bound: float, seed, *, dtype=None, backend="numpy", devi
     >>> w.shape, bool(abs(w).max() <= 0.5)
     ((2, 3), True)
     """
-    be = resolve_backend(backend)
+    be = backends.get_backend(backend)
     return be.random_uniform(shape, seed, low=-bound, high=bound, dtype=dtype, device=device)
 
 
 def normal_init(shape, std: float, seed, *, dtype=None, backend="numpy", device=None):
     """Normal numbers with mean 0 and standard deviation `std` (see :func:`uniform_init`)."""
-    be = resolve_backend(backend)
+    be = backends.get_backend(backend)
     z = be.random_normal(shape, seed, dtype=dtype, device=device)
     return z * std if std != 1.0 else z
 
 
 def zeros_init(shape, *, dtype=None, backend="numpy", device=None):
     """Zeros of `shape` on `backend` (float64 by default)."""
-    be = resolve_backend(backend)
+    be = backends.get_backend(backend)
     ns = be.namespace()
-    dt = getattr(ns, _common.dtype_name(dtype))
-    return ns.zeros(_common.check_shape(shape), dtype=dt, device=device)
+    dt = getattr(ns, host.dtype_name(dtype))
+    return ns.zeros(host.check_shape(shape), dtype=dt, device=device)
 
 
 def fan_in_bound(fan_in: int) -> float:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backends
 from .._tree import static_field
 from .._validate import check_divides, check_int, check_positive
 from .._xp import namespace
+from ..backends import host
 from ._conv import conv2d
-from ._init import fan_in_bound, generator, resolve_backend, uniform_init
+from ._init import fan_in_bound, generator, uniform_init
 from ._module import Module
 
 __all__ = ["Conv2d", "GroupNorm", "LayerNorm", "Linear"]
@@ -88,7 +90,7 @@ class Linear(Module):
         out_features = check_int(out_features, "out_features", minimum=1)
         rng = generator(seed)
         bound = fan_in_bound(in_features)
-        kw = {"dtype": dtype, "backend": resolve_backend(backend), "device": device}
+        kw = {"dtype": dtype, "backend": backends.get_backend(backend), "device": device}
         w = uniform_init((out_features, in_features), bound, rng, **kw)
         b = uniform_init((out_features,), bound, rng, **kw) if bias else None
         return cls(weight=w, bias=b)
@@ -171,26 +173,22 @@ class Conv2d(Module):
         kh, kw = _pair("kernel_size", kernel_size)
         rng = generator(seed)
         bound = fan_in_bound(in_channels * kh * kw)
-        kw_ = {"dtype": dtype, "backend": resolve_backend(backend), "device": device}
+        kw_ = {"dtype": dtype, "backend": backends.get_backend(backend), "device": device}
         w = uniform_init((out_channels, in_channels, kh, kw), bound, rng, **kw_)
         b = uniform_init((out_channels,), bound, rng, **kw_) if bias else None
         return cls(weight=w, bias=b, stride=stride, padding=padding)
 
 
 def _ones(shape, *, dtype, backend, device):
-    be = resolve_backend(backend)
+    be = backends.get_backend(backend)
     ns = be.namespace()
-    from ..backends._common import dtype_name
-
-    return ns.ones(shape, dtype=getattr(ns, dtype_name(dtype)), device=device)
+    return ns.ones(shape, dtype=getattr(ns, host.dtype_name(dtype)), device=device)
 
 
 def _zeros(shape, *, dtype, backend, device):
-    be = resolve_backend(backend)
+    be = backends.get_backend(backend)
     ns = be.namespace()
-    from ..backends._common import dtype_name
-
-    return ns.zeros(shape, dtype=getattr(ns, dtype_name(dtype)), device=device)
+    return ns.zeros(shape, dtype=getattr(ns, host.dtype_name(dtype)), device=device)
 
 
 def _standardize(x, axes, eps, *, xp):

@@ -6,10 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backends
 from .._tree import static_field, tree_map
 from .._validate import check_int, check_real
-from .._xp import device, namespace
-from ._init import generator, normal_init, resolve_backend
+from .._xp import device, is_tensor, namespace
+from ..autodiff import stop_gradient as _stop_gradient
+from ._init import generator, normal_init
 from ._module import Module
 
 __all__ = [
@@ -20,12 +22,6 @@ __all__ = [
     "update_buffers",
     "weight_norm",
 ]
-
-
-def _stop_gradient(x):
-    from ..autodiff._core import stop_gradient
-
-    return stop_gradient(x)
 
 
 def _row_norms(v, *, xp):
@@ -181,8 +177,6 @@ class SpectralNorm(Module):
         """A copy with `u` advanced by the power iterations (not differentiated)."""
         xp = namespace(self.weight_orig, self.u)
         u, _ = self._iterate(xp=xp)
-        from .._xp import is_tensor
-
         while is_tensor(u):
             u = u._implicitnet_data
         return dataclasses.replace(self, u=u)
@@ -207,8 +201,6 @@ def spectral_norm(layer, *, n_power_iterations: int = 1, seed=0) -> SpectralNorm
     check_int(n_power_iterations, "n_power_iterations", minimum=1)
     inner = _without_weight(layer)
     w = layer.weight
-    from .. import backends
-
     be = backends.backend_of(w)
     xp = namespace(w)
     u = normal_init(
@@ -312,7 +304,7 @@ class MonotoneLinear(Module):
         """
         rng = generator(seed)
         scale = 1.0 / n**0.5 if scale is None else float(scale)
-        kw = {"dtype": dtype, "backend": resolve_backend(backend), "device": device}
+        kw = {"dtype": dtype, "backend": backends.get_backend(backend), "device": device}
         A = normal_init((n, n), scale, rng, **kw)
         B = normal_init((n, n), scale, rng, **kw)
         return cls(A=A, B=B, m=m)

@@ -11,14 +11,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backends
 from .._tree import static_field
 from .._validate import check_divides, check_int
 from .._xp import device as _device
-from .._xp import namespace
+from .._xp import is_tensor, namespace
 from ._deq import DEQ
 from ._functional import gelu, softmax
-from ._init import generator, normal_init, resolve_backend
+from ._init import generator, normal_init
 from ._layers import LayerNorm, Linear
+from ._models import _deq_config
 from ._module import Module
 
 __all__ = [
@@ -162,7 +164,7 @@ class Embedding(Module):
             float(std),
             generator(seed),
             dtype=dtype,
-            backend=resolve_backend(backend),
+            backend=backends.get_backend(backend),
             device=device,
         )
         return cls(weight=w)
@@ -257,8 +259,6 @@ class CausalSelfAttention(Module):
 
 def _raw_namespace(x):
     # The namespace of the arrays under `x` (the mask is a constant, never traced).
-    from .._xp import is_tensor
-
     while is_tensor(x):
         x = x._implicitnet_data
     return namespace(x)
@@ -390,8 +390,6 @@ class Unrolled(Module):
 
 
 def _raw_array(x):
-    from .._xp import is_tensor
-
     while is_tensor(x):
         x = x._implicitnet_data
     return x
@@ -506,8 +504,6 @@ def transformer_deq(
     cell = TransformerCell.create(
         dim, num_heads=num_heads, hidden=hidden, init_scale=init_scale, seed=rng, **kw
     )
-    from ._models import _deq_config
-
     return SequenceLM(
         embedding=emb, body=DEQ(cell, **_deq_config(deq_config)), norm=norm, head=head
     )

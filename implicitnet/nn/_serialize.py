@@ -8,8 +8,7 @@ from typing import Any
 from .. import backends
 from .._tree import TreeDef, tree_flatten, tree_unflatten
 from .._xp import is_tensor
-from ..backends import _io
-from ._init import resolve_backend
+from ..backends import host
 
 __all__ = ["load", "load_metadata", "named_leaves", "save"]
 
@@ -103,11 +102,11 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Any = None) -> None:
         except TypeError:
             msg = f"`tree` leaf {name!r} is not an array: {type(leaf).__name__}"
             raise TypeError(msg) from None
-    _io.save_arrays(path, arrays, metadata)
+    host.save_arrays(path, arrays, metadata)
 
 
 def _read(path):
-    return _io.load_arrays(path)
+    return host.load_arrays(path)
 
 
 def load_metadata(path: str | os.PathLike) -> Any:
@@ -146,7 +145,7 @@ def load(path: str | os.PathLike, like: Any = None, *, backend=None, device=None
     arrays, _ = _read(path)
     path = os.fspath(path)
     if like is None:
-        be = resolve_backend(backend or "numpy")
+        be = backends.get_backend(backend or "numpy")
         return {k: be.from_numpy(v, device=device) for k, v in arrays.items()}
     template = named_leaves(like)
     missing = [k for k in template if k not in arrays]
@@ -170,7 +169,7 @@ def load(path: str | os.PathLike, like: Any = None, *, backend=None, device=None
             msg = f"{path}: array {name!r} has dtype {a.dtype}, expected {host_ref.dtype}"
             raise ValueError(msg)
         if backend is not None:
-            be = resolve_backend(backend)
+            be = backends.get_backend(backend)
         else:
             r = ref
             while is_tensor(r):

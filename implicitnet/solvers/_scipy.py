@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import backends
 from .._result import Status
 from .._xp import is_tensor, vector_norm
 from ._base import AbstractSolver
@@ -104,16 +105,15 @@ class SciPyRoot(AbstractSolver):
             raise ValueError(msg)
 
     def run(self, problem, *, rtol, atol, maxiter, callback, xp):
-        from .. import backends
-
-        if is_tensor(problem.x0) or backends.backend_of(problem.x0).name != "numpy":
+        backend = None if is_tensor(problem.x0) else backends.backend_of(problem.x0)
+        if backend is None or backend.name != "numpy":
             msg = (
                 f"method 'scipy:{self.method}' needs NumPy arrays; got "
                 f"{type(problem.x0).__module__}.{type(problem.x0).__name__}. Use a native "
                 "method (picard, anderson, broyden, newton_krylov) on other backends"
             )
             raise TypeError(msg)
-        import scipy.optimize
+        optimize = backend.scipy_module().optimize  # SciPy is imported here, on first use
 
         fixed = problem.kind == "fixed_point"
         batch, n = problem.batch, problem.n
@@ -156,7 +156,7 @@ class SciPyRoot(AbstractSolver):
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
-                        sol = scipy.optimize.root(
+                        sol = optimize.root(
                             fun,
                             xp.reshape(xp.astype(x0_i, xp.float64), (n,)),
                             method=self.method,

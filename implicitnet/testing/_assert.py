@@ -6,7 +6,7 @@ import array_api_compat
 
 from .. import backends
 from .._xp import is_tensor
-from ..backends._check import allclose_report
+from ..backends.host import allclose_report
 
 
 def assert_close(
