@@ -43,7 +43,7 @@ from .implicit import PhantomAdjoint as PhantomAdjoint
 from .implicit import UnrolledAdjoint as UnrolledAdjoint
 from .implicit import fixed_point as fixed_point
 from .implicit import root as root
-from .nn._regularization import jacobian_regularization as jacobian_regularization
+from .nn import jacobian_regularization as jacobian_regularization
 from .solvers import AbstractIterativeSolver as AbstractIterativeSolver
 from .solvers import AbstractSolver as AbstractSolver
 from .solvers import Anderson as Anderson

@@ -39,9 +39,8 @@ from ._registry import Registry
 from ._result import ConvergenceWarning, Result, Status
 from ._tree import tree_flatten, tree_unflatten
 from ._validate import check_int, check_real, check_tolerances
-from ._xp import is_array, is_tensor, namespace, vector_norm
+from ._xp import is_array, is_tensor, namespace, untraced, vector_norm
 from .autodiff import Tensor, defvjp, primitive, vjp
-from .autodiff._core import _raw
 
 __all__ = [
     "AbstractAdjoint",
@@ -96,7 +95,7 @@ def root_vjp(G: Callable, z_star: Any, leaves: list, ct: Any, *, solve: Callable
     _, vjp_z = vjp(lambda z: G(z, *leaves), z_star)
 
     def A(w):
-        return _raw(vjp_z(w)[0])
+        return untraced(vjp_z(w)[0])
 
     res = solve(A, -ct)
     if not leaves:
@@ -160,8 +159,8 @@ class AbstractLinearAdjoint(AbstractAdjoint):
 
     def apply(self, solve, kind, f, x0, args, *, batch_axis):
         leaves, treedef = tree_flatten(args)
-        raw_args = tree_unflatten(treedef, [_raw(a) for a in leaves])
-        res = solve(_guarded(f, kind, treedef), _raw(x0), raw_args, raw=True)
+        raw_args = tree_unflatten(treedef, [untraced(a) for a in leaves])
+        res = solve(_guarded(f, kind, treedef), untraced(x0), raw_args, raw=True)
         if not any(is_tensor(a) and a.traced for a in leaves):
             return res
         spec = _Spec(kind, f, treedef, self, batch_axis, res.stats, res)
@@ -287,8 +286,8 @@ class UnrolledAdjoint(AbstractAdjoint):
     def apply(self, solve, kind, f, x0, args, *, batch_axis):
         leaves, treedef = tree_flatten(args)
         if not any(is_tensor(a) and a.traced for a in leaves):
-            raw_args = tree_unflatten(treedef, [_raw(a) for a in leaves])
-            return solve(_guarded(f, kind, treedef), _raw(x0), raw_args, raw=True)
+            raw_args = tree_unflatten(treedef, [untraced(a) for a in leaves])
+            return solve(_guarded(f, kind, treedef), untraced(x0), raw_args, raw=True)
         # Differentiate through the iterations: run the array-API solver on tensors
         # (raw arrays enter as constant tensors, so every operator dispatches to Tensor).
         args = tree_unflatten(treedef, [_constant(a) for a in leaves])
@@ -380,7 +379,7 @@ def _implicit_solution_vjp(ct, ans, z_star, *leaves, xp, spec, needs_grad):
     if is_tensor(ct) and ct.traced:
         msg = "second derivatives through an implicit solve are not supported"
         raise NotImplementedError(msg)
-    ct = _raw(ct)
+    ct = untraced(ct)
     bxp = namespace(ct)
     fwd = spec.forward
     if not fwd.success:
@@ -480,7 +479,7 @@ def _guarded(f: Callable, kind: str, treedef: Any) -> Callable:
                     "*args)` receives them, so that its gradient is not lost."
                 )
                 raise ValueError(msg)
-            out = _raw(out)
+            out = untraced(out)
         return out
 
     return checked

@@ -13,7 +13,6 @@ from . import data as _data
 from . import nn
 from ._train import Objective, evaluate_batches, fit_epoch
 from ._xp import device, namespace
-from .nn._regularization import jacobian_regularization
 
 __all__ = [
     "SEQ_DEFAULTS",
@@ -102,7 +101,7 @@ def _loss(model, xb, yb, jac_reg: float, seed):
     if jac_reg <= 0.0:
         return ce, (ce, res)
     cell = nn.materialize(model.body.cell)
-    jr = jacobian_regularization(_apply_cell, z, (cell, x), seed=seed)
+    jr = nn.jacobian_regularization(_apply_cell, z, (cell, x), seed=seed)
     return ce + jac_reg * jr, (ce, res)
 
 

@@ -24,8 +24,8 @@ from . import __version__, _checkpoint, _plot, _train, _train_seq, nn, solvers
 from . import backends as _backends
 from ._checkpoint import CheckpointError
 from ._checkpoint import jsonable as _jsonable
+from ._cli_distributed import run_data_parallel
 from ._validate import check_int, check_nonnegative, check_positive, check_real
-from .distributed._cli import run_data_parallel
 
 __all__ = ["main", "main_entry"]
 

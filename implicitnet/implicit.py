@@ -3,7 +3,7 @@
 ``fixed_point(f, x0, args)`` and ``root(F, x0, args)`` (:func:`implicitnet.fixed_point`,
 :func:`implicitnet.root`, also importable from :mod:`implicitnet.solvers`) are the one
 way to solve. The solve itself (argument checks, the problem in the solvers' layout,
-the method's driver) is :func:`implicitnet.solvers._api.solve`; the adjoint object given
+the method's driver) is :func:`implicitnet.solvers.solve`; the adjoint object given
 as `backward` (:mod:`implicitnet._adjoint`) decides how the solution is differentiated:
 on raw arrays with the implicit-function-theorem VJP attached (``"implicit"``,
 ``"phantom"``), or through the iterations on tensors (``"unrolled"``). With
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from . import solvers as _solvers
 from ._adjoint import AbstractAdjoint as AbstractAdjoint
 from ._adjoint import AbstractLinearAdjoint as AbstractLinearAdjoint
 from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
@@ -22,7 +23,6 @@ from ._adjoint import PhantomAdjoint as PhantomAdjoint
 from ._adjoint import UnrolledAdjoint as UnrolledAdjoint
 from ._adjoint import resolve_adjoint
 from ._result import Result
-from .solvers import _api
 
 # The adjoint classes above are re-exported (``X as X``); this module defines these.
 __all__ = ["fixed_point", "root"]
@@ -52,7 +52,7 @@ def _solve(kind: str, f: Callable, x0: Any, args: Any, params: dict[str, Any]) -
     def solve(f, x0, args, *, raw=False):
         # `raw`: the adjoint solves on the raw arrays under any autodiff namespace given.
         ns = getattr(xp, "backend_namespace", xp) if raw and xp is not None else xp
-        return _api.solve(kind, f, x0, args, xp=ns, **keywords)
+        return _solvers.solve(kind, f, x0, args, xp=ns, **keywords)
 
     if backward is None:
         return solve(f, x0, args)
@@ -313,9 +313,10 @@ def root(
 
 def __getattr__(name: str) -> Any:
     # `implicitnet.implicit.jacobian_regularization` stays importable; it lives with the
-    # nn code (a layer above), imported on first use so that this module never loads nn.
+    # nn code (a layer above).
     if name == "jacobian_regularization":
-        from .nn._regularization import jacobian_regularization
+        # Deferred to first use: at module level it would close a cycle (nn -> implicit).
+        from .nn import jacobian_regularization
 
         return jacobian_regularization
     msg = f"module {__name__!r} has no attribute {name!r}"

@@ -56,66 +56,20 @@ ROOTS = {
     "implicitnet.backends": pathlib.Path(backends.__file__).parent,
 }
 
-# -- Allow-lists: known offenders, in files other work is refactoring ------------------
-# Each entry names the offending import exactly; the lead empties these lists when that
-# work is merged. An entry that no longer matches anything fails
-# test_allow_lists_are_current.
+# -- Allow-lists: known offenders ------------------------------------------------------
+# Empty: every rule holds for the whole package. Should a refactoring ever need an
+# exception for a while, it goes here, naming the import exactly and saying why; an entry
+# that no longer matches anything fails test_allow_lists_are_current.
 
 #: Module-level import edges ``(importer, imported)`` that close a known cycle.
 KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 #: Function-local imports without a reason: ``(module, imported module)``.
-KNOWN_LOCAL_IMPORTS: set[tuple[str, str]] = {
-    # The solvers/_base <-> _iterate cycle, hidden in a function (issue 14, item 2).
-    ("implicitnet.solvers._base", "implicitnet.solvers._iterate"),
-    ("implicitnet.solvers._newton_krylov", "implicitnet.linalg._gmres"),
-    ("implicitnet.linalg._base", "implicitnet.backends"),
-    # The autodiff Tensor <-> _ops <-> _namespace cycle (item 5), and its neighbours.
-    ("implicitnet.autodiff._core", "implicitnet.autodiff._namespace"),
-    ("implicitnet.autodiff._ops", "operator"),
-    ("implicitnet.autodiff._summary", "implicitnet.autodiff._transforms"),
-    ("implicitnet.autodiff._summary", "implicitnet.backends"),
-    # The differentiable entry point and the DEQ layer that calls it (item 1).
-    ("implicitnet.implicit", "implicitnet.backends"),
-    ("implicitnet.nn._deq", "implicitnet.implicit"),
-    ("implicitnet.nn._deq", "implicitnet.nn._layers"),
-    # The CLI, the training loops and the checkpoint/plotting split (item 6);
-    # matplotlib and tqdm are optional, but the imports do not say so yet.
-    ("implicitnet._train_seq", "implicitnet.implicit"),
-    ("implicitnet.cli", "implicitnet._train"),
-    ("implicitnet.cli", "implicitnet._train_seq"),
-    ("implicitnet.cli", "implicitnet.distributed._cli"),
-    ("implicitnet.cli", "implicitnet.nn"),
-    ("implicitnet.cli", "matplotlib"),
-    ("implicitnet.cli", "matplotlib.figure"),
-    ("implicitnet.cli", "tqdm"),
-    # Dask and MPI are optional dependencies, but the imports do not say so yet.
-    ("implicitnet.distributed._dask", "array_api_compat"),
-    ("implicitnet.distributed._dask", "dask"),
-    ("implicitnet.distributed._dask", "dask.array"),
-    ("implicitnet.distributed._dask", "dask.highlevelgraph"),
-    ("implicitnet.distributed._dask", "implicitnet._xp"),
-    ("implicitnet.distributed._mpi", "implicitnet._train"),
-    ("implicitnet.distributed._mpi", "implicitnet.nn"),
-    ("implicitnet.distributed._mpi", "mpi4py"),
-}
+KNOWN_LOCAL_IMPORTS: set[tuple[str, str]] = set()
 
 #: Private imports across packages: ``(importer, private name)``, the name up to its
 #: first private part (``implicitnet.autodiff._ops`` for ``from .autodiff._ops import abs``).
-KNOWN_PRIVATE_IMPORTS: set[tuple[str, str]] = {
-    # autodiff internals used outside autodiff (item 5: one list of primitives).
-    ("implicitnet.ops", "implicitnet.autodiff._ops"),
-    ("implicitnet.implicit", "implicitnet.autodiff._core"),
-    ("implicitnet.control._mpc", "implicitnet.autodiff._core"),
-    ("implicitnet.testing._gradcheck", "implicitnet.autodiff._transforms"),
-    # solvers and linalg internals (items 2, 3 and 6: validation module, registries).
-    ("implicitnet.solvers._newton_krylov", "implicitnet.linalg._gmres"),
-    ("implicitnet.distributed._dask", "implicitnet.solvers._api"),
-    ("implicitnet.distributed._dask", "implicitnet.solvers._iterate"),
-    ("implicitnet.distributed._dask", "implicitnet.solvers._registry"),
-    # the CLI's data-parallel command (item 6).
-    ("implicitnet.cli", "implicitnet.distributed._cli"),
-}
+KNOWN_PRIVATE_IMPORTS: set[tuple[str, str]] = set()
 
 
 # -- Reading the modules -----------------------------------------------------------------

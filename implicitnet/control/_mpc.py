@@ -17,9 +17,8 @@ from .._adjoint import ImplicitAdjoint, UnrolledAdjoint, _constant, resolve_adjo
 from .._result import Result, Status
 from .._tree import tree_flatten, tree_leaves, tree_unflatten
 from .._validate import check_int, check_real, check_tolerances
-from .._xp import as_float_array, is_tensor, namespace, vector_norm
+from .._xp import as_float_array, is_tensor, namespace, untraced, vector_norm
 from ..autodiff import grad
-from ..autodiff._core import _raw
 from ..implicit import root as _root
 
 __all__ = [
@@ -538,7 +537,7 @@ def mpc(
     check_real(regularization, "regularization", low=0.0)
     leaves = tree_leaves((params, weights))
     xp = namespace(x0, *leaves) if xp is None else xp
-    bxp = namespace(_raw(x0))  # the backend namespace (no tape)
+    bxp = namespace(untraced(x0))  # the backend namespace (no tape)
     x0 = as_float_array(x0, xp=xp)
     single = x0.ndim == 1
     if x0.ndim not in (1, 2):
@@ -569,16 +568,16 @@ def mpc(
     if u_init is None:
         v = bxp.zeros((B, N), dtype=dtype)
     else:
-        u0 = as_float_array(_raw(u_init), xp=bxp, dtype=dtype)
+        u0 = as_float_array(untraced(u_init), xp=bxp, dtype=dtype)
         want = (horizon, m) if single else (B, horizon, m)
         if tuple(u0.shape) != want:
             msg = f"`u_init` must have shape {want}, got {tuple(u0.shape)}"
             raise ValueError(msg)
         v = problem.unsquash(bxp.reshape(u0, (B, horizon, m)), xp=bxp)
 
-    raw_x0 = _raw(x0)
-    raw_params = _tree_raw(params)
-    raw_weights = _tree_raw(weights)
+    raw_x0 = untraced(x0)
+    raw_params = _treeuntraced(params)
+    raw_weights = _treeuntraced(weights)
     g0 = problem.gradient(v, raw_x0, raw_params, raw_weights)
     threshold = atol + rtol * vector_norm(g0, axis=-1, xp=bxp)
     adjoint = _adjoint(backward, rtol)
@@ -622,9 +621,9 @@ def mpc(
     )
 
 
-def _tree_raw(tree):
+def _treeuntraced(tree):
     leaves, td = tree_flatten(tree)
-    return tree_unflatten(td, [_raw(a) if is_tensor(a) else a for a in leaves])
+    return tree_unflatten(td, [untraced(a) if is_tensor(a) else a for a in leaves])
 
 
 def _adjoint(backward, rtol):

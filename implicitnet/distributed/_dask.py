@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from array_api_compat import is_dask_array
+
 from .._result import Result, Status, status_message
 from .._tree import tree_leaves
 from .._validate import check_tolerances
-from .._xp import device, namespace
+from .._xp import device, namespace, to_host
 from ..solvers import fixed_point as _fixed_point
+from ..solvers import resolve_method
 from ..solvers import root as _root
-from ..solvers._iterate import overall_status
-from ..solvers._registry import resolve_method
 
 __all__ = ["STATUSES", "DaskResult", "fixed_point", "root"]
 
@@ -30,8 +31,9 @@ _FIELDS = ("x", "converged", "status", "nit", "nfev", "residual")
 
 def _require_dask():
     try:
+        # Dask is an optional dependency: imported on first use.
         import dask
-        import dask.array as da
+        import dask.array as da  # optional, as above
     except ImportError:  # pragma: no cover - depends on the environment
         msg = (
             "implicitnet.distributed needs Dask for batched solves, which is not "
@@ -39,12 +41,6 @@ def _require_dask():
         )
         raise ImportError(msg) from None
     return dask, da
-
-
-def _is_dask_array(x: Any) -> bool:
-    from array_api_compat import is_dask_array
-
-    return is_dask_array(x)
 
 
 @dataclass(frozen=True)
@@ -119,7 +115,7 @@ class DaskResult:
             xp.concat([p[k] for p in parts]) for k in range(1, 6)
         )
         statuses = tuple(STATUSES[int(c)] for c in _host_ints(codes))
-        overall = overall_status(list(statuses))
+        overall = Status.worst(list(statuses))
         return Result(
             x=x,
             success=bool(xp.all(converged)),
@@ -153,7 +149,7 @@ class DaskResult:
         n_conv = sum(p[1] for p in partials)
         systems = sum(counts)
         per_status = {STATUSES[k].value: n for k, n in enumerate(counts) if n}
-        overall = overall_status([Status(s) for s in per_status])
+        overall = Status.worst([Status(s) for s in per_status])
         return {
             "systems": systems,
             "converged": n_conv,
@@ -187,8 +183,6 @@ def _chunk_summary(fields: tuple) -> tuple:
 
 
 def _host_ints(a) -> list[int]:
-    from .._xp import to_host
-
     return [int(v) for v in to_host(a)]
 
 
@@ -282,7 +276,7 @@ def _solve(
     if not callable(f):
         msg = f"`{name}` must be callable, got {type(f).__name__}"
         raise TypeError(msg)
-    if not _is_dask_array(x0):
+    if not is_dask_array(x0):
         msg = (
             f"`x0` must be a Dask array chunked along `batch_axis`, got {type(x0).__name__} "
             "(solve an in-memory batch with implicitnet.solvers." + kind + ")"
@@ -324,7 +318,7 @@ def _solve(
     next_index = ndim
     for k, (a, ax) in enumerate(zip(args, axes)):
         if ax is None:
-            if any(_is_dask_array(leaf) for leaf in tree_leaves(a)):
+            if any(is_dask_array(leaf) for leaf in tree_leaves(a)):
                 msg = (
                     f"`args[{k}]` holds a Dask array but is shared by every system; give "
                     "it a batch axis in `arg_batch_axes`, or pass it computed"
@@ -349,7 +343,7 @@ def _solve(
             )
             raise ValueError(msg)
         chunks = tuple(batch_chunks if i == ax else (a.shape[i],) for i in range(a.ndim))
-        a = a.rechunk(chunks) if _is_dask_array(a) else da.from_array(a, chunks=chunks)
+        a = a.rechunk(chunks) if is_dask_array(a) else da.from_array(a, chunks=chunks)
         a_index = []
         for i in range(a.ndim):
             if i == ax:
@@ -414,7 +408,7 @@ def _solve(
 def _per_system(solved, pos, nblocks, batch_axis, batch_chunks, dtype, meta_xp, label, token):
     """A 1-D Dask array of field `pos` of each solved chunk (a task per chunk)."""
     _, da = _require_dask()
-    from dask.highlevelgraph import HighLevelGraph
+    from dask.highlevelgraph import HighLevelGraph  # optional dependency, as above
 
     name = f"implicitnet-{label}-{token}"
     zeros = (0,) * solved.ndim

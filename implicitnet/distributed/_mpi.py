@@ -26,6 +26,7 @@ class ReplicaMismatchError(RuntimeError):
 
 def _world():
     try:
+        # mpi4py is an optional dependency: imported on first use.
         from mpi4py import MPI
     except ImportError:  # pragma: no cover - depends on the environment
         msg = (
@@ -297,7 +298,7 @@ class DataParallel:
 
 
 def _mpi_sum():
-    from mpi4py import MPI
+    from mpi4py import MPI  # optional dependency (see _world)
 
     return MPI.SUM
 

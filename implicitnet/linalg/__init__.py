@@ -17,6 +17,7 @@ from ._broyden import Broyden as Broyden
 from ._broyden import broyden as broyden
 from ._gmres import GMRES as GMRES
 from ._gmres import gmres as gmres
+from ._gmres import gmres_rows as gmres_rows
 from ._neumann import Neumann as Neumann
 from ._neumann import neumann as neumann
 from ._registry import get_solver as get_solver

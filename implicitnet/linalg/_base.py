@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+from .. import backends
 from .._batch import BatchLayout
 from .._result import Result, Status, status_message
 from .._validate import (
@@ -251,8 +252,6 @@ def resolve_namespace(b, x0, xp, A=None):
     if not arrays:
         if is_array(A):
             return namespace(A)
-        from .. import backends
-
         return backends.get_backend("numpy").namespace()
     try:
         return namespace(*arrays)

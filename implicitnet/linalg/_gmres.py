@@ -454,3 +454,60 @@ def _gmres_operator(matvec, b, bnorm, *, tol, restart: int, maxiter: int, xp, **
     """
     p = _Problem(b, None, matvec, None, BatchLayout(tuple(b.shape), 0), True, bnorm)
     return _gmres(p, tol=tol, restart=restart, maxiter=maxiter, callback=None, xp=xp, **options)
+
+
+def gmres_rows(
+    matvec: Callable[[Any], Any],
+    b: Any,
+    bnorm: Any,
+    *,
+    tol: Any,
+    restart: int,
+    maxiter: int,
+    xp: Any,
+    exact_residual: bool = True,
+    greedy: bool = False,
+) -> tuple[Any, Any]:
+    """GMRES on ``B`` systems stored as rows, without argument checks: a building block.
+
+    The inner linear solver of Newton–Krylov methods (:class:`implicitnet.solvers
+    .NewtonKrylov` uses it): each row of `b` is one system ``A_i x_i = b_i``, solved to
+    its own threshold. Nothing is validated or reshaped, so the caller owns the layout.
+
+    Parameters
+    ----------
+    matvec : callable
+        Maps a ``(B, n)`` array of row vectors ``v_i`` to the ``(B, n)`` array of
+        ``A_i v_i``.
+    b : array, shape (B, n)
+        Right-hand sides, finite.
+    bnorm : array, shape (B,)
+        Their Euclidean row norms.
+    tol : array, shape (B,)
+        Per-system residual thresholds (absolute).
+    restart, maxiter : int
+        As in :class:`GMRES`.
+    xp : namespace
+        The array namespace of `b`.
+    exact_residual, greedy : bool
+        As in :class:`GMRES`.
+
+    Returns
+    -------
+    x : array, shape (B, n)
+        The approximate solutions.
+    iterations : int
+        The inner iterations run (the largest over the systems).
+    """
+    out = _gmres_operator(
+        matvec,
+        b,
+        bnorm,
+        tol=tol,
+        restart=restart,
+        maxiter=maxiter,
+        exact_residual=exact_residual,
+        greedy=greedy,
+        xp=xp,
+    )
+    return out.x, out.stats["iterations"]

@@ -42,6 +42,7 @@ from ._models import conv_deq as conv_deq
 from ._models import mlp_deq as mlp_deq
 from ._module import Module as Module
 from ._module import Sequential as Sequential
+from ._regularization import jacobian_regularization as jacobian_regularization
 from ._reparam import MonotoneLinear as MonotoneLinear
 from ._reparam import SpectralNorm as SpectralNorm
 from ._reparam import WeightNorm as WeightNorm
@@ -98,6 +99,7 @@ __all__ = [
     "dropout_mask",
     "gelu",
     "generator",
+    "jacobian_regularization",
     "load",
     "load_metadata",
     "log_softmax",

@@ -9,6 +9,8 @@ from typing import Any
 from .._tree import static_field, tree_map
 from .._validate import check_tolerances
 from .._xp import device, namespace
+from ..implicit import ImplicitAdjoint, PhantomAdjoint, fixed_point
+from ._layers import Linear
 from ._module import Module
 from ._reparam import MonotoneLinear, SpectralNorm, WeightNorm
 
@@ -26,8 +28,6 @@ def _effective(m):
     if isinstance(m, WeightNorm | SpectralNorm):
         return dataclasses.replace(m.inner, weight=m.weight())
     # MonotoneLinear: z -> W z is a bias-free linear layer with the constructed W.
-    from ._layers import Linear
-
     return Linear(weight=m.weight(), bias=None)
 
 
@@ -161,8 +161,6 @@ class DEQ(Module):
         """The backward mode as passed to :func:`implicitnet.fixed_point`."""
         if not (isinstance(self.backward, str) and self.backward_options):
             return self.backward
-        from ..implicit import ImplicitAdjoint, PhantomAdjoint
-
         if self.backward == "implicit":
             kw = {"rtol": self.rtol, "atol": self.atol, **self.backward_options}
             return ImplicitAdjoint(**kw)
@@ -200,8 +198,6 @@ class DEQ(Module):
             ``result.stats["backward"]`` holds the adjoint solve's ``nit``,
             ``nmatvec``, ``residual`` and ``success``.
         """
-        from ..implicit import fixed_point
-
         xp = namespace(x)
         if x.ndim < 1:
             msg = f"`x` must have a leading batch axis, got shape {tuple(x.shape)}"

@@ -9,9 +9,8 @@ from typing import Any
 from .. import backends as _backends
 from .._adjoint import _constant
 from .._tree import tree_flatten, tree_unflatten
-from .._xp import is_tensor, namespace, vector_norm
+from .._xp import is_tensor, namespace, untraced, vector_norm
 from ..autodiff import vjp
-from ..autodiff._core import _raw
 
 __all__ = ["jacobian_regularization"]
 
@@ -86,7 +85,7 @@ def jacobian_regularization(
     if not isinstance(args, tuple | list):
         args = (args,)
     backend = _backends.backend_of(z)
-    raw_z = _raw(z)
+    raw_z = untraced(z)
     size = 1
     for s in raw_z.shape:
         size *= s
@@ -116,4 +115,4 @@ def jacobian_regularization(
             term = xp.sum(vj * vj)
             total = term if total is None else total + term
     out = total / (n_probes * size)
-    return out if is_tensor(out) and out.traced else _raw(out)
+    return out if is_tensor(out) and out.traced else untraced(out)

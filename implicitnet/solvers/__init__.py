@@ -12,6 +12,7 @@ from typing import Any
 
 from . import _scipy
 from ._anderson import Anderson as Anderson
+from ._api import solve as solve
 from ._base import AbstractIterativeSolver as AbstractIterativeSolver
 from ._base import AbstractSolver as AbstractSolver
 from ._base import Problem as Problem
@@ -22,6 +23,7 @@ from ._newton_krylov import NewtonKrylov as NewtonKrylov
 from ._picard import Picard as Picard
 from ._registry import available_methods as available_methods
 from ._registry import register as register
+from ._registry import resolve_method as resolve_method
 from ._scipy import SCIPY_METHODS as SCIPY_METHODS
 from ._scipy import SciPyRoot as SciPyRoot
 
@@ -36,6 +38,7 @@ def __getattr__(name: str) -> Any:
     # `fixed_point` and `root` are implicitnet.implicit's (the same objects); a
     # module-level import would make this lower layer import autodiff.
     if name in ("fixed_point", "root"):
+        # Deferred to first use: at module level it would close a cycle (implicit -> solvers).
         from .. import implicit
 
         return getattr(implicit, name)

@@ -45,10 +45,31 @@ def solve(
     xp: Any,
     options: dict[str, Any],
 ) -> Result:
-    """Check the arguments of a solve, build its :class:`Problem` and run the method.
+    """The raw solve: check the arguments, build the :class:`Problem`, run the method.
 
-    The arguments are those of :func:`implicitnet.fixed_point` (`kind` says which
-    problem); `args` is a tuple.
+    What :func:`implicitnet.fixed_point` and :func:`implicitnet.root` run with
+    ``backward=None``, and what an adjoint's ``apply`` calls for the forward solve. It
+    knows nothing of autodiff: `x0` and `args` must hold raw arrays.
+
+    Parameters
+    ----------
+    kind : {"fixed_point", "root"}
+        Which problem: ``x = f(x, *args)`` or ``f(x, *args) = 0``.
+    f : callable
+        The map (`kind` ``"fixed_point"``) or the residual function (``"root"``).
+    x0 : array
+        The starting point.
+    args : tuple
+        The further arguments of `f`.
+    method, rtol, atol, maxiter, batch_axis, arg_batch_axes, callback, xp
+        As in :func:`implicitnet.fixed_point`.
+    options : dict
+        The method's keyword options (``**options`` of :func:`implicitnet.fixed_point`).
+
+    Returns
+    -------
+    Result
+        As :func:`implicitnet.fixed_point` returns it.
     """
     check_callable(f, "f" if kind == "fixed_point" else "F")
     if xp is None:

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from .._validate import check_int, check_real
 from .._xp import device, row_norms
+from ..linalg import gmres_rows
 from ._base import AbstractIterativeSolver, Step
 
 __all__ = ["NewtonKrylov"]
@@ -156,8 +157,6 @@ class NewtonKrylov(AbstractIterativeSolver):
         )
 
     def step(self, g, x, gx, state, *, xp):
-        from ..linalg._gmres import _gmres_operator
-
         dtype = x.dtype
         fresh = state.r_prev == float("inf")
         r = row_norms(gx, xp=xp)
@@ -203,7 +202,7 @@ class NewtonKrylov(AbstractIterativeSolver):
             bnorm = r if all_acc else xp.where(accept, r, xp.zeros_like(r))
             tiny = 10 * eps
             tol = xp.maximum(eta, xp.full_like(eta, tiny)) * bnorm
-            out = _gmres_operator(
+            solution, iterations = gmres_rows(
                 jvp,
                 b,
                 bnorm,
@@ -214,8 +213,8 @@ class NewtonKrylov(AbstractIterativeSolver):
                 greedy=True,
                 xp=xp,
             )
-            step_dir = size * out.x
-            inner = inner + out.stats["iterations"]
+            step_dir = size * solution
+            inner = inner + iterations
             d = step_dir if all_acc else xp.where(accept[:, None], step_dir, d)
 
         one = xp.ones_like(t_half)

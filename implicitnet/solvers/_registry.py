@@ -59,7 +59,28 @@ def available_methods() -> list[str]:
 
 
 def resolve_method(method: Any, options: dict[str, Any]) -> AbstractSolver:
-    """The solver object for `method` (a name or a solver) configured with `options`."""
+    """The solver object for `method` (a name or a solver) configured with `options`.
+
+    Parameters
+    ----------
+    method : str or AbstractSolver
+        A registered name (see :func:`available_methods`) or a solver object.
+    options : dict
+        Keyword settings of the method (empty for a solver object).
+
+    Returns
+    -------
+    AbstractSolver
+        The configured solver.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or a setting out of range.
+    TypeError
+        For a `method` of another type, an unknown option, or `options` given with a
+        solver object.
+    """
     if isinstance(method, AbstractSolver):
         if options:
             msg = (

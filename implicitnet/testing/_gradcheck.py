@@ -7,11 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from .. import backends
-from .._tree import tree_flatten, tree_unflatten
+from .._tree import tree_flatten, tree_map, tree_unflatten
 from .._xp import device as _device
 from .._xp import is_array, is_tensor, namespace
-from ..autodiff import vjp
-from ..autodiff._transforms import _wrap_constants
+from ..autodiff import Tensor, vjp
 
 __all__ = ["GradCheckResult", "check_grads"]
 
@@ -47,6 +46,11 @@ def _inner(a_leaves, b_leaves) -> float:
         xp = namespace(a)
         total += float(xp.sum(a * b))
     return total
+
+
+def _constant(a: Any) -> Any:
+    """A raw array as a constant (untraced) Tensor; anything else as it is."""
+    return Tensor(a) if is_array(a) and not is_tensor(a) else a
 
 
 def check_grads(
@@ -127,7 +131,7 @@ def check_grads(
         return fun(*call)
 
     # in the traced evaluation, the other arguments are constant tensors (as in grad)
-    wrapped = [_wrap_constants(a) for a in full]
+    wrapped = [tree_map(_constant, a) for a in full]
     primals = [full[i] for i in nums]
     out, vjp_fn = vjp(lambda *diff: f(*diff, constants=wrapped), *primals)
     out_leaves, out_td = tree_flatten(out)

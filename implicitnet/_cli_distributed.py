@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ._mpi import DataParallel, data_parallel_epoch
+from .distributed import DataParallel, data_parallel_epoch
 
 __all__ = ["run_data_parallel"]
 
