@@ -200,8 +200,8 @@ def _add_train_parser(sub) -> None:
         "--width",
         type=_positive_int,
         default=None,
-        help=f"state size: features (mlp, default {mlp['width']}) or channels "
-        f"(conv, default {conv['width']})",
+        help=f"state size: features (mlp, default {mlp['width']}), channels "
+        f"(conv, default {conv['width']}) or model width (transformer, default {seq['width']})",
     )
     g.add_argument(
         "--dropout",
@@ -234,20 +234,22 @@ def _add_train_parser(sub) -> None:
         "--epochs",
         type=_positive_int,
         default=None,
-        help=f"total number of epochs (default: mlp {mlp['epochs']}, conv {conv['epochs']}); "
+        help=f"total number of epochs (default: mlp {mlp['epochs']}, conv {conv['epochs']}, "
+        f"transformer {seq['epochs']}); "
         "with --resume, train up to this total (a cosine schedule is then re-planned over it)",
     )
     t.add_argument(
         "--batch-size",
         type=_positive_int,
         default=None,
-        help=f"samples per batch (default: {mlp['batch_size']})",
+        help=f"samples per batch (default: {mlp['batch_size']}; transformer "
+        f"{seq['batch_size']} windows)",
     )
     t.add_argument(
         "--lr",
         type=_positive_float,
         default=None,
-        help=f"peak learning rate (default: {mlp['lr']})",
+        help=f"peak learning rate (default: {mlp['lr']}; transformer {seq['lr']})",
     )
     t.add_argument(
         "--schedule",
@@ -263,7 +265,12 @@ def _add_train_parser(sub) -> None:
         help="array library (default: numpy)",
     )
     t.add_argument("--device", default=None, help=_DEVICE_HELP)
-    t.add_argument("--dtype", choices=("float64", "float32"), default=None, help="default: float64")
+    t.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default=None,
+        help=f"default: {COMMON_DEFAULTS['dtype']}; transformer {seq['dtype']}",
+    )
     io = p.add_argument_group("data, checkpoints and output")
     io.add_argument(
         "--data",
