@@ -18,7 +18,10 @@ epoch cuts the training text into windows at another offset):
 * ``explicit untied (L x d')``: ``L`` transformer blocks with their own weights, width
   ``d'`` chosen so that the parameter count is as close as possible to the DEQ's.
 * ``n-gram (order n)``: counts of the training text with add-alpha smoothing; the order
-  (1 to 8) and alpha (0.001 to 1) are chosen on the validation split.
+  (1 to 10) and alpha (0.001 to 1) are chosen on the validation split.
+* ``n-gram interp.``: the same counts with interpolated absolute discounting (every
+  order down to the uniform distribution, discount ``D``), a much stronger count model;
+  order and ``D`` chosen on the validation split.
 
 Reported: test bits per character (all test windows), parameters, training seconds (wall
 clock and process CPU time, evaluation excluded), mean forward iterations, and the test
@@ -94,7 +97,7 @@ def ngram_bpc(counts, text: str, order: int, alpha: float, vocab: int) -> float:
     return total / (len(text) - k)
 
 
-NGRAM_ORDERS = (1, 2, 3, 4, 5, 6, 7, 8)
+NGRAM_ORDERS = tuple(range(1, 11))
 NGRAM_ALPHAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
@@ -109,6 +112,44 @@ def best_ngram(train: str, valid: str, test: str, vocab: int):
                 best = (v, order, alpha, counts)
     _, order, alpha, counts = best
     return ngram_bpc(counts, test, order, alpha, vocab), order, alpha
+
+
+def interpolated_ngram_bpc(tables, text: str, order: int, discount: float, vocab: int):
+    """Bits per character of `text` under interpolated absolute discounting.
+
+    With ``N`` the training counts, ``h`` a context and ``h'`` it without its first
+    character, ``p_k(c | h) = max(N(h c) - D, 0) / N(h) + D T(h) / N(h) p_{k-1}(c | h')``
+    (``T(h)``: the number of distinct characters seen after ``h``), from the uniform
+    ``p = 1 / V`` up to order `order`; an unseen context passes the lower order on.
+    """
+    total = 0.0
+    k0 = order - 1
+    for i in range(k0, len(text)):
+        p = 1.0 / vocab
+        for k in range(order):
+            joint, ctx, types = tables[k]
+            h = text[i - k : i]
+            n = ctx[h]
+            if n:
+                p = (max(joint[h + text[i]] - discount, 0.0) + discount * types[h] * p) / n
+        total -= math.log2(p)
+    return total / (len(text) - k0)
+
+
+def best_interpolated_ngram(train: str, valid: str, test: str, vocab: int):
+    """The test bpc of the (order, discount) of the grid that is best on `valid`."""
+    tables = []
+    for order in NGRAM_ORDERS:
+        joint, ctx = ngram_counts(train, order)
+        types = Counter(g[:-1] for g in joint)
+        tables.append((joint, ctx, types))
+    best = min(
+        (interpolated_ngram_bpc(tables, valid, order, d, vocab), order, d)
+        for order in NGRAM_ORDERS
+        for d in (0.5, 0.75, 0.9)
+    )
+    _, order, d = best
+    return interpolated_ngram_bpc(tables, test, order, d, vocab), order, d
 
 
 # ----------------------------------------------------------------------------------
@@ -297,6 +338,9 @@ def main(argv=None) -> int:
     test_text = corpus.decode(np.asarray(corpus.test).tolist())
     ng, order, alpha = best_ngram(texts[0], texts[1], test_text, vocab)
     t_ng, c_ng = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    ng2, order2, disc = best_interpolated_ngram(texts[0], texts[1], test_text, vocab)
+    t_ng2, c_ng2 = time.perf_counter() - t0, time.process_time() - c0
 
     def evaluate(model):
         return test_bpc(model, xt, yt)
@@ -324,6 +368,8 @@ def main(argv=None) -> int:
     rows.append((name, curve, reg.num_parameters(), t, c, it_reg))
     ng_name = f"n-gram (order {order}, alpha {alpha:g})"
     rows.append((ng_name, {args.steps: ng}, None, t_ng, c_ng, None))
+    ng2_name = f"n-gram interp. (order {order2}, D {disc:g})"
+    rows.append((ng2_name, {args.steps: ng2}, None, t_ng2, c_ng2, None))
 
     print()
     print(f"{'model':<34} {'test bpc':>8} {'params':>8} {'train s':>8} {'cpu s':>8} {'fwd it':>7}")
@@ -335,14 +381,14 @@ def main(argv=None) -> int:
     final = [r[1][args.steps] for r in rows]
     print(
         f"DEQ - explicit: {final[0] - final[2]:+.3f} bpc (aim: within 0.05); "
-        f"DEQ - n-gram: {final[0] - ng:+.3f} (aim: clearly below 0)"
+        f"DEQ - best n-gram: {final[0] - min(ng, ng2):+.3f} (aim: clearly below 0)"
     )
 
     print()
     steps = [s for s in args.eval_at if s < args.steps] + [args.steps]
     print("test bpc against training steps (the same runs)")
     print(f"{'steps':<34}" + "".join(f"{s:>8}" for s in steps))
-    for name, curve, *_ in rows[:-1]:
+    for name, curve, *_ in rows[:-2]:
         print(f"{name:<34}" + "".join(f"{curve[s]:>8.3f}" for s in steps))
 
     print()
