@@ -46,7 +46,7 @@ SEQ_DEFAULTS: dict[str, Any] = {
     "rtol": 1e-2,
     "maxiter": 20,
     "init_scale": 0.5,
-    "jac_reg": 0.0,
+    "jac_reg": 1.0,
 }
 
 

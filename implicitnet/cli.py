@@ -227,7 +227,8 @@ def _add_train_parser(sub) -> None:
         default=None,
         metavar="WEIGHT",
         help="weight of the Jacobian regularisation ||df/dz||_F^2 added to the "
-        "transformer's loss (Bai, Koltun & Kolter, 2021; default: 0, none)",
+        f"transformer's loss (Bai, Koltun & Kolter, 2021; default: {seq['jac_reg']:g}; "
+        "0: none)",
     )
     t = p.add_argument_group("training")
     t.add_argument(
