@@ -2,7 +2,8 @@
 the same block unrolled, an explicit transformer and an n-gram model.
 
 Rows of the first table (all trained on the same windows, in the same order, with Adam
-and a cosine schedule over the same number of steps, float64, NumPy):
+and a cosine schedule over the same number of steps, float32 by default, NumPy; every
+epoch cuts the training text into windows at another offset):
 
 * ``DEQ (implicit)``: ``nn.transformer_deq``, one weight-tied ``TransformerCell``
   (causal multi-head attention, GELU MLP of ``4 d`` units, two layer norms, the
@@ -17,16 +18,22 @@ and a cosine schedule over the same number of steps, float64, NumPy):
 * ``explicit untied (L x d')``: ``L`` transformer blocks with their own weights, width
   ``d'`` chosen so that the parameter count is as close as possible to the DEQ's.
 * ``n-gram (order n)``: counts of the training text with add-alpha smoothing; the order
-  and alpha are chosen on the validation split.
+  (1 to 10) and alpha (0.001 to 1) are chosen on the validation split.
+* ``n-gram interp.``: the same counts with interpolated absolute discounting (every
+  order down to the uniform distribution, discount ``D``), a much stronger count model;
+  order and ``D`` chosen on the validation split.
 
-Reported: test bits per character (all test windows), parameters, training seconds, mean
-forward iterations. Then the peak memory (``tracemalloc``: NumPy's buffers) of one
+Reported: test bits per character (all test windows), parameters, training seconds (wall
+clock and process CPU time, evaluation excluded), mean forward iterations, and the test
+bits per character of the same runs at the steps of ``--eval-at`` (how bpc falls with
+training). Then the peak memory (``tracemalloc``: NumPy's buffers) of one
 training step (forward + backward) of the DEQ and of the unrolled block against the
 forward depth (Picard forced to ``n`` iterations), and the forward iterations per batch
 over training with and without Jacobian regularisation (``--plot`` draws them).
 
-Run: ``python benchmarks/sequence.py [--steps 300] [--width 32] [--seq-len 32]
-[--batch-size 32] [--jac-reg 1.0] [--threads 1] [--plot PATH]``.
+Run: ``python benchmarks/sequence.py [--steps 600] [--width 32] [--seq-len 32]
+[--batch-size 64] [--lr 1e-2] [--dtype float32] [--eval-at 75,150,300] [--jac-reg 1.0]
+[--threads 1] [--plot PATH]``.
 """
 
 from __future__ import annotations
@@ -66,11 +73,22 @@ LN2 = math.log(2.0)
 # ----------------------------------------------------------------------------------
 
 
-def ngram_bpc(train: str, text: str, order: int, alpha: float, vocab: int) -> float:
-    """Bits per character of `text` under an add-`alpha` n-gram model counted on `train`."""
+def ngram_counts(train: str, order: int) -> tuple[Counter, Counter]:
+    """Counts of the `order`-grams of `train` and of their contexts (the first ``order - 1``)."""
     k = order - 1
     joint = Counter(train[i - k : i + 1] for i in range(k, len(train)))
     ctx = Counter(train[i - k : i] for i in range(k, len(train)))
+    return joint, ctx
+
+
+def ngram_bpc(counts, text: str, order: int, alpha: float, vocab: int) -> float:
+    """Bits per character of `text` under the add-`alpha` n-gram model of `counts`.
+
+    ``p(c | h) = (N(h c) + alpha) / (N(h) + alpha V)``, with ``h`` the ``order - 1``
+    preceding characters; every character of `text` from the ``order``-th on is scored.
+    """
+    joint, ctx = counts
+    k = order - 1
     total = 0.0
     for i in range(k, len(text)):
         c = text[i - k : i]
@@ -78,15 +96,59 @@ def ngram_bpc(train: str, text: str, order: int, alpha: float, vocab: int) -> fl
     return total / (len(text) - k)
 
 
+NGRAM_ORDERS = tuple(range(1, 11))
+NGRAM_ALPHAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
 def best_ngram(train: str, valid: str, test: str, vocab: int):
+    """The test bpc of the (order, alpha) of the grid that is best on `valid`."""
     best = None
-    for order in (1, 2, 3, 4, 5):
-        for alpha in (0.01, 0.05, 0.2, 1.0):
-            v = ngram_bpc(train, valid, order, alpha, vocab)
+    for order in NGRAM_ORDERS:
+        counts = ngram_counts(train, order)
+        for alpha in NGRAM_ALPHAS:
+            v = ngram_bpc(counts, valid, order, alpha, vocab)
             if best is None or v < best[0]:
-                best = (v, order, alpha)
-    _, order, alpha = best
-    return ngram_bpc(train, test, order, alpha, vocab), order, alpha
+                best = (v, order, alpha, counts)
+    _, order, alpha, counts = best
+    return ngram_bpc(counts, test, order, alpha, vocab), order, alpha
+
+
+def interpolated_ngram_bpc(tables, text: str, order: int, discount: float, vocab: int):
+    """Bits per character of `text` under interpolated absolute discounting.
+
+    With ``N`` the training counts, ``h`` a context and ``h'`` it without its first
+    character, ``p_k(c | h) = max(N(h c) - D, 0) / N(h) + D T(h) / N(h) p_{k-1}(c | h')``
+    (``T(h)``: the number of distinct characters seen after ``h``), from the uniform
+    ``p = 1 / V`` up to order `order`; an unseen context passes the lower order on.
+    """
+    total = 0.0
+    k0 = order - 1
+    for i in range(k0, len(text)):
+        p = 1.0 / vocab
+        for k in range(order):
+            joint, ctx, types = tables[k]
+            h = text[i - k : i]
+            n = ctx[h]
+            if n:
+                p = (max(joint[h + text[i]] - discount, 0.0) + discount * types[h] * p) / n
+        total -= math.log2(p)
+    return total / (len(text) - k0)
+
+
+def best_interpolated_ngram(train: str, valid: str, test: str, vocab: int):
+    """The test bpc of the (order, discount) of the grid that is best on `valid`."""
+    tables = []
+    for order in NGRAM_ORDERS:
+        joint, ctx = ngram_counts(train, order)
+        types = Counter(g[:-1] for g in joint)
+        tables.append((joint, ctx, types))
+    best = min(
+        (interpolated_ngram_bpc(tables, valid, order, d, vocab), order, d)
+        for order in NGRAM_ORDERS
+        for d in (0.5, 0.75, 0.9)
+    )
+    _, order, d = best
+    return interpolated_ngram_bpc(tables, test, order, d, vocab), order, d
 
 
 # ----------------------------------------------------------------------------------
@@ -117,27 +179,48 @@ def make_loss(jac_reg: float):
     return loss
 
 
-def train(model, x, y, args, *, jac_reg: float = 0.0):
-    """Train for ``args.steps`` batches; return (model, seconds, per-batch forward iterations)."""
+def train(model, codes, args, *, jac_reg: float = 0.0, evaluate=None):
+    """Train for ``args.steps`` batches of windows of the training text `codes`.
+
+    Every epoch cuts the text into windows at another offset (as ``implicitnet train``
+    does), then shuffles them.
+
+    Returns ``(model, seconds, cpu_seconds, iters, curve)``: the wall-clock and process
+    CPU seconds of training (evaluation excluded), the per-batch mean forward iterations,
+    and ``curve[step] = evaluate(model)`` at the steps of ``args.eval_at``.
+    """
     loss_grad = value_and_grad(make_loss(jac_reg), has_aux=True)
-    opt = optim.Adam(lr=optim.cosine_schedule(args.lr, args.steps))
+    schedule = optim.cosine_schedule(args.lr, args.steps, warmup_steps=args.warmup)
+    opt = optim.Adam(lr=schedule)
     state = opt.init(model)
-    iters = []
-    step = 0
-    t0 = time.perf_counter()
-    epoch = 0
+    eval_at = {s for s in args.eval_at if s < args.steps} if evaluate is not None else set()
+    iters, curve = [], {}
+    step = epoch = 0
+    skip_wall = skip_cpu = 0.0  # time spent evaluating, not training
+    t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", inet.ConvergenceWarning)
         while step < args.steps:
+            offset = (17 * epoch) % args.seq_len
+            x, y = data.text_sequences(codes, args.seq_len, offset=offset)
             for xb, yb in data.batches(x, y, args.batch_size, seed=args.seed, epoch=epoch):
                 (_, (_, res)), grads = loss_grad(model, xb, yb, step)
                 model, state = opt.update(model, grads, state)
                 iters.append(float(np.mean(res.nit)))
                 step += 1
+                if step in eval_at:
+                    e0, f0 = time.perf_counter(), time.process_time()
+                    curve[step] = evaluate(model)
+                    skip_wall += time.perf_counter() - e0
+                    skip_cpu += time.process_time() - f0
                 if step >= args.steps:
                     break
             epoch += 1
-    return model, time.perf_counter() - t0, iters
+    wall = time.perf_counter() - t0 - skip_wall
+    cpu = time.process_time() - c0 - skip_cpu
+    if evaluate is not None:
+        curve[step] = evaluate(model)
+    return model, wall, cpu, iters, curve
 
 
 def test_bpc(model, x, y, batch_size=256):
@@ -195,22 +278,30 @@ def memory_rows(vocab, xb, yb, depths, *, dim, heads, seed=0):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=300, help="training batches per model")
+    p.add_argument("--steps", type=int, default=600, help="training batches per model")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--rtol", type=float, default=1e-2)
     p.add_argument("--maxiter", type=int, default=20)
     p.add_argument("--jac-reg", type=float, default=1.0)
     p.add_argument("--explicit-depth", type=int, default=2)
     p.add_argument("--test-windows", type=int, default=0, help="0: every test window")
+    p.add_argument(
+        "--eval-at",
+        default="75,150,300",
+        help="steps at which the test bpc is also measured (the steps -> bpc table)",
+    )
     p.add_argument("--depths", default="10,25,50,100")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plot", default=None, help="PNG of forward iterations per batch")
     args = p.parse_args(argv)
+    args.eval_at = [int(s) for s in args.eval_at.split(",") if s.strip()]
 
     corpus = data.load_text()
     vocab = corpus.vocab_size
@@ -218,68 +309,79 @@ def main(argv=None) -> int:
     xt, yt = data.text_sequences(corpus.test, args.seq_len)
     if args.test_windows:
         xt, yt = xt[: args.test_windows], yt[: args.test_windows]
+    epochs = args.steps * args.batch_size / x.shape[0]
     print(
         f"pydoc_data.topics (Python {sys.version.split()[0]}): {len(corpus.vocab)} symbols; "
         f"train {corpus.train.shape[0]} / valid {corpus.valid.shape[0]} / test "
         f"{corpus.test.shape[0]} characters; windows of {args.seq_len}; {args.steps} steps "
-        f"of {args.batch_size} windows per model; test on {xt.shape[0]} windows"
+        f"of {args.batch_size} windows per model ({epochs:.1f} epochs); Adam, lr "
+        f"{args.lr:g}, cosine; {args.dtype}; test on {xt.shape[0]} windows"
     )
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     texts = [corpus.decode(np.asarray(a).tolist()) for a in (corpus.train, corpus.valid)]
     test_text = corpus.decode(np.asarray(corpus.test).tolist())
     ng, order, alpha = best_ngram(texts[0], texts[1], test_text, vocab)
-    t_ng = time.perf_counter() - t0
+    t_ng, c_ng = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    ng2, order2, disc = best_interpolated_ngram(texts[0], texts[1], test_text, vocab)
+    t_ng2, c_ng2 = time.perf_counter() - t0, time.process_time() - c0
 
-    kw = {"dim": args.width, "num_heads": args.heads, "seed": args.seed}
+    def evaluate(model):
+        return test_bpc(model, xt, yt)
+
+    kw = {"dim": args.width, "num_heads": args.heads, "seed": args.seed, "dtype": args.dtype}
     deq_kw = {"rtol": args.rtol, "maxiter": args.maxiter}
     rows = []
     deq = nn.transformer_deq(vocab, **kw, **deq_kw)
-    deq, t, it_plain = train(deq, x, y, args)
-    rows.append(("DEQ (implicit)", test_bpc(deq, xt, yt), deq.num_parameters(), t, it_plain))
+    deq, t, c, it_plain, curve = train(deq, corpus.train, args, evaluate=evaluate)
+    rows.append(("DEQ (implicit)", curve, deq.num_parameters(), t, c, it_plain))
     depth = max(1, round(float(np.mean(it_plain))))
     tied = nn.transformer_stack(vocab, depth=depth, tied=True, **kw)
-    tied, t, _ = train(tied, x, y, args)
-    rows.append(
-        (f"unrolled tied ({depth})", test_bpc(tied, xt, yt), tied.num_parameters(), t, None)
-    )
+    tied, t, c, _, curve = train(tied, corpus.train, args, evaluate=evaluate)
+    rows.append((f"unrolled tied ({depth})", curve, tied.num_parameters(), t, c, None))
     d2 = matched_width(deq.num_parameters(), vocab, args.explicit_depth, args.heads, args)
-    explicit = nn.transformer_stack(
-        vocab, depth=args.explicit_depth, dim=d2, num_heads=args.heads, seed=args.seed
-    )
-    explicit, t, _ = train(explicit, x, y, args)
+    explicit = nn.transformer_stack(vocab, depth=args.explicit_depth, **{**kw, "dim": d2})
+    explicit, t, c, _, curve = train(explicit, corpus.train, args, evaluate=evaluate)
     name = f"explicit untied ({args.explicit_depth} x {d2})"
-    rows.append((name, test_bpc(explicit, xt, yt), explicit.num_parameters(), t, None))
+    rows.append((name, curve, explicit.num_parameters(), t, c, None))
     reg = nn.transformer_deq(vocab, **kw, **deq_kw)
-    reg, t, it_reg = train(reg, x, y, args, jac_reg=args.jac_reg)
-    rows.append(
-        (
-            f"DEQ + Jacobian reg. ({args.jac_reg:g})",
-            test_bpc(reg, xt, yt),
-            reg.num_parameters(),
-            t,
-            it_reg,
-        )
+    reg, t, c, it_reg, curve = train(
+        reg, corpus.train, args, jac_reg=args.jac_reg, evaluate=evaluate
     )
-    rows.append((f"n-gram (order {order}, alpha {alpha:g})", ng, None, t_ng, None))
+    name = f"DEQ + Jacobian reg. ({args.jac_reg:g})"
+    rows.append((name, curve, reg.num_parameters(), t, c, it_reg))
+    ng_name = f"n-gram (order {order}, alpha {alpha:g})"
+    rows.append((ng_name, {args.steps: ng}, None, t_ng, c_ng, None))
+    ng2_name = f"n-gram interp. (order {order2}, D {disc:g})"
+    rows.append((ng2_name, {args.steps: ng2}, None, t_ng2, c_ng2, None))
 
     print()
-    print(f"{'model':<34} {'test bpc':>8} {'params':>8} {'train s':>8} {'fwd it':>7}")
-    for name, bpc, params, secs, its in rows:
+    print(f"{'model':<34} {'test bpc':>8} {'params':>8} {'train s':>8} {'cpu s':>8} {'fwd it':>7}")
+    for name, curve, params, secs, cpu, its in rows:
         ps = "-" if params is None else str(params)
         fi = "-" if its is None else f"{np.mean(its):.1f}"
-        print(f"{name:<34} {bpc:>8.3f} {ps:>8} {secs:>8.1f} {fi:>7}")
-    gap = rows[0][1] - rows[2][1]
+        bpc = curve[args.steps]
+        print(f"{name:<34} {bpc:>8.3f} {ps:>8} {secs:>8.1f} {cpu:>8.1f} {fi:>7}")
+    final = [r[1][args.steps] for r in rows]
     print(
-        f"DEQ - explicit: {gap:+.3f} bpc (aim: within 0.05); DEQ - n-gram: {rows[0][1] - ng:+.3f}"
+        f"DEQ - explicit: {final[0] - final[2]:+.3f} bpc (aim: within 0.05); "
+        f"DEQ - best n-gram: {final[0] - min(ng, ng2):+.3f} (aim: clearly below 0)"
     )
+
+    print()
+    steps = [s for s in args.eval_at if s < args.steps] + [args.steps]
+    print("test bpc against training steps (the same runs)")
+    print(f"{'steps':<34}" + "".join(f"{s:>8}" for s in steps))
+    for name, curve, *_ in rows[:-2]:
+        print(f"{name:<34}" + "".join(f"{curve[s]:>8.3f}" for s in steps))
 
     print()
     depths = [int(s) for s in args.depths.split(",")]
     xb, yb = x[:4], y[:4]
     mem = memory_rows(vocab, xb, yb, depths, dim=args.width, heads=args.heads, seed=args.seed)
     print(
-        "peak memory of one training step (tracemalloc, MiB; 4 windows; DEQ: Picard forced "
+        "peak memory of one training step (tracemalloc, MiB; float64; 4 windows; DEQ: Picard forced "
         "to n iterations, implicit backward; unrolled: the block applied n times)"
     )
     print(f"{'forward depth n':<16}" + "".join(f"{n:>9}" for n in depths))

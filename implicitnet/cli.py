@@ -184,19 +184,22 @@ def _train_help() -> dict[str, str]:
         "backward": f"how gradients flow through the solve (default: {common['backward']})",
         "rtol": f"forward (and adjoint) relative tolerance (default: {common['rtol']})",
         "maxiter": f"forward iteration limit (default: {common['maxiter']})",
-        "width": f"state size: features (mlp, default {mlp['width']}) or channels "
-        f"(conv, default {conv['width']})",
+        "width": f"state size: features (mlp, default {mlp['width']}), channels "
+        f"(conv, default {conv['width']}) or model width (transformer, default {seq['width']})",
         "dropout": f"variational dropout rate (default: mlp {mlp['dropout']}, "
         f"conv {conv['dropout']})",
         "heads": f"attention heads of the transformer (default: {seq['heads']})",
         "seq_len": f"characters per training window of the transformer (default: {seq['seq_len']})",
         "jac_reg": "weight of the Jacobian regularisation ||df/dz||_F^2 added to the "
-        "transformer's loss (Bai, Koltun & Kolter, 2021; default: 0, none)",
+        f"transformer's loss (Bai, Koltun & Kolter, 2021; default: {seq['jac_reg']:g}; "
+        "0: none)",
         "epochs": f"total number of epochs (default: mlp {mlp['epochs']}, conv "
-        f"{conv['epochs']}); with --resume, train up to this total (a cosine schedule is "
+        f"{conv['epochs']}, transformer {seq['epochs']}); with --resume, train up to this "
+        "total (a cosine schedule is "
         "then re-planned over it)",
-        "batch_size": f"samples per batch (default: {mlp['batch_size']})",
-        "lr": f"peak learning rate (default: {mlp['lr']})",
+        "batch_size": f"samples per batch (default: {mlp['batch_size']}; transformer "
+        f"{seq['batch_size']} windows)",
+        "lr": f"peak learning rate (default: {mlp['lr']}; transformer {seq['lr']})",
         "schedule": "learning-rate schedule of Adam (default: cosine decay over all epochs)",
         "data": "directory of MNIST-format IDX files (train-images-idx3-ubyte, ...) "
         "instead of the embedded digits; with --model transformer, a UTF-8 text file "
@@ -243,7 +246,12 @@ def _add_train_parser(sub) -> None:
         "--backend", choices=_backends.BACKEND_NAMES, help="array library (default: numpy)"
     )
     t.add_argument("--device", help=_DEVICE_HELP)
-    t.add_argument("--dtype", choices=("float64", "float32"), help="default: float64")
+    t.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        help=f"default: {_train.COMMON_DEFAULTS['dtype']}; transformer "
+        f"{_train_seq.SEQ_DEFAULTS['dtype']}",
+    )
     t.add_argument("--distributed", action="store_true", help=h["distributed"])
     io = p.add_argument_group("data, checkpoints and output")
     io.add_argument("--data", metavar="PATH", help=h["data"])

@@ -88,6 +88,9 @@ def test_jacobian_regularisation_option(capsys):
     assert code == 0, err
     row = _json_lines(out)[0]
     assert np.isfinite(row["train_bpc"])
+    code, out, err = _run(capsys, [*TINY, "--epochs", "1", "--jac-reg", "0"])  # off
+    assert code == 0, err
+    assert "jac-reg 0," in out.splitlines()[0]
     code, out, err = _run(capsys, [*TINY, "--jac-reg", "-1"])
     assert code == 2 and "--jac-reg" in err
     code, out, err = _run(capsys, [*TINY, "--dropout", "0.2"])
