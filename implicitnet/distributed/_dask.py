@@ -12,6 +12,7 @@ from typing import Any
 
 from array_api_compat import is_dask_array
 
+from .._optional import require
 from .._result import Result, Status, status_message
 from .._tree import tree_leaves
 from .._validate import check_tolerances
@@ -30,17 +31,9 @@ _FIELDS = ("x", "converged", "status", "nit", "nfev", "residual")
 
 
 def _require_dask():
-    try:
-        # Dask is an optional dependency: imported on first use.
-        import dask
-        import dask.array as da  # optional, as above
-    except ImportError:  # pragma: no cover - depends on the environment
-        msg = (
-            "implicitnet.distributed needs Dask for batched solves, which is not "
-            "installed: pip install 'implicitnet[distributed]'"
-        )
-        raise ImportError(msg) from None
-    return dask, da
+    needs = {"needed_for": "implicitnet.distributed (batched solves on Dask)"}
+    needs["install"] = "pip install 'implicitnet[distributed]'"
+    return require("dask", **needs), require("dask.array", **needs)
 
 
 @dataclass(frozen=True)

