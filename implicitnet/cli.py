@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from . import __version__, _checkpoint, _plot, _train, _train_seq, nn, solvers
 from . import backends as _backends
+from ._adjoint import available_adjoints
 from ._checkpoint import CheckpointError
 from ._checkpoint import jsonable as _jsonable
 from ._cli_distributed import run_data_parallel
@@ -76,7 +77,6 @@ def _cmd_info(ns) -> int:
 # train / evaluate
 # ----------------------------------------------------------------------------------
 
-_BACKWARDS = ("implicit", "phantom", "unrolled")
 _MODELS = ("mlp", "conv", "transformer")
 # Options that define the model, the data order or the optimizer: a resumed run takes
 # them from the checkpoint, and refuses different values on the command line.
@@ -228,7 +228,7 @@ def _add_train_parser(sub) -> None:
     g = p.add_argument_group("model and solver")
     g.add_argument("--model", choices=_MODELS, help=h["model"])
     g.add_argument("--solver", choices=_solver_choices(), help=h["solver"])
-    g.add_argument("--backward", choices=_BACKWARDS, help=h["backward"])
+    g.add_argument("--backward", choices=available_adjoints(), help=h["backward"])
     g.add_argument("--rtol", type=_positive_float, help=h["rtol"])
     g.add_argument("--maxiter", type=_positive_int, help=h["maxiter"])
     g.add_argument("--width", type=_positive_int, help=h["width"])
