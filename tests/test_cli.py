@@ -570,8 +570,22 @@ def _start_training(tmp_path, path, epochs):
     data = _tiny_idx_data(tmp_path / "data")
     argv = [sys.executable, "-m", "implicitnet", "train", *data, "--epochs", str(epochs)]
     argv += ["--save", str(path), "--json"]
+    # The child gets SIGINT's default disposition (Python then raises KeyboardInterrupt
+    # on it) even when this test runs in a background job, which ignores SIGINT.
+    restore = None
+    if os.name == "posix":
+        import signal
+
+        def restore():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=restore,
     )
     return proc, data
 
