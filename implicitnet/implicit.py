@@ -109,7 +109,9 @@ def fixed_point(
         through the solver's iterations (:class:`UnrolledAdjoint`; memory grows with
         them); any :class:`AbstractAdjoint` may be given, and a name registered with
         :func:`implicitnet.register_adjoint`. None runs the raw solve, with no
-        differentiation set up (arrays in `args` are passed to `f` as they are).
+        differentiation set up: `x0` and `args` reach `f` as they are (to differentiate
+        through the iterations, use ``"unrolled"``, which also handles raw arrays that
+        `f` mixes with traced ones).
         After a backward pass, ``result.stats["backward"]`` holds the adjoint
         solve's ``nit``, ``nmatvec``, ``residual``, ``success`` and ``status``; an
         adjoint solve that does not converge warns (:class:`ConvergenceWarning`), and

@@ -107,6 +107,26 @@ def test_root_gradient_is_closed_form(xp):
     assert_close(g, 0.5 / xp.sqrt(a), rtol=1e-9, xp=xp)
 
 
+def test_backward_none_is_the_raw_solve(xp):
+    """``backward=None``: `f` receives the very arrays of `args` (no wrapper), and the
+    result equals the default's and the closed form."""
+    W = xp.asarray([[0.5, 0.1], [0.0, 0.3]])
+    theta = xp.asarray([1.0, -2.0])
+    seen = []
+
+    def f(z, th):
+        seen.append(th)
+        return W @ z + th
+
+    raw = inet.fixed_point(f, xp.zeros(2, dtype=xp.float64), (theta,), rtol=1e-12, backward=None)
+    assert all(th is theta for th in seen) and len(seen) == raw.nfev
+    default = inet.fixed_point(f, xp.zeros(2, dtype=xp.float64), (theta,), rtol=1e-12)
+    assert raw.success and raw.nit == default.nit
+    assert_close(raw.x, default.x, rtol=0, atol=0, xp=xp)
+    want = np.linalg.solve(np.eye(2) - np.asarray([[0.5, 0.1], [0.0, 0.3]]), [1.0, -2.0])
+    assert_close(raw.x, xp.asarray(want), rtol=1e-10, xp=xp)
+
+
 # ----------------------------------------------------------------------------------
 # The tanh DEQ: implicit vs unrolled vs finite differences
 # ----------------------------------------------------------------------------------
