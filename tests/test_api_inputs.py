@@ -157,3 +157,12 @@ def test_callback_returning_an_array_in_batched_mode(xp):
         lambda x: 0.5 * xp.cos(x), x0, batch_axis=0, callback=lambda x, r: bool(xp.all(r < 1.0))
     )
     assert res.status == "stopped" or res.success
+
+
+def test_raw_solve_checks_its_kind():
+    kw = dict(method="anderson", rtol=1e-8, atol=0.0, maxiter=50, batch_axis=None)
+    kw.update(arg_batch_axes=None, callback=None, xp=None, options={})
+    res = inet.solvers.solve("fixed_point", np.cos, np.ones(1), (), **kw)
+    assert res.success and abs(float(res.x[0]) - 0.7390851332151607) < 1e-7
+    with pytest.raises(ValueError, match="`kind`"):
+        inet.solvers.solve("fixedpoint", np.cos, np.ones(1), (), **kw)

@@ -70,7 +70,16 @@ def solve(
     -------
     Result
         As :func:`implicitnet.fixed_point` returns it.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For a `kind` other than the two, and for the arguments
+        :func:`implicitnet.fixed_point` refuses.
     """
+    if kind not in ("fixed_point", "root"):
+        msg = f"`kind` must be 'fixed_point' or 'root', got {kind!r}"
+        raise ValueError(msg)
     check_callable(f, "f" if kind == "fixed_point" else "F")
     if xp is None:
         if is_python_numbers(x0):
