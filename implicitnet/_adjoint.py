@@ -163,7 +163,7 @@ class AbstractLinearAdjoint(AbstractAdjoint):
         res = solve(_guarded(f, kind, treedef), untraced(x0), raw_args, raw=True)
         if not any(is_tensor(a) and a.traced for a in leaves):
             return res
-        spec = _Spec(kind, f, treedef, self, batch_axis, res.stats, res)
+        spec = _Spec(kind, f, treedef, self, batch_axis, res)
         return dataclasses.replace(res, x=_implicit_solution(res.x, *leaves, spec=spec))
 
 
@@ -337,12 +337,13 @@ def resolve_adjoint(backward: Any, *, rtol: float, atol: float) -> AbstractAdjoi
     if isinstance(backward, AbstractAdjoint):
         return backward
     if isinstance(backward, str):
-        if backward == "implicit":
+        entry = ADJOINTS.lookup(backward, also="or an adjoint object")
+        if entry is ImplicitAdjoint:
             # The adjoint solve by name inherits the forward tolerances: a solution asked
             # for to rtol gets a gradient of comparable accuracy.
             # (Invalid tolerances are refused here, with the same message as the solver.)
             return ImplicitAdjoint(rtol=rtol, atol=atol)
-        return ADJOINTS.lookup(backward, also="or an adjoint object")()
+        return entry()
     msg = (
         f"`backward` must be one of {', '.join(map(repr, ADJOINTS.names()))}, an "
         f"AbstractAdjoint or None, got {type(backward).__name__}"
@@ -364,7 +365,6 @@ class _Spec:
     treedef: Any
     adjoint: AbstractLinearAdjoint
     batch_axis: int | None
-    stats: dict
     forward: Result
 
 
@@ -424,7 +424,7 @@ def _implicit_solution_vjp(ct, ans, z_star, *leaves, xp, spec, needs_grad):
         return G(z, *full)
 
     cts_wanted, res = root_vjp(G_wanted, z_star, [leaves[i] for i in wanted], ct, solve=solve)
-    spec.stats["backward"] = {
+    spec.forward.stats["backward"] = {
         "nit": res.nit,
         "nmatvec": res.nfev,
         "residual": res.residual,

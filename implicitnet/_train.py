@@ -19,7 +19,7 @@ from . import backends, nn, optim
 from . import data as _data
 from ._result import ConvergenceWarning
 from ._validate import NonFiniteError
-from ._xp import device, is_tensor, namespace, vector_norm
+from ._xp import device, namespace, untraced, vector_norm
 from .autodiff import value_and_grad
 
 __all__ = [
@@ -161,12 +161,6 @@ def _mean(a) -> float:
     return float(xp.mean(xp.astype(a, xp.float64)))
 
 
-def _raw(a):
-    while is_tensor(a):  # read through autodiff tensors: figures are not differentiated
-        a = a._implicitnet_data
-    return a
-
-
 def _relative_residuals(res):
     """Per-sample ``||f(z) - z|| / ||z||`` of a batched forward result (an array).
 
@@ -174,8 +168,8 @@ def _relative_residuals(res):
     size of ``z`` once the iterate has settled), so this, not the absolute residual, is
     the figure to read against ``rtol``. A zero state counts with norm 1.
     """
-    z = _raw(res.x)
-    r = _raw(res.residual)
+    z = untraced(res.x)
+    r = untraced(res.residual)
     xp = namespace(z)
     n = int(z.shape[0])
     size = vector_norm(xp.reshape(z, (n, -1)), axis=1, xp=xp)
@@ -186,7 +180,7 @@ def _relative_residuals(res):
 def _nonfinite_parameter(model) -> str | None:
     """The path name of the first parameter of `model` holding inf or NaN (else None)."""
     for name, leaf in nn.named_leaves(model).items():
-        a = _raw(leaf)
+        a = untraced(leaf)
         xp = namespace(a)
         if not xp.isdtype(a.dtype, ("real floating", "complex floating")):
             continue
@@ -200,7 +194,7 @@ def _finite_probe(model):
     # one host read per batch checks both. (Counted with isfinite, which never warns.)
     bad = None
     for leaf in nn.named_leaves(model).values():
-        a = _raw(leaf)
+        a = untraced(leaf)
         xp = namespace(a)
         if not xp.isdtype(a.dtype, "real floating"):
             continue
@@ -298,16 +292,17 @@ def checked_loss(loss, model, epoch: int, batch: int) -> float:
     parameter that is not.
     """
     probe = _finite_probe(model)
-    checked = float(_raw(loss) if probe is None else _raw(loss) + probe)
-    value = float(_raw(loss))
+    checked = float(untraced(loss) if probe is None else untraced(loss) + probe)
     if not math.isfinite(checked):
+        # Only now the loss alone: is it the loss or a parameter that is not finite?
+        value = float(untraced(loss))
         where = f"in epoch {epoch + 1}, batch {batch + 1}"
         if not math.isfinite(value):
             msg = f"the training loss became {value} {where}"
         else:
             msg = f"parameter {_nonfinite_parameter(model)!r} became inf or NaN {where}"
         raise FloatingPointError(msg)
-    return value
+    return checked
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 from . import data as _data
 from . import nn
 from ._train import Objective, evaluate_batches, fit_epoch
-from ._xp import device, namespace
+from ._xp import device, namespace, to_host
 
 __all__ = [
     "SEQ_DEFAULTS",
@@ -224,8 +224,8 @@ def sample_text(
         else:
             p = nn.softmax(xp.astype(last, xp.float64) / float(temperature))
             cdf, u, nxt = 0.0, float(rng.random()), int(p.shape[0]) - 1
-            for i in range(int(p.shape[0])):
-                cdf += float(p[i])
+            for i, pi in enumerate(to_host(p)):  # one device read per character
+                cdf += pi
                 if u < cdf:
                     nxt = i
                     break
@@ -240,4 +240,4 @@ def _int_like(like):
 
 
 def _tolist(a) -> list:
-    return [int(a[i]) for i in range(int(a.shape[0]))]
+    return [int(v) for v in to_host(a)]

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._adjoint import ImplicitAdjoint, UnrolledAdjoint, _constant, resolve_adjoint
+from .._adjoint import UnrolledAdjoint, _constant, resolve_adjoint
 from .._result import Result, Status
-from .._tree import tree_flatten, tree_leaves, tree_unflatten
+from .._tree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from .._validate import check_int, check_real, check_tolerances
 from .._xp import as_float_array, is_tensor, namespace, untraced, vector_norm
 from ..autodiff import grad
@@ -622,15 +622,12 @@ def mpc(
 
 
 def _treeuntraced(tree):
-    leaves, td = tree_flatten(tree)
-    return tree_unflatten(td, [untraced(a) if is_tensor(a) else a for a in leaves])
+    return tree_map(untraced, tree)
 
 
 def _adjoint(backward, rtol):
     # By name, the adjoint solve gets a relative tolerance of its own: the root solve
     # runs with an absolute one in gradient units, which means nothing to the adjoint.
-    if isinstance(backward, str) and backward == "implicit":
-        return ImplicitAdjoint(rtol=max(rtol, 1e-10))
     return resolve_adjoint(backward, rtol=max(rtol, 1e-10), atol=0.0)
 
 

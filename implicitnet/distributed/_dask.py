@@ -162,7 +162,7 @@ def _chunk_summary(fields: tuple) -> tuple:
     counts = [0] * len(STATUSES)
     for c in _host_ints(codes):
         counts[c] += 1
-    if not counts or sum(counts) == 0:
+    if sum(counts) == 0:
         return counts, 0, 0, 0, 0, 0.0
     xp = namespace(nit)
     return (

@@ -446,7 +446,8 @@ def _careful_step(V, w, h, h0sq, u, j, est, orth, err, live, livef, *, xp):
 
 
 def _gmres_operator(matvec, b, bnorm, *, tol, restart: int, maxiter: int, xp, **options):
-    """GMRES on a ``(B, n)`` operator, no validation: the inner solver of Newton–Krylov.
+    """GMRES on a ``(B, n)`` operator, no validation: :func:`gmres_rows` with the whole
+    per-system outcome (residuals, convergence, status codes), as the tests read it.
 
     `matvec` maps ``(B, n)`` to ``(B, n)`` arrays, `b` is finite with row norms
     `bnorm`, `tol` the per-system threshold ``(B,)``; `options` are those of

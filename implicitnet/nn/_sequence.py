@@ -15,7 +15,7 @@ from .. import backends
 from .._tree import static_field
 from .._validate import check_divides, check_int
 from .._xp import device as _device
-from .._xp import is_tensor, namespace
+from .._xp import namespace, untraced
 from ._deq import DEQ
 from ._functional import gelu, softmax
 from ._init import generator, normal_init
@@ -227,7 +227,7 @@ class CausalSelfAttention(Module):
         k = heads(qkv[:, :, d : 2 * d])
         v = heads(qkv[:, :, 2 * d :])
         scores = xp.matmul(q, xp.matrix_transpose(k)) * (1.0 / math.sqrt(d // h))
-        mask = causal_mask(t, dtype=x.dtype, xp=_raw_namespace(x), device=_device(x))
+        mask = causal_mask(t, dtype=x.dtype, xp=namespace(untraced(x)), device=_device(x))
         weights = softmax(scores + mask, axis=-1)  # (B, H, T, T)
         y = xp.matmul(weights, v)  # (B, H, T, d_h)
         y = xp.reshape(xp.permute_dims(y, (0, 2, 1, 3)), (b, t, d))
@@ -255,13 +255,6 @@ class CausalSelfAttention(Module):
             out=Linear.create(dim, dim, seed=rng, **kw),
             num_heads=num_heads,
         )
-
-
-def _raw_namespace(x):
-    # The namespace of the arrays under `x` (the mask is a constant, never traced).
-    while is_tensor(x):
-        x = x._implicitnet_data
-    return namespace(x)
 
 
 @dataclass(frozen=True)
@@ -383,16 +376,10 @@ class Unrolled(Module):
                 prev = z
                 z = cell(z, x) if mask is None else cell(z, x, mask)
         n = int(x.shape[0])
-        diff = _raw_array(z) - _raw_array(prev)
+        diff = untraced(z) - untraced(prev)
         rx = namespace(diff)
         residual = rx.sqrt(rx.sum(rx.reshape(diff * diff, (n, -1)), axis=1))
         return z, _Trace(z, self.repeat * len(self.cells), residual)
-
-
-def _raw_array(x):
-    while is_tensor(x):
-        x = x._implicitnet_data
-    return x
 
 
 @dataclass(frozen=True)
@@ -434,7 +421,7 @@ class SequenceLM(Module):
         e = self.embedding(tokens)
         d = int(e.shape[-1])
         pe = positional_encoding(
-            int(tokens.shape[1]), d, dtype=e.dtype, xp=_raw_namespace(e), device=_device(e)
+            int(tokens.shape[1]), d, dtype=e.dtype, xp=namespace(untraced(e)), device=_device(e)
         )
         return e + pe
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from .._validate import check_int, check_real
 from .._xp import device as _dev
@@ -149,14 +149,11 @@ class Anderson(AbstractIterativeSolver):
         check_real(self.safeguard, "safeguard", low=1.0, low_open=True)
         check_real(self.max_coefficient, "max_coefficient", low=1.0, low_open=True)
 
-    def stopping_rules(self, kind):
-        """``(stagnation_window, divergence_factor)``: see the class parameters."""
-        root = kind == "root"
-        window = (300 if root else 50) if self.stagnation_window is None else self.stagnation_window
-        factor = (
-            (1e8 if root else 1e4) if self.divergence_factor is None else self.divergence_factor
-        )
-        return window, float(factor)
+    #: Root problems: a longer stagnation window and a larger divergence factor.
+    DEFAULT_STOPPING: ClassVar[dict[str, tuple[int, float]]] = {
+        "fixed_point": (50, 1e4),
+        "root": (300, 1e8),
+    }
 
     def init(self, g, x, gx, *, xp):
         rows, n = x.shape

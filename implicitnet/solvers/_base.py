@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from .._batch import BatchLayout
 from .._result import Result
@@ -148,16 +148,26 @@ class AbstractIterativeSolver(AbstractSolver):
                 msg = f"`divergence_factor` must be greater than 1, got {factor}"
                 raise ValueError(msg)
 
+    #: ``(stagnation_window, divergence_factor)`` by problem kind, where the fields are
+    #: None; a method with other defaults overrides this table.
+    DEFAULT_STOPPING: ClassVar[dict[str, tuple[int, float]]] = {
+        "fixed_point": (50, 1e4),
+        "root": (50, 1e4),
+    }
+
     def stopping_rules(self, kind: str) -> tuple[int, float]:
         """``(stagnation_window, divergence_factor)`` for a problem of this `kind`.
 
         The driver's stagnation and divergence tests use these numbers; `kind` is
-        ``"fixed_point"`` or ``"root"``. By default the fields as given (50 and
-        ``1e4`` where they are None).
+        ``"fixed_point"`` or ``"root"``. The fields as given, else the entries of
+        :attr:`DEFAULT_STOPPING` for `kind` (50 and ``1e4`` unless a method says otherwise).
         """
-        window = 50 if self.stagnation_window is None else self.stagnation_window
-        factor = 1e4 if self.divergence_factor is None else float(self.divergence_factor)
-        return window, factor
+        window, factor = self.DEFAULT_STOPPING[kind]
+        if self.stagnation_window is not None:
+            window = self.stagnation_window
+        if self.divergence_factor is not None:
+            factor = self.divergence_factor
+        return window, float(factor)
 
     @abc.abstractmethod
     def init(self, g: Callable, x: Any, gx: Any, *, xp: Any) -> Any:

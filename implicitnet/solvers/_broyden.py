@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from .._validate import check_int, check_real
 from .._xp import device, is_tensor, row_norms, set_index
@@ -194,16 +194,11 @@ class Broyden(AbstractIterativeSolver):
             msg = f"`line_search` must be True or False, got {self.line_search!r}"
             raise TypeError(msg)
 
-    def stopping_rules(self, kind):
-        """``(stagnation_window, divergence_factor)``: see the class parameters."""
-        root = kind == "root"
-        window = (
-            (300 if root else 150) if self.stagnation_window is None else self.stagnation_window
-        )
-        factor = (
-            (1e8 if root else 1e4) if self.divergence_factor is None else self.divergence_factor
-        )
-        return window, float(factor)
+    #: Root problems: a longer stagnation window and a larger divergence factor.
+    DEFAULT_STOPPING: ClassVar[dict[str, tuple[int, float]]] = {
+        "fixed_point": (150, 1e4),
+        "root": (300, 1e8),
+    }
 
     def settings(self, kind: str) -> tuple[int, float]:
         """``(m, safeguard)`` for a problem of this `kind` (see the class parameters)."""

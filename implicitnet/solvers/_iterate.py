@@ -36,10 +36,6 @@ _DEFER_FRACTION = 8
 _MAX_DEFERRAL = 8
 
 
-#: The status of a batch (kept for the Dask front end): :meth:`Status.worst`.
-overall_status = Status.worst
-
-
 def _is_array_leaf(leaf: Any) -> bool:
     return not isinstance(leaf, bool | int | float | complex | str | type(None))
 
@@ -151,7 +147,7 @@ class _HostNorms:
         if not self.fixed:
             # A non-finite iterate may still have a finite F(x) (F = tanh at x = inf):
             # read one sum per row with the norms; non-finite rows get a NaN residual.
-            both = self.read(xp.stack([r, xp.sum(x, axis=-1)]))
+            both = self.read(xp.stack([untraced(r), xp.sum(untraced(x), axis=-1)]))
             return [v if t - t == 0.0 else _NAN for v, t in zip(both[0], both[1])], None
         last_gx, last_f = g.last
         fx = last_f if last_gx is gx else untraced(x) + untraced(gx)
@@ -480,7 +476,7 @@ def _result(
     """
     dtype = problem.dtype
     dev = problem.device
-    overall = overall_status(status)
+    overall = Status.worst(status)
     converged = [s == Status.SUCCESS for s in status]
     if scale is None:
         relative = [float("nan")] * len(residual)
