@@ -150,10 +150,7 @@ class Anderson(AbstractIterativeSolver):
         check_real(self.max_coefficient, "max_coefficient", low=1.0, low_open=True)
 
     #: Root problems: a longer stagnation window and a larger divergence factor.
-    DEFAULT_STOPPING: ClassVar[dict[str, tuple[int, float]]] = {
-        "fixed_point": (50, 1e4),
-        "root": (300, 1e8),
-    }
+    DEFAULT_STOPPING: ClassVar[dict] = {"fixed_point": (50, 1e4), "root": (300, 1e8)}
 
     def init(self, g, x, gx, *, xp):
         rows, n = x.shape

@@ -195,10 +195,7 @@ class Broyden(AbstractIterativeSolver):
             raise TypeError(msg)
 
     #: Root problems: a longer stagnation window and a larger divergence factor.
-    DEFAULT_STOPPING: ClassVar[dict[str, tuple[int, float]]] = {
-        "fixed_point": (150, 1e4),
-        "root": (300, 1e8),
-    }
+    DEFAULT_STOPPING: ClassVar[dict] = {"fixed_point": (150, 1e4), "root": (300, 1e8)}
 
     def settings(self, kind: str) -> tuple[int, float]:
         """``(m, safeguard)`` for a problem of this `kind` (see the class parameters)."""
