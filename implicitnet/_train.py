@@ -64,6 +64,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "maxiter": 30,
     "init_scale": 0.2,
     "schedule": "cosine",
+    "warmup": 0,
+    "clip_norm": None,
     "seed": 0,
     "dtype": "float64",
     "backend": "numpy",
@@ -144,12 +146,24 @@ def steps_per_epoch(config: dict, n_train: int) -> int:
 
 
 def build_optimizer(config: dict, n_train: int) -> optim.AbstractOptimizer:
-    """Adam with the learning-rate schedule of `config` over all its epochs."""
+    """Adam with the learning-rate schedule of `config` over all its epochs.
+
+    ``config["warmup"]`` steps of linear warm-up come first (either schedule);
+    ``config["clip_norm"]``, if set, clips the gradients to that global norm. A
+    configuration saved before these keys existed means neither.
+    """
     lr = float(config["lr"])
+    warmup = int(config.get("warmup") or 0)
     if config["schedule"] == "cosine":
         total = max(1, int(config["epochs"]) * steps_per_epoch(config, n_train))
-        lr = optim.cosine_schedule(lr, total)
-    return optim.Adam(lr=lr)
+        lr = optim.cosine_schedule(lr, total, warmup_steps=min(warmup, total))
+    elif warmup:
+        # A cosine "decay" to the same rate is a constant rate after the warm-up.
+        lr = optim.cosine_schedule(lr, warmup, final_lr=lr, warmup_steps=warmup)
+    opt: optim.AbstractOptimizer = optim.Adam(lr=lr)
+    if config.get("clip_norm"):
+        opt = optim.ClipByGlobalNorm(inner=opt, max_norm=float(config["clip_norm"]))
+    return opt
 
 
 def _mean(a) -> float:

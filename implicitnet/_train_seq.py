@@ -11,7 +11,7 @@ from typing import Any
 
 from . import data as _data
 from . import nn
-from ._train import Objective, evaluate_batches, fit_epoch
+from ._train import Objective, Running, fit_epoch
 from ._xp import device, namespace, to_host
 
 __all__ = [
@@ -38,6 +38,8 @@ SEQ_DEFAULTS: dict[str, Any] = {
     "epochs": 6,
     "batch_size": 64,
     "lr": 1e-2,
+    "warmup": 100,
+    "clip_norm": 1.0,
     "dtype": "float32",
     "rtol": 1e-2,
     "maxiter": 20,
@@ -163,22 +165,50 @@ def train_epoch_lm(
     return model, opt_state, {**metrics, **solver, "seconds": stats.seconds()}
 
 
-def _lm_figures(logits, yb) -> dict:
-    return {"loss": float(_flat_ce(logits, yb))}
-
-
 def evaluate_lm(model, codes, config: dict, *, batch_size: int = 128) -> dict:
-    """Bits per character of `model` on the windows of `codes`, with solver statistics."""
-    x, y = _windows(codes, config)
-    stats = evaluate_batches(model, x, y, batch_size, _lm_figures)
+    """Bits per character of `model` on `codes`, every character scored once with context.
+
+    The text is cut into windows of ``L = config["seq_len"]`` characters that overlap by
+    ``c = L // 2`` (one starts every ``L - c`` characters). Of each window only the last
+    ``L - c`` positions are scored, so every character is predicted from at least ``c``
+    characters before it; the first window also scores its first ``c`` positions (the
+    start of the text has no more context). Scoring every position of non-overlapping
+    windows instead would predict a window's first characters from almost nothing.
+
+    Returns the bits per character and the loss (nats per character) over the scored
+    characters (``characters``), ``context`` (``c``), and the forward-solve statistics of the windows
+    (``windows``; ``config["limit"]``, if set, keeps the first ones only).
+    """
+    length = int(config["seq_len"])
+    context = length // 2
+    x, y = _data.text_sequences(codes, length, stride=length - context)
+    limit = config.get("limit")
+    if limit:
+        x, y = x[:limit, ...], y[:limit, ...]
+    stats, nll, scored = Running(), 0.0, 0
+    n = int(x.shape[0])
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)  # in bounds: the array API needs it
+        xb, yb = x[start:stop, ...], y[start:stop, ...]
+        logits, res = model(xb)
+        b = int(xb.shape[0])
+        nll += float(_flat_ce(logits[:, context:, :], yb[:, context:])) * b * (length - context)
+        scored += b * (length - context)
+        if start == 0 and context:
+            nll += float(_flat_ce(logits[:1, :context, :], yb[:1, :context])) * context
+            scored += context
+        stats.add_solve(b, res)
+    loss = nll / scored
     return {
-        "bpc": stats.mean("loss") / LN2,
-        "loss": stats.mean("loss"),
+        "bpc": loss / LN2,
+        "loss": loss,
         "fwd_iter": stats.mean("fwd"),
         "fwd_residual": stats.mean("res"),
         "fwd_rel_residual": stats.mean("rel"),
         "unconverged": stats.unconverged,
         "windows": stats.n,
+        "characters": scored,
+        "context": context,
         "seconds": stats.seconds(),
     }
 

@@ -87,6 +87,8 @@ _FIXED_ON_RESUME = (
     "batch_size",
     "lr",
     "schedule",
+    "warmup",
+    "clip_norm",
     "seed",
     "dtype",
     "limit",
@@ -118,6 +120,10 @@ def _parse(text: str, convert, check, expected: str):
 
 def _positive_int(text: str) -> int:
     return _parse(text, int, functools.partial(check_int, minimum=1), "a positive integer")
+
+
+def _nonnegative_int(text: str) -> int:
+    return _parse(text, int, functools.partial(check_int, minimum=0), "an integer >= 0")
 
 
 def _nonnegative_float(text: str) -> float:
@@ -201,6 +207,10 @@ def _train_help() -> dict[str, str]:
         f"{seq['batch_size']} windows)",
         "lr": f"peak learning rate (default: {mlp['lr']}; transformer {seq['lr']})",
         "schedule": "learning-rate schedule of Adam (default: cosine decay over all epochs)",
+        "warmup": f"steps of linear learning-rate warm-up before the schedule (default: "
+        f"{common['warmup']}; transformer {seq['warmup']})",
+        "clip_norm": "clip the gradients to this global norm before each step (default: "
+        f"none; transformer {seq['clip_norm']:g})",
         "data": "directory of MNIST-format IDX files (train-images-idx3-ubyte, ...) "
         "instead of the embedded digits; with --model transformer, a UTF-8 text file "
         "instead of pydoc_data.topics",
@@ -241,6 +251,8 @@ def _add_train_parser(sub) -> None:
     t.add_argument("--batch-size", type=_positive_int, help=h["batch_size"])
     t.add_argument("--lr", type=_positive_float, help=h["lr"])
     t.add_argument("--schedule", choices=("cosine", "constant"), help=h["schedule"])
+    t.add_argument("--warmup", type=_nonnegative_int, metavar="STEPS", help=h["warmup"])
+    t.add_argument("--clip-norm", type=_positive_float, metavar="NORM", help=h["clip_norm"])
     t.add_argument("--seed", type=_seed, help="random seed (default: 0)")
     t.add_argument(
         "--backend", choices=_backends.BACKEND_NAMES, help="array library (default: numpy)"
@@ -511,7 +523,11 @@ class _LanguageModel:
         return f"a transformer DEQ language model on {corpus.name}", windows
 
     def settings(self, config: dict) -> str:
-        return f", jac-reg {config['jac_reg']:g}"
+        clip = config.get("clip_norm")
+        return (
+            f", jac-reg {config['jac_reg']:g}, warm-up {config.get('warmup') or 0}, "
+            f"clip {'none' if not clip else format(clip, 'g')}"
+        )
 
     def score(self, result: dict) -> str:
         return f"{result['test_bpc']:.3f} bits per character"
@@ -523,7 +539,10 @@ class _LanguageModel:
         return _train_seq.evaluate_lm(model, corpus.test, config)
 
     def evaluated(self, out: dict, corpus) -> tuple[str, str, str]:
-        what = f"{out['windows']} test windows of {corpus.name}"
+        what = (
+            f"{out['characters']} test characters of {corpus.name} (each from at least "
+            f"{out['context']} characters of context but the first)"
+        )
         return what, f"{out['bpc']:.3f} bits per character", ""
 
 

@@ -197,3 +197,31 @@ def test_training_step_memory_is_flat_in_depth_for_the_deq_only():
         peaks[n] = (_step_peak(deq, tokens, targets), _step_peak(tied, tokens, targets))
     assert peaks[40][0] < 1.5 * peaks[5][0]
     assert peaks[40][1] > 4 * peaks[5][1]
+
+
+@pytest.mark.parametrize(("n", "length", "batch_size"), [(61, 8, 3), (40, 7, 128), (30, 1, 4)])
+def test_evaluate_lm_scores_every_character_once_with_context(backend, xp, n, length, batch_size):
+    from implicitnet._train_seq import evaluate_lm
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 11, size=n)
+    model = nn.transformer_stack(11, depth=1, seed=0, dtype="float64", backend=backend.name, **TINY)
+    out = evaluate_lm(model, xp.asarray(codes), {"seq_len": length}, batch_size=batch_size)
+    # An independent loop: window i starts at i * s (s = length - c, c = length // 2);
+    # its positions >= c are scored, and all of the first window's.
+    c = length // 2
+    s = length - c
+    total, scored_targets = 0.0, []
+    for i, start in enumerate(range(0, n - length, s)):
+        logits, _ = model(xp.asarray(codes[None, start : start + length]))
+        logits = np.asarray(logits, dtype=np.float64)[0]
+        logp = logits - logits.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        for t in range(0 if i == 0 else c, length):
+            total -= logp[t, codes[start + t + 1]]
+            scored_targets.append(start + t + 1)
+    # every scored character once, in order, from the second character on
+    assert scored_targets == list(range(1, len(scored_targets) + 1))
+    assert out["characters"] == len(scored_targets) and out["context"] == c
+    assert out["loss"] == pytest.approx(total / len(scored_targets), rel=1e-10)
+    assert out["bpc"] == pytest.approx(out["loss"] / math.log(2), rel=1e-12)

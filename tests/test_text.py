@@ -59,3 +59,29 @@ def test_text_sequences(xp):
         data.text_sequences(codes, 0)
     with pytest.raises(ValueError, match="too short"):
         data.text_sequences(codes, 30)
+
+
+@pytest.mark.parametrize(("n", "length", "stride", "offset"), [(23, 5, 2, 0), (40, 8, 3, 1), (9, 8, 8, 0), (30, 4, 1, 5), (17, 6, 10, 0)])
+def test_text_sequences_with_stride_match_a_loop(xp, n, length, stride, offset):
+    codes = np.arange(100, 100 + n)
+    x, y = data.text_sequences(xp.asarray(codes), length, stride=stride, offset=offset)
+    starts = range(offset, n - length, stride)  # window + its targets inside the text
+    want_x = [codes[s : s + length] for s in starts]
+    want_y = [codes[s + 1 : s + length + 1] for s in starts]
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(want_x).reshape(-1, length))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(want_y).reshape(-1, length))
+    assert x.dtype == xp.asarray(codes).dtype
+
+
+def test_text_sequences_argument_errors():
+    codes = np.arange(20)
+    with pytest.raises(ValueError, match="`stride` must be at least 1"):
+        data.text_sequences(codes, 4, stride=0)
+    with pytest.raises(TypeError, match="`stride` must be an integer"):
+        data.text_sequences(codes, 4, stride=1.5)
+    with pytest.raises(TypeError, match="`length` must be an integer"):
+        data.text_sequences(codes, True)
+    with pytest.raises(ValueError, match="`offset` must be at least 0"):
+        data.text_sequences(codes, 4, offset=-1)
+    with pytest.raises(ValueError, match="too short"):
+        data.text_sequences(codes, 4, offset=16)
