@@ -1,20 +1,22 @@
 """Character-level language modelling on ``pydoc_data.topics``: a transformer DEQ against
-the same block unrolled, an explicit transformer and an n-gram model.
+the same block unrolled, an explicit transformer and n-gram models.
 
-Rows of the first table (all trained on the same windows, in the same order, with Adam
-and a cosine schedule over the same number of steps, float32 by default, NumPy; every
+Rows of the first table (all trained on the same windows, in the same order, with Adam,
+``--warmup`` steps of linear warm-up and a cosine decay over the same number of steps,
+gradients clipped to the global norm ``--clip-norm``, float32 by default, NumPy; every
 epoch cuts the training text into windows at another offset):
 
-* ``DEQ (implicit)``: ``nn.transformer_deq``, one weight-tied ``TransformerCell``
-  (causal multi-head attention, GELU MLP of ``4 d`` units, two layer norms, the
-  embedded tokens plus sinusoidal positions injected into every application), the
-  equilibrium found by Anderson (``rtol``, at most ``maxiter`` iterations), gradients by
-  the implicit function theorem (GMRES on the adjoint).
-* ``DEQ + Jacobian reg.``: the same, with ``jac_reg * ||df/dz||_F^2 / size`` (one
-  Hutchinson probe, :func:`implicitnet.jacobian_regularization`) added to the loss.
+* ``DEQ (implicit, jac-reg w)``: ``nn.transformer_deq``, one weight-tied
+  ``TransformerCell`` (causal multi-head attention, GELU MLP of ``4 d`` units, two layer
+  norms, the embedded tokens plus sinusoidal positions injected into every
+  application), the equilibrium found by Anderson (``rtol``, at most ``maxiter``
+  iterations), gradients by the implicit function theorem (GMRES on the adjoint), with
+  ``w * ||df/dz||_F^2 / size`` (one Hutchinson probe,
+  :func:`implicitnet.jacobian_regularization`) added to the loss.
 * ``unrolled tied (K)``: the same block, the same initial weights, applied ``K`` times
   from ``z = 0`` and backpropagated through; ``K`` is the DEQ's mean number of forward
-  iterations over training, rounded.
+  iterations over training, rounded (then it trains after the DEQ), or
+  ``--unrolled-depth`` (then it trains beside it; the table says "given").
 * ``explicit untied (L x d')``: ``L`` transformer blocks with their own weights, width
   ``d'`` chosen so that the parameter count is as close as possible to the DEQ's.
 * ``n-gram (order n)``: counts of the training text with add-alpha smoothing; the order
@@ -23,17 +25,20 @@ epoch cuts the training text into windows at another offset):
   order down to the uniform distribution, discount ``D``), a much stronger count model;
   order and ``D`` chosen on the validation split.
 
-Reported: test bits per character (all test windows), parameters, training seconds (wall
-clock and process CPU time, evaluation excluded), mean forward iterations, and the test
-bits per character of the same runs at the steps of ``--eval-at`` (how bpc falls with
-training). Then the peak memory (``tracemalloc``: NumPy's buffers) of one
-training step (forward + backward) of the DEQ and of the unrolled block against the
-forward depth (Picard forced to ``n`` iterations), and the forward iterations per batch
-over training with and without Jacobian regularisation (``--plot`` draws them).
+Reported: test bits per character (every test character once, from at least half a
+window of context: the scoring of ``implicitnet train``), parameters, training seconds
+(wall clock and process CPU time of the worker, evaluation excluded), mean forward
+iterations and unconverged training windows, and the test bits per character of the
+same runs at the steps of ``--eval-at``. Then the peak memory (``tracemalloc``: NumPy's
+buffers) of one training step (forward + backward) of the DEQ and of the unrolled block
+against the forward depth (Picard forced to ``n`` iterations), and the forward
+iterations per batch over the first ``--noreg-steps`` steps of the DEQ and of the same
+DEQ trained without Jacobian regularisation (``--plot`` draws them).
 
-Run: ``python benchmarks/sequence.py [--steps 600] [--width 32] [--seq-len 32]
-[--batch-size 64] [--lr 1e-2] [--dtype float32] [--eval-at 75,150,300] [--jac-reg 1.0]
-[--threads 1] [--plot PATH]``.
+Run: ``python benchmarks/sequence.py [--steps 2000] [--width 128] [--heads 4]
+[--seq-len 64] [--batch-size 32] [--lr 3e-3] [--warmup 100] [--clip-norm 1]
+[--jac-reg 0.1] [--noreg-steps 500] [--unrolled-depth K] [--jobs 2] [--threads 1]
+[--plot PATH]``. The defaults take about an hour on two cores.
 """
 
 from __future__ import annotations

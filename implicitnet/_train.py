@@ -65,7 +65,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "init_scale": 0.2,
     "schedule": "cosine",
     "warmup": 0,
-    "clip_norm": None,
+    "clip_norm": 0.0,
     "seed": 0,
     "dtype": "float64",
     "backend": "numpy",
@@ -149,8 +149,8 @@ def build_optimizer(config: dict, n_train: int) -> optim.AbstractOptimizer:
     """Adam with the learning-rate schedule of `config` over all its epochs.
 
     ``config["warmup"]`` steps of linear warm-up come first (either schedule);
-    ``config["clip_norm"]``, if set, clips the gradients to that global norm. A
-    configuration saved before these keys existed means neither.
+    ``config["clip_norm"]``, if positive, clips the gradients to that global norm (0 or
+    None: no clipping). A configuration saved before these keys existed means neither.
     """
     lr = float(config["lr"])
     warmup = int(config.get("warmup") or 0)

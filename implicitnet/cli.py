@@ -209,8 +209,8 @@ def _train_help() -> dict[str, str]:
         "schedule": "learning-rate schedule of Adam (default: cosine decay over all epochs)",
         "warmup": f"steps of linear learning-rate warm-up before the schedule (default: "
         f"{common['warmup']}; transformer {seq['warmup']})",
-        "clip_norm": "clip the gradients to this global norm before each step (default: "
-        f"none; transformer {seq['clip_norm']:g})",
+        "clip_norm": "clip the gradients to this global norm before each step; 0: no "
+        f"clipping (default: 0, transformer {seq['clip_norm']:g})",
         "data": "directory of MNIST-format IDX files (train-images-idx3-ubyte, ...) "
         "instead of the embedded digits; with --model transformer, a UTF-8 text file "
         "instead of pydoc_data.topics",
@@ -252,7 +252,7 @@ def _add_train_parser(sub) -> None:
     t.add_argument("--lr", type=_positive_float, help=h["lr"])
     t.add_argument("--schedule", choices=("cosine", "constant"), help=h["schedule"])
     t.add_argument("--warmup", type=_nonnegative_int, metavar="STEPS", help=h["warmup"])
-    t.add_argument("--clip-norm", type=_positive_float, metavar="NORM", help=h["clip_norm"])
+    t.add_argument("--clip-norm", type=_nonnegative_float, metavar="NORM", help=h["clip_norm"])
     t.add_argument("--seed", type=_seed, help="random seed (default: 0)")
     t.add_argument(
         "--backend", choices=_backends.BACKEND_NAMES, help="array library (default: numpy)"
@@ -283,7 +283,7 @@ def _add_train_parser(sub) -> None:
         "--limit",
         type=_positive_int,
         metavar="N",
-        help="use only the first N training and N test samples",
+        help="use only the first N training and N test samples (transformer: windows)",
     )
     adv.add_argument("--stop-after", type=_positive_int, metavar="N", help=h["stop_after"])
     p.set_defaults(func=_cmd_train)
@@ -314,6 +314,9 @@ def _config_from(ns, checkpoint_config: dict | None) -> dict:
         defaults = _train.DEFAULTS.get(model, _train_seq.SEQ_DEFAULTS)
         return {**_train.COMMON_DEFAULTS, **defaults, **given}
     config = dict(checkpoint_config)
+    # Saved before warm-up and clipping were options: the run had neither.
+    config.setdefault("warmup", 0)
+    config.setdefault("clip_norm", 0.0)
     for key in _FIXED_ON_RESUME:
         if key in given and given[key] != config.get(key):
             flag = "--" + key.replace("_", "-")
@@ -484,8 +487,9 @@ class _LanguageModel:
 
     def sizes(self, corpus, config: dict) -> tuple[tuple, int, int, int]:
         try:
-            n_train, n_test = (
-                _train_seq.count_windows(corpus, config, split) for split in ("train", "test")
+            n_train, _, n_test = (
+                _train_seq.count_windows(corpus, config, split)
+                for split in ("train", "valid", "test")
             )
         except ValueError as exc:
             raise _Failure(f"--seq-len {config['seq_len']}: {exc}") from None
@@ -523,10 +527,9 @@ class _LanguageModel:
         return f"a transformer DEQ language model on {corpus.name}", windows
 
     def settings(self, config: dict) -> str:
-        clip = config.get("clip_norm")
         return (
             f", jac-reg {config['jac_reg']:g}, warm-up {config.get('warmup') or 0}, "
-            f"clip {'none' if not clip else format(clip, 'g')}"
+            f"clip {config.get('clip_norm') or 0:g}"
         )
 
     def score(self, result: dict) -> str:

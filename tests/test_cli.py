@@ -248,6 +248,10 @@ def _one_error_line(code, out, err, expected_code):
         (["train", "--solver", "newton"], 2, "--solver"),
         (["train", "--backward", "magic"], 2, "--backward"),
         (["train", "--dropout", "1.5"], 2, "--dropout"),
+        (["train", "--warmup", "-1"], 2, "--warmup"),
+        (["train", "--warmup", "2.5"], 2, "--warmup"),
+        (["train", "--clip-norm", "-1"], 2, "--clip-norm"),
+        (["train", "--clip-norm", "nan"], 2, "--clip-norm"),
         (["train", "--bogus"], 2, "--bogus"),
         (["evaluate"], 2, "PATH"),
         (["frobnicate"], 2, "frobnicate"),
@@ -299,6 +303,10 @@ def test_resume_refuses_conflicting_options(capsys, tmp_path):
     assert "--model conv" in err
     err = _one_error_line(*_run(capsys, ["train", "--resume", str(path), "--lr", "0.5"]), 2)
     assert "--lr" in err
+    err = _one_error_line(*_run(capsys, ["train", "--resume", str(path), "--clip-norm", "2"]), 2)
+    assert "--clip-norm 2 differs from the checkpoint's 0" in err
+    err = _one_error_line(*_run(capsys, ["train", "--resume", str(path), "--warmup", "3"]), 2)
+    assert "--warmup 3 differs from the checkpoint's 0" in err
     # Nothing left to do is not an error.
     code, out, _ = _run(capsys, ["train", "--resume", str(path)])
     assert code == 0 and "nothing to do" in out
@@ -709,3 +717,20 @@ def test_torch_backend_trains_like_numpy(capsys, tmp_path, model, epochs, limit)
     code, out, err = _run(capsys, ["evaluate", str(path), "--backend", "torch", "--json"])
     assert code == 0, err
     assert _json_lines(out)[0]["accuracy"] == pytest.approx(got[-1]["test_acc"], abs=1e-12)
+
+
+def test_a_checkpoint_saved_before_warmup_and_clipping_resumes_without_them(capsys, tmp_path):
+    path = tmp_path / "ck.npz"
+    assert main(["train", *QUICK, "--epochs", "1", "--save", str(path)]) == 0
+    capsys.readouterr()
+    # the same checkpoint as an older version wrote it: no warmup / clip_norm keys
+    meta = nn.load_metadata(path)
+    del meta["config"]["warmup"], meta["config"]["clip_norm"]
+    old = tmp_path / "old.npz"
+    nn.save(old, nn.load(path), metadata=meta)
+    argv = ["train", "--resume", str(old), "--epochs", "2", "--warmup", "0", "--clip-norm", "0"]
+    code, out, err = _run(capsys, argv)
+    assert code == 0, err
+    assert "resuming after epoch 1" in out
+    err = _one_error_line(*_run(capsys, ["train", "--resume", str(old), "--clip-norm", "1"]), 2)
+    assert "--clip-norm 1 differs from the checkpoint's 0" in err

@@ -199,7 +199,9 @@ def test_training_step_memory_is_flat_in_depth_for_the_deq_only():
     assert peaks[40][1] > 4 * peaks[5][1]
 
 
-@pytest.mark.parametrize(("n", "length", "batch_size"), [(61, 8, 3), (40, 7, 128), (30, 1, 4)])
+@pytest.mark.parametrize(
+    ("n", "length", "batch_size"), [(61, 8, 3), (40, 7, 128), (30, 1, 4), (50, 8, 2), (9, 8, 1)]
+)
 def test_evaluate_lm_scores_every_character_once_with_context(backend, xp, n, length, batch_size):
     from implicitnet._train_seq import evaluate_lm
 
@@ -209,19 +211,26 @@ def test_evaluate_lm_scores_every_character_once_with_context(backend, xp, n, le
     out = evaluate_lm(model, xp.asarray(codes), {"seq_len": length}, batch_size=batch_size)
     # An independent loop: window i starts at i * s (s = length - c, c = length // 2);
     # its positions >= c are scored, and all of the first window's.
+    # and a last window, ending with the text, scores what the others left.
     c = length // 2
     s = length - c
     total, scored_targets = 0.0, []
-    for i, start in enumerate(range(0, n - length, s)):
+    starts = list(range(0, n - length, s))
+    if starts[-1] + length < n - 1:
+        starts.append(n - 1 - length)
+    for i, start in enumerate(starts):
         logits, _ = model(xp.asarray(codes[None, start : start + length]))
         logits = np.asarray(logits, dtype=np.float64)[0]
         logp = logits - logits.max(-1, keepdims=True)
         logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
         for t in range(0 if i == 0 else c, length):
+            if scored_targets and start + t + 1 <= scored_targets[-1]:
+                continue  # the last window: its first positions were scored before
+            assert i == 0 or t >= c  # context: at least c characters
             total -= logp[t, codes[start + t + 1]]
             scored_targets.append(start + t + 1)
-    # every scored character once, in order, from the second character on
-    assert scored_targets == list(range(1, len(scored_targets) + 1))
-    assert out["characters"] == len(scored_targets) and out["context"] == c
+    # every character but the first scored once, in order
+    assert scored_targets == list(range(1, n))
+    assert out["characters"] == n - 1 and out["context"] == c
     assert out["loss"] == pytest.approx(total / len(scored_targets), rel=1e-10)
     assert out["bpc"] == pytest.approx(out["loss"] / math.log(2), rel=1e-12)

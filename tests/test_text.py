@@ -61,7 +61,10 @@ def test_text_sequences(xp):
         data.text_sequences(codes, 30)
 
 
-@pytest.mark.parametrize(("n", "length", "stride", "offset"), [(23, 5, 2, 0), (40, 8, 3, 1), (9, 8, 8, 0), (30, 4, 1, 5), (17, 6, 10, 0)])
+@pytest.mark.parametrize(
+    ("n", "length", "stride", "offset"),
+    [(23, 5, 2, 0), (40, 8, 3, 1), (9, 8, 8, 0), (30, 4, 1, 5), (17, 6, 10, 0)],
+)
 def test_text_sequences_with_stride_match_a_loop(xp, n, length, stride, offset):
     codes = np.arange(100, 100 + n)
     x, y = data.text_sequences(xp.asarray(codes), length, stride=stride, offset=offset)

@@ -185,14 +185,16 @@ def text_sequences(codes, length: int, *, offset: int = 0, stride: int | None = 
         cut points).
     stride : int, optional
         Distance between the starts of consecutive windows. Default: `length`
-        (non-overlapping windows); smaller values give overlapping windows, as used to
-        score every character with context (see ``implicitnet.nn.bits_per_character``).
+        (non-overlapping windows); smaller values give overlapping windows, as
+        ``implicitnet train`` uses to score every character with context.
 
     Raises
     ------
+    TypeError
+        If `length`, `stride` or `offset` is not an integer.
     ValueError
-        If `length` or `stride` is not a positive int, `offset` is negative, or `codes`
-        is too short for one window.
+        If `length` or `stride` is below 1, `offset` is negative, or `codes` is too
+        short for one window.
 
     Examples
     --------
