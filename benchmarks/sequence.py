@@ -200,8 +200,8 @@ def train(model, codes, args, *, jac_reg: float = 0.0, evaluate=None, stop=None)
 
     Returns ``(model, seconds, cpu_seconds, iters, unconverged, curve)``: the wall-clock
     and process CPU seconds of training (evaluation excluded), the per-batch mean
-    forward iterations, the number of training windows whose forward solve did not
-    converge, and ``curve[step] = evaluate(model)`` at the steps of ``args.eval_at`` and
+    forward iterations, the per-batch numbers of training windows whose forward solve
+    did not converge, and ``curve[step] = evaluate(model)`` at the steps of ``args.eval_at`` and
     at the last step.
     """
     stop = args.steps if stop is None else stop
@@ -213,7 +213,8 @@ def train(model, codes, args, *, jac_reg: float = 0.0, evaluate=None, stop=None)
     state = opt.init(model)
     eval_at = {s for s in args.eval_at if s < stop} if evaluate is not None else set()
     iters, curve = [], {}
-    step = epoch = unconverged = 0
+    unconverged = []
+    step = epoch = 0
     skip_wall = skip_cpu = 0.0  # time spent evaluating, not training
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
@@ -225,7 +226,7 @@ def train(model, codes, args, *, jac_reg: float = 0.0, evaluate=None, stop=None)
                 (_, (_, res)), grads = loss_grad(model, xb, yb, step)
                 model, state = opt.update(model, grads, state)
                 iters.append(float(np.mean(res.nit)))
-                unconverged += int(np.sum(~np.asarray(res.converged)))
+                unconverged.append(int(np.sum(~np.asarray(res.converged))))
                 step += 1
                 if step in eval_at:
                     e0, f0 = time.perf_counter(), time.process_time()
@@ -450,7 +451,7 @@ def main(argv=None) -> int:
     )
     for name, r in rows:
         its = f"{np.mean(r['iters']):.1f}" if name.startswith("DEQ") else "-"
-        unc = str(r["unconverged"]) if name.startswith("DEQ") else "-"
+        unc = str(sum(r["unconverged"])) if name.startswith("DEQ") else "-"
         print(
             f"{name:<34} {r['curve'][args.steps]:>8.3f} {r['params']:>8} {r['wall']:>8.1f} "
             f"{r['cpu']:>8.1f} {its:>7} {unc:>7}"
@@ -498,7 +499,7 @@ def main(argv=None) -> int:
             ("no regularisation", plain_its, out["noreg"]),
         ):
             at = r["curve"].get(n, math.nan)
-            unc = r["unconverged"]
+            unc = sum(r["unconverged"][:n])
             print(
                 f"{label:<20} {np.mean(its[:q]):6.1f} {np.mean(its[-q:]):6.1f} "
                 f"{np.mean(its):6.1f}   bpc {at:.3f}   unconverged {unc}"

@@ -207,10 +207,10 @@ def _train_help() -> dict[str, str]:
         f"{seq['batch_size']} windows)",
         "lr": f"peak learning rate (default: {mlp['lr']}; transformer {seq['lr']})",
         "schedule": "learning-rate schedule of Adam (default: cosine decay over all epochs)",
-        "warmup": f"steps of linear learning-rate warm-up before the schedule (default: "
-        f"{common['warmup']}; transformer {seq['warmup']})",
-        "clip_norm": "clip the gradients to this global norm before each step; 0: no "
-        f"clipping (default: 0, transformer {seq['clip_norm']:g})",
+        "warmup": "steps of linear learning-rate warm-up before the schedule (default: "
+        f"{common['warmup']})",
+        "clip_norm": "clip the gradients to this global norm before each step (default: "
+        f"{common['clip_norm']:g}: no clipping)",
         "data": "directory of MNIST-format IDX files (train-images-idx3-ubyte, ...) "
         "instead of the embedded digits; with --model transformer, a UTF-8 text file "
         "instead of pydoc_data.topics",
@@ -543,8 +543,8 @@ class _LanguageModel:
 
     def evaluated(self, out: dict, corpus) -> tuple[str, str, str]:
         what = (
-            f"{out['characters']} test characters of {corpus.name} (each from at least "
-            f"{out['context']} characters of context but the first)"
+            f"{out['characters']} test characters of {corpus.name} (each predicted from at "
+            f"least {out['context']} characters before it, but the first {out['context']})"
         )
         return what, f"{out['bpc']:.3f} bits per character", ""
 

@@ -48,8 +48,8 @@ def test_transformer_trains_and_reports_bits_per_character(capsys, tmp_path):
     code, out, err = _run(capsys, ["train", "--resume", str(ckpt), "--epochs", "4", "--json"])
     assert code == 0, err
     assert [r["epoch"] for r in _json_lines(out)[:-1]] == [4]
-    code, out, err = _run(capsys, ["train", "--resume", str(ckpt), "--heads", "2"])
-    assert code == 2 and "--heads 2 differs" in err
+    code, out, err = _run(capsys, ["train", "--resume", str(ckpt), "--heads", "4"])
+    assert code == 2 and "--heads 4 differs" in err
     # sampling: the prompt, then the requested number of characters
     code, out, err = _run(
         capsys, ["sample", str(ckpt), "--prompt", "def f", "--length", "12", "--seed", "1"]
