@@ -104,6 +104,9 @@ def read_metadata(path: str) -> dict:
         raise CheckpointError(f"{path}: corrupt checkpoint (no vocabulary)")
     # Checkpoints from before --classes: the model's class count is the one trained.
     meta["config"].setdefault("classes", meta["num_classes"])
+    # From before --warmup and --clip-norm: the run had neither.
+    meta["config"].setdefault("warmup", 0)
+    meta["config"].setdefault("clip_norm", 0.0)
     return meta
 
 

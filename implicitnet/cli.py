@@ -314,9 +314,6 @@ def _config_from(ns, checkpoint_config: dict | None) -> dict:
         defaults = _train.DEFAULTS.get(model, _train_seq.SEQ_DEFAULTS)
         return {**_train.COMMON_DEFAULTS, **defaults, **given}
     config = dict(checkpoint_config)
-    # Saved before warm-up and clipping were options: the run had neither.
-    config.setdefault("warmup", 0)
-    config.setdefault("clip_norm", 0.0)
     for key in _FIXED_ON_RESUME:
         if key in given and given[key] != config.get(key):
             flag = "--" + key.replace("_", "-")
@@ -528,8 +525,8 @@ class _LanguageModel:
 
     def settings(self, config: dict) -> str:
         return (
-            f", jac-reg {config['jac_reg']:g}, warm-up {config.get('warmup') or 0}, "
-            f"clip {config.get('clip_norm') or 0:g}"
+            f", jac-reg {config['jac_reg']:g}, warm-up {config['warmup']}, "
+            f"clip {config['clip_norm']:g}"
         )
 
     def score(self, result: dict) -> str:
